@@ -1,0 +1,341 @@
+"""Typed, validated parameters: one dataclass per `params.yaml` section.
+
+Every notebook turns its papermill parameters into a `Config` with `parse(...)` before it reads
+any data. An unknown key, a wrong type, a value out of range or an unknown dataset/backbone name
+raises `ConfigError` naming the key (as a dotted path) and what is allowed.
+The resolved config is written next to each stage's outputs with `save_resolved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from lptlib.utils import atomic_write_bytes, git_revision
+
+
+class ConfigError(ValueError):
+    """A parameter is wrong; the message names the dotted key and the fix."""
+
+
+def _opt(default: Any = None, *, help: str = "", min: float | None = None, max: float | None = None,
+         choices: tuple | None = None, default_factory: Any = None) -> Any:
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------- data
+MINIATURE_DATASET = "fashion_mnist_lt"
+DATASETS = (MINIATURE_DATASET, "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
+SHOT_CONVENTIONS = ("decoupling", "oltr", "lpt")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _opt(MINIATURE_DATASET, choices=DATASETS, help="dataset")
+    root: str | None = _opt(None, help="image folder (paper scale) or a folder with the Fashion-MNIST idx "
+                                       "files; null: the default places")
+    split_dir: str | None = _opt(None, help="folder with the OLTR split files (places_lt, imagenet_lt, inat2018)")
+    classnames_file: str | None = _opt(None, help="one class name per line, in label order (overrides the "
+                                                  "names the dataset provides)")
+    download: bool = _opt(False, help="let torchvision download Fashion-MNIST / CIFAR-100 (needs a network)")
+    imbalance: float = _opt(100.0, min=1.0, help="imbalance factor n_max / n_min (fashion_mnist_lt, cifar100_lt)")
+    n_max: int = _opt(500, min=1, help="images of the head class (fashion_mnist_lt, cifar100_lt)")
+    val_per_class: int = _opt(20, min=0, help="balanced val images per class (fashion_mnist_lt)")
+    split_seed: int = _opt(0, min=0, help="seed of the pool / long-tail subsampling")
+    image_size: int = _opt(28, min=1, help="network input side in pixels")
+    crop_scale: tuple[float, float] = _opt((0.7, 1.0), help="RandomResizedCrop scale range for training")
+    test_resize_ratio: float = _opt(1.0, min=1.0, help="test: resize to image_size * ratio, then centre-crop")
+    shot_convention: str = _opt("decoupling", choices=SHOT_CONVENTIONS, help="many/medium/few thresholds")
+    max_test_per_class: int | None = _opt(None, min=1, help="smoke tests only: cap the test set per class")
+    num_workers: int = _opt(0, min=0, help="DataLoader worker processes")
+
+    def check(self, path: str) -> None:
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"{path}.crop_scale: need 0 < min <= max <= 1, got {list(self.crop_scale)}")
+        if self.name != MINIATURE_DATASET and self.root is None and not (
+                self.name == "cifar100_lt" and self.download):
+            raise ConfigError(f"{path}.root: {self.name} needs the folder holding its images; set it "
+                              f"(e.g. `make preset PRESET={self.name} SET=\"data.root=/path\"`)")
+        if self.name in ("places_lt", "imagenet_lt", "inat2018") and self.split_dir is None:
+            raise ConfigError(f"{path}.split_dir: {self.name} needs the folder with its OLTR split files")
+
+
+# ------------------------------------------------------------------------------------ backbones
+MINIATURE_BACKBONES = {"vit-mini": "timm", "clip-mini": "open_clip"}
+BACKBONE_FAMILIES = ("timm", "open_clip")
+
+
+def backbone_family(name: str) -> str:
+    """'timm' or 'open_clip' for a backbone name: a miniature name or '<family>:<model>'."""
+    if name in MINIATURE_BACKBONES:
+        return MINIATURE_BACKBONES[name]
+    family = name.split(":", 1)[0]
+    if ":" not in name or family not in BACKBONE_FAMILIES:
+        raise ConfigError(f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_BACKBONES)}) "
+                          "or 'timm:<model>.<tag>' (e.g. timm:vit_base_patch16_224.augreg_in21k) "
+                          "or 'open_clip:<model>' (e.g. open_clip:ViT-B-16)")
+    return family
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = _opt("vit-mini", help="vit-mini | clip-mini | timm:<model>.<tag> | open_clip:<model>")
+    weights: str = _opt("random", help="a local weight file | 'hub' (download by tag) | 'random'")
+    tag: str | None = _opt(None, help="open_clip pretrained tag (e.g. openai), used with weights: hub")
+
+    def check(self, path: str) -> None:
+        try:
+            family = backbone_family(self.name)
+        except ConfigError as e:
+            raise ConfigError(f"{path}.name: {e}") from None
+        if self.name in MINIATURE_BACKBONES and self.weights == "hub":
+            raise ConfigError(f"{path}.weights: {self.name} is pretrained by this pipeline (00_pretrain), "
+                              "not downloadable; give its weight file")
+        if family == "open_clip" and self.weights == "hub" and not self.tag:
+            raise ConfigError(f"{path}.tag: open_clip weights from the hub need a pretrained tag (e.g. openai)")
+        if self.name in MINIATURE_BACKBONES:
+            return
+        model = self.name.split(":", 1)[1]
+        if family == "timm":
+            import timm
+
+            arch = model.split(".", 1)[0]
+            if not timm.is_model(arch):
+                close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+                raise ConfigError(f"{path}.name: timm has no model {arch!r}; close names: {', '.join(close) or '-'} "
+                                  "(timm.list_models() lists all)")
+            if self.weights == "hub":
+                if "." not in model:
+                    raise ConfigError(f"{path}.name: give the full timm tag, e.g. "
+                                      "timm:vit_base_patch16_224.augreg_in21k (an untagged name resolves to "
+                                      "different weights across timm versions)")
+                if model not in timm.list_pretrained(model):
+                    tags = timm.list_pretrained(arch + ".*")
+                    raise ConfigError(f"{path}.name: timm has no pretrained tag {model!r}; "
+                                      f"tags of {arch}: {', '.join(tags) or 'none'}")
+        else:
+            import open_clip
+
+            if model not in open_clip.list_models():
+                close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
+                raise ConfigError(f"{path}.name: open_clip has no model {model!r}; close names: "
+                                  f"{', '.join(close) or '-'} (open_clip.list_models() lists all)")
+            if self.weights == "hub" and self.tag not in open_clip.list_pretrained_tags_by_model(model):
+                raise ConfigError(f"{path}.tag: open_clip has no tag {self.tag!r} for {model}; tags: "
+                                  f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}")
+
+
+@dataclass(frozen=True)
+class BackbonesConfig:
+    visual: BackboneConfig = _opt(default_factory=lambda: BackboneConfig(
+        "vit-mini", "outputs/pretrain/vit-mini.safetensors"), help="visual-only backbone")
+    vision_language: BackboneConfig = _opt(default_factory=lambda: BackboneConfig(
+        "clip-mini", "outputs/pretrain/clip-mini.safetensors"), help="vision-language backbone")
+
+
+# ------------------------------------------------------------------------------------- pretrain
+@dataclass(frozen=True)
+class PretrainRunConfig:
+    epochs: int = _opt(2, min=0, help="passes over the source pool")
+    batch_size: int = _opt(256, min=1, help="images per step")
+    lr: float = _opt(1e-3, min=0.0, help="AdamW peak learning rate")
+    weight_decay: float = _opt(0.05, min=0.0, help="AdamW weight decay")
+    warmup_steps: int = _opt(50, min=0, help="linear warm-up steps, then cosine decay to 0")
+    max_images: int | None = _opt(None, min=1, help="smoke tests only: cap the source pool")
+
+
+DEFAULT_TEMPLATES = ("a photo of a {name}.", "a picture of a {name}.", "a black and white photo of a {name}.",
+                     "a product photo of a {name}.", "an image of a {name}.")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    vit_mini: PretrainRunConfig = _opt(default_factory=PretrainRunConfig, help="vit-mini, 4 coarse labels")
+    clip_mini: PretrainRunConfig = _opt(default_factory=PretrainRunConfig, help="clip-mini, contrastive")
+    caption_templates: tuple[str, ...] = _opt(DEFAULT_TEMPLATES, help="captions of the contrastive pretraining")
+    zero_shot_templates: tuple[str, ...] = _opt(("a photo of a {name}.",), help="prompts of the zero-shot classifier")
+
+    def check(self, path: str) -> None:
+        for key in ("caption_templates", "zero_shot_templates"):
+            templates = getattr(self, key)
+            if not templates:
+                raise ConfigError(f"{path}.{key}: give at least one template")
+            for t in templates:
+                if "{name}" not in t:
+                    raise ConfigError(f"{path}.{key}: template {t!r} has no '{{name}}' placeholder")
+
+
+# --------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class Config:
+    """All sections of params.yaml. Sections a notebook does not pass keep their defaults."""
+
+    seed: int = _opt(0, min=0, help="seed of training randomness")
+    preset: str = _opt("miniature", help="name of the preset params.yaml was made from (lptlib.presets)")
+    data: DataConfig = _opt(default_factory=DataConfig)
+    backbones: BackbonesConfig = _opt(default_factory=BackbonesConfig)
+    pretrain: PretrainConfig = _opt(default_factory=PretrainConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# ------------------------------------------------------------------------------------ validator
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return "list"
+    if origin is Literal:
+        return " | ".join(map(repr, get_args(tp)))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; return it in the dataclass's representation."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a bug in this module, not user input
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _build(cls: type, values: Any, path: str, base: Any = None) -> Any:
+    """Build `cls` from a mapping; keys not given keep `base`'s values (or the field defaults)."""
+    if dataclasses.is_dataclass(values) and isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(values).__name__} {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(str(k), fields, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{path}.{k}: unknown key{hint}; allowed keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in values:
+            continue
+        sub = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(hints[name]):
+            nested_base = getattr(base, name) if base is not None else _field_default(f)
+            value = _build(hints[name], values[name], sub, base=nested_base)
+        else:
+            value = _convert(hints[name], values[name], sub)
+        meta = f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{sub}: {value!r} is not one of: {', '.join(map(str, meta['choices']))}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if meta.get("min") is not None and value < meta["min"]:
+                raise ConfigError(f"{sub}: must be >= {meta['min']}, got {value}")
+            if meta.get("max") is not None and value > meta["max"]:
+                raise ConfigError(f"{sub}: must be <= {meta['max']}, got {value}")
+        kwargs[name] = value
+    obj = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check(path)
+    return obj
+
+
+def parse(**sections: Any) -> Config:
+    """Validate the given params.yaml sections (papermill parameters) into a `Config`.
+
+    Example: `cfg = parse(seed=seed, data=data, backbones=backbones)`.
+    """
+    unknown = [k for k in sections if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown params.yaml section; allowed: {', '.join(SECTIONS)}")
+    return _build(Config, {k: v for k, v in sections.items() if v is not None}, "")
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a whole params file."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return parse(**values)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config as plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def save_resolved(cfg: Config, path: str | Path, **extra: Any) -> Path:
+    """Write the resolved config (plus the git revision and `extra`) as YAML next to a stage's outputs."""
+    doc = {"git_revision": git_revision(Path(path).resolve().parent), **extra, **to_dict(cfg)}
+    return atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) rows of every parameter: the reference table of the README."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        default = _field_default(f)
+        if dataclasses.is_dataclass(default):
+            rows += describe(type(default), key + ".")
+        else:
+            rows.append((key, repr(to_dict(default)), f.metadata.get("help", "")))
+    return rows

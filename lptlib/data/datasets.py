@@ -1,0 +1,417 @@
+"""Datasets: the offline miniature (Fashion-MNIST-LT), CIFAR-100-LT and OLTR split files.
+
+Every builder returns an `LTData`: train / val / test image datasets with integer `targets`,
+the class names, and the counts that define the many / medium / few groups.
+Spec: METHODS.md §1.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lptlib.config import DataConfig
+from lptlib.data.profiles import lt_counts
+from lptlib.paths import resolve
+
+Transform = Callable[[Image.Image], object]
+
+
+class DataError(FileNotFoundError):
+    """A dataset file is missing or malformed; the message names the files and the fix."""
+
+
+# -------------------------------------------------------------------------------- datasets
+class ImageDataset:
+    """Indexable (image, label) pairs with integer `targets` and a settable `transform`."""
+
+    targets: np.ndarray
+    transform: Transform | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int) -> Image.Image:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int):
+        img = self.load(i)
+        return (self.transform(img) if self.transform is not None else img), int(self.targets[i])
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageDataset":
+        raise NotImplementedError
+
+    def with_transform(self, transform: Transform | None) -> "ImageDataset":
+        new = copy.copy(self)
+        new.transform = transform
+        return new
+
+
+class ArrayDataset(ImageDataset):
+    """Images held in memory as uint8 arrays, (N, H, W) grayscale or (N, H, W, 3) RGB."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Transform | None = None):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i]).convert("RGB")
+
+    def subset(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return ArrayDataset(self.images[indices], self.targets[indices], self.transform)
+
+
+class FileListDataset(ImageDataset):
+    """Images on disk listed as (path relative to `root`, label): the OLTR split-file datasets."""
+
+    def __init__(self, root: str | os.PathLike, paths: Sequence[str], targets: Sequence[int],
+                 transform: Transform | None = None):
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def load(self, i: int) -> Image.Image:
+        path = self.root / self.paths[i]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"image {path} listed in the split file does not exist; is data.root the folder "
+                            "the split-file paths are relative to?") from None
+
+    def subset(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return FileListDataset(self.root, [self.paths[i] for i in indices], self.targets[indices], self.transform)
+
+
+@dataclass
+class LTData:
+    """A long-tailed benchmark: what every stage reads."""
+
+    name: str
+    classnames: list[str]
+    train: ImageDataset
+    val: ImageDataset | None
+    test: ImageDataset
+    source: ImageDataset | None = None  # the miniature's source pool (pretraining only)
+    group_counts: np.ndarray | None = field(default=None, repr=False)  # counts defining shot groups
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.train.targets, minlength=self.num_classes)
+
+    @property
+    def shot_counts(self) -> np.ndarray:
+        """Training counts that define many/medium/few (IF 100's counts for CIFAR-100-LT IF 50/10)."""
+        return self.train_counts if self.group_counts is None else self.group_counts
+
+    def with_transforms(self, train: Transform | None, test: Transform | None) -> "LTData":
+        """A copy whose train split uses `train` and whose val/test/source splits use `test`."""
+        return LTData(self.name, self.classnames, self.train.with_transform(train),
+                      self.val.with_transform(test) if self.val is not None else None,
+                      self.test.with_transform(test),
+                      self.source.with_transform(test) if self.source is not None else None,
+                      self.group_counts)
+
+
+# ------------------------------------------------------------------------ Fashion-MNIST (miniature)
+FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
+                         "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+#: the 4 coarse labels `vit-mini` is pretrained on (METHODS §1.2): tops, trousers+dress, footwear, bag
+FASHION_MNIST_COARSE = np.array([0, 1, 0, 1, 0, 2, 0, 2, 3, 2])
+FASHION_MNIST_COARSE_NAMES = ["top", "trouser or dress", "footwear", "bag"]
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist_search_paths(root: str | None) -> list[Path]:
+    """Folders searched, in order, for the four idx files."""
+    paths = []
+    if root:
+        r = resolve(root)
+        paths += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+    if os.environ.get("LPTLIB_DATA"):
+        d = Path(os.environ["LPTLIB_DATA"]).expanduser()
+        paths += [d / "fashion-mnist", d / "FashionMNIST" / "raw"]
+    paths += [DEBIAN_FASHION_MNIST, Path("~/.cache/lptlib/FashionMNIST/raw").expanduser()]
+    return paths
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def find_fashion_mnist(root: str | None = None, download: bool = False) -> dict[str, Path]:
+    """Paths of the four Fashion-MNIST idx files (gzipped or not).
+
+    Looks in `root`, `$LPTLIB_DATA`, the Debian package's folder and lptlib's cache; with
+    `download=True` falls back to torchvision's downloader (needs a network).
+    """
+    searched = fashion_mnist_search_paths(root)
+    for folder in searched:
+        found = {k: _find_idx(folder, stem) for k, stem in FASHION_MNIST_FILES.items()}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        cache = Path("~/.cache/lptlib").expanduser()
+        FashionMNIST(str(cache), train=True, download=True)
+        FashionMNIST(str(cache), train=False, download=True)
+        return find_fashion_mnist(str(cache / "FashionMNIST" / "raw"))
+    looked = "\n".join(f"  - {p}" for p in searched)
+    raise DataError(
+        "Fashion-MNIST not found. Looked for the four idx files "
+        f"({', '.join(s + '[.gz]' for s in FASHION_MNIST_FILES.values())}) in:\n{looked}\n"
+        "Fix: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the files in a folder "
+        "and set data.root to it, or set data.download: true where a network exists.")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (MNIST format: ubyte images idx3 or labels idx1), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); the file is damaged, reinstall it") from None
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise DataError(f"{path}: not an unsigned-byte idx1/idx3 file (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)):
+        raise DataError(f"{path}: header says shape {shape} but the file holds {len(raw) - offset} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def stratified_halves(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices 50/50 within each class: (source pool, target pool), both sorted."""
+    source, target = [], []
+    for c in np.unique(labels):
+        perm = rng.permutation(np.flatnonzero(labels == c))
+        half = len(perm) // 2
+        source.append(perm[:half])
+        target.append(perm[half:])
+    return np.sort(np.concatenate(source)), np.sort(np.concatenate(target))
+
+
+def cap_per_class(targets: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices of the first `k` items of every class, in dataset order (all when k is None)."""
+    if k is None:
+        return np.arange(len(targets))
+    keep = np.zeros(len(targets), dtype=bool)
+    for c in np.unique(targets):
+        keep[np.flatnonzero(targets == c)[:k]] = True
+    return np.flatnonzero(keep)
+
+
+def build_fashion_mnist_lt(cfg: DataConfig) -> LTData:
+    """The offline miniature (METHODS §1.2): source/target pools, LT train, balanced val, official test."""
+    files = find_fashion_mnist(cfg.root, cfg.download)
+    x_train, y_train = read_idx(files["train_images"]), read_idx(files["train_labels"]).astype(np.int64)
+    x_test, y_test = read_idx(files["test_images"]), read_idx(files["test_labels"]).astype(np.int64)
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise DataError(f"Fashion-MNIST image and label counts differ in {files}")
+    num_classes = len(FASHION_MNIST_CLASSES)
+    rng = np.random.default_rng(cfg.split_seed)
+    source_idx, target_idx = stratified_halves(y_train, rng)
+
+    counts = lt_counts(cfg.n_max, cfg.imbalance, num_classes)
+    train_idx, val_idx = [], []
+    for c, n in enumerate(counts):
+        pool = rng.permutation(target_idx[y_train[target_idx] == c])
+        if n + cfg.val_per_class > len(pool):
+            raise DataError(f"class {c}: n_max/val_per_class ask for {n + cfg.val_per_class} images but the "
+                            f"target pool has {len(pool)}; lower data.n_max or data.val_per_class")
+        train_idx.append(pool[:n])
+        val_idx.append(pool[n:n + cfg.val_per_class])
+    full = ArrayDataset(x_train, y_train)
+    test = ArrayDataset(x_test, y_test)
+    return LTData(
+        name=cfg.name, classnames=list(FASHION_MNIST_CLASSES),
+        train=full.subset(np.concatenate(train_idx)),
+        val=full.subset(np.concatenate(val_idx)) if cfg.val_per_class else None,
+        test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)),
+        source=full.subset(source_idx),
+    )
+
+
+# ------------------------------------------------------------------------------- CIFAR-100-LT
+def lt_subsample(targets: np.ndarray, counts: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Per class (in label order): shuffle its indices with a `RandomState(seed)` shared across classes and
+    keep the first n_c (the LDAM-DRW / LIFT convention, `np.random.seed(0)` then one shuffle per class)."""
+    rs = np.random.RandomState(seed)
+    keep = []
+    for c, n in enumerate(counts):
+        idx = np.flatnonzero(targets == c)
+        rs.shuffle(idx)
+        if n > len(idx):
+            raise DataError(f"class {c}: {n} images asked for, {len(idx)} available")
+        keep.append(idx[:n])
+    return np.concatenate(keep)
+
+
+def build_cifar100_lt(cfg: DataConfig) -> LTData:
+    """CIFAR-100-LT (exponential profile, class 0 = head, seed-0 subsampling) on torchvision's CIFAR-100.
+
+    There is no val split by convention (LDAM/LIFT); the many/medium/few groups use IF 100's counts
+    whatever the imbalance factor (LIFT).
+    """
+    from torchvision.datasets import CIFAR100
+
+    root = str(resolve(cfg.root)) if cfg.root else str(Path("~/.cache/lptlib").expanduser())
+    try:
+        train = CIFAR100(root, train=True, download=cfg.download)
+        test = CIFAR100(root, train=False, download=cfg.download)
+    except RuntimeError as e:
+        raise DataError(f"CIFAR-100 not found or corrupted under {root} ({e}). Fix: point data.root at the folder "
+                        "that contains cifar-100-python/ (train, test, meta), or set data.download: true "
+                        "where a network exists.") from None
+    y_train = np.asarray(train.targets, dtype=np.int64)
+    counts = lt_counts(cfg.n_max, cfg.imbalance, 100)
+    idx = lt_subsample(y_train, counts, cfg.split_seed)
+    y_test = np.asarray(test.targets, dtype=np.int64)
+    test_set = ArrayDataset(test.data, y_test)
+    return LTData(
+        name=cfg.name, classnames=[c.replace("_", " ") for c in train.classes],
+        train=ArrayDataset(train.data[idx], y_train[idx]), val=None,
+        test=test_set.subset(cap_per_class(y_test, cfg.max_test_per_class)),
+        group_counts=np.asarray(lt_counts(cfg.n_max, 100.0, 100)),
+    )
+
+
+# ------------------------------------------------------------------------- OLTR split files
+OLTR_SPLIT_FILES = {
+    "places_lt": {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"},
+    "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt",
+                    "test": "ImageNet_LT_test.txt"},
+    # iNaturalist 2018: the official val split is the test set; there is no val split
+    "inat2018": {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
+}
+INAT_JSON_FILES = {"train": "train2018.json", "test": "val2018.json"}
+
+
+def read_split_file(path: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """Parse an OLTR split file: one `relative/path.jpg label` per line (blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file {path} does not exist; set data.split_dir to the folder holding it")
+    paths, labels = [], []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+                raise DataError(f"{path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
+                                f"got {line.rstrip()!r}")
+            paths.append(parts[0].lstrip("/"))
+            labels.append(int(parts[1]))
+    if not paths:
+        raise DataError(f"split file {path} lists no images")
+    return paths, labels
+
+
+def read_inat_json(path: str | os.PathLike) -> tuple[list[str], list[int], dict[int, str]]:
+    """Parse an official iNaturalist 2018 json: (file names, original category ids, id -> name)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        by_image = {a["image_id"]: a["category_id"] for a in doc["annotations"]}
+        files = [im["file_name"] for im in doc["images"]]
+        labels = [int(by_image[im["id"]]) for im in doc["images"]]
+        names = {int(c["id"]): c["name"] for c in doc.get("categories", [])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not an iNaturalist 2018 annotation file ({type(e).__name__}: {e})") from None
+    return files, labels, names
+
+
+def read_classnames(path: str | os.PathLike, num_classes: int) -> list[str]:
+    path = resolve(path)
+    if not path.is_file():
+        raise DataError(f"data.classnames_file {path} does not exist")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise DataError(f"data.classnames_file {path} has {len(names)} names; the dataset has {num_classes} "
+                        "classes (one name per line, in label order)")
+    return names
+
+
+def _names_from_paths(paths: Sequence[str], labels: Sequence[int], num_classes: int) -> list[str]:
+    """Class names from the folder each class's first training image lies in (`train/airfield/x.jpg`)."""
+    names = [f"class {c}" for c in range(num_classes)]
+    seen = set()
+    for p, y in zip(paths, labels):
+        if y not in seen:
+            seen.add(y)
+            names[y] = Path(p).parent.name.replace("_", " ")
+    return names
+
+
+def build_oltr(cfg: DataConfig) -> LTData:
+    """Places-LT / ImageNet-LT / iNaturalist 2018 from OLTR split files (or iNat's official json)."""
+    split_dir, root = resolve(cfg.split_dir), resolve(cfg.root)
+    json_names: dict[int, str] = {}
+    if cfg.name == "inat2018" and not (split_dir / OLTR_SPLIT_FILES["inat2018"]["train"]).is_file() \
+            and (split_dir / INAT_JSON_FILES["train"]).is_file():
+        splits = {}
+        for split, fname in INAT_JSON_FILES.items():
+            files, labels, json_names = read_inat_json(split_dir / fname)
+            splits[split] = (files, labels)
+    else:
+        splits = {split: read_split_file(split_dir / fname) for split, fname in OLTR_SPLIT_FILES[cfg.name].items()}
+    num_classes = max(max(labels) for _, labels in splits.values()) + 1
+    train_paths, train_labels = splits["train"]
+    first = root / train_paths[0]
+    if not first.is_file():
+        raise DataError(f"{first} does not exist: data.root ({root}) must be the folder the split-file paths "
+                        f"are relative to (the first train line is {train_paths[0]!r})")
+    if cfg.classnames_file:
+        classnames = read_classnames(cfg.classnames_file, num_classes)
+    elif json_names:
+        classnames = [json_names.get(c, f"class {c}") for c in range(num_classes)]
+    else:
+        classnames = _names_from_paths(train_paths, train_labels, num_classes)
+    datasets = {s: FileListDataset(root, p, y) for s, (p, y) in splits.items()}
+    test = datasets["test"]
+    return LTData(name=cfg.name, classnames=classnames, train=datasets["train"], val=datasets.get("val"),
+                  test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)))
+
+
+# ----------------------------------------------------------------------------------- dispatch
+def build_data(cfg: DataConfig) -> LTData:
+    """The benchmark named by `cfg.name`, without transforms (see `lptlib.data.transforms`)."""
+    if cfg.name == "fashion_mnist_lt":
+        data = build_fashion_mnist_lt(cfg)
+    elif cfg.name == "cifar100_lt":
+        data = build_cifar100_lt(cfg)
+    else:
+        data = build_oltr(cfg)
+    if cfg.classnames_file and cfg.name in ("fashion_mnist_lt", "cifar100_lt"):
+        data.classnames = read_classnames(cfg.classnames_file, data.num_classes)
+    return data

@@ -1,0 +1,85 @@
+"""Accuracy by shot group (METHODS §2): overall, many / medium / few and per class.
+
+Groups are defined by *training* counts, with the convention a parameter:
+
+| convention   | many    | medium          | few     |
+|--------------|---------|-----------------|---------|
+| `decoupling` | n > 100 | 20 <= n <= 100  | n < 20  |  (classifier-balancing, LIFT; default)
+| `oltr`       | n >= 100| 20 < n < 100    | n <= 20 |
+| `lpt`        | n > 100 | 20 < n <= 100   | n <= 20 |
+
+Group accuracy is the mean of the per-class accuracies in the group (NaN for an empty group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+SHOT_GROUPS = ("many", "medium", "few")
+_THRESHOLDS = {  # (is_many, is_few) given the count n
+    "decoupling": (lambda n: n > 100, lambda n: n < 20),
+    "oltr": (lambda n: n >= 100, lambda n: n <= 20),
+    "lpt": (lambda n: n > 100, lambda n: n <= 20),
+}
+CONVENTIONS = tuple(_THRESHOLDS)
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[int]
+
+
+def _np(x: ArrayLike) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def shot_groups(train_counts: ArrayLike, convention: str = "decoupling") -> np.ndarray:
+    """'many' / 'medium' / 'few' for each class, from its training count."""
+    if convention not in _THRESHOLDS:
+        raise ValueError(f"unknown shot convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+    counts = _np(train_counts)
+    is_many, is_few = _THRESHOLDS[convention]
+    return np.where(is_many(counts), "many", np.where(is_few(counts), "few", "medium"))
+
+
+def per_class_accuracy(preds: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:
+    """Accuracy of each class on the evaluated samples (NaN for a class with no sample)."""
+    preds, labels = _np(preds).astype(np.int64), _np(labels).astype(np.int64)
+    if preds.shape != labels.shape:
+        raise ValueError(f"preds {preds.shape} and labels {labels.shape} differ in shape")
+    total = np.bincount(labels, minlength=num_classes).astype(float)
+    correct = np.bincount(labels[preds == labels], minlength=num_classes).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike,
+                  convention: str = "decoupling") -> dict:
+    """Top-1 accuracy overall and per shot group, in [0, 1].
+
+    Returns `overall` (fraction of correct samples; equal to the class mean on the balanced test sets
+    of every benchmark here), `class_mean`, `many`, `medium`, `few` (class means within each
+    group), the group sizes `n_many` / `n_medium` / `n_few`, and `per_class` (a list).
+    """
+    counts = _np(train_counts)
+    acc = per_class_accuracy(preds, labels, len(counts))
+    groups = shot_groups(counts, convention)
+    p, y = _np(preds), _np(labels)
+    out: dict = {"overall": float((p == y).mean()) if len(y) else float("nan"),
+                 "class_mean": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")}
+    for g in SHOT_GROUPS:
+        sel = (groups == g) & np.isfinite(acc)
+        out[g] = float(acc[sel].mean()) if sel.any() else float("nan")
+    for g in SHOT_GROUPS:
+        out[f"n_{g}"] = int((groups == g).sum())
+    out["per_class"] = acc.tolist()
+    return out
+
+
+def confusion_matrix(preds: ArrayLike, labels: ArrayLike, num_classes: int, normalize: bool = True) -> np.ndarray:
+    """Rows = true class, columns = predicted class; rows sum to 1 when `normalize`."""
+    p, y = _np(preds).astype(np.int64), _np(labels).astype(np.int64)
+    cm = np.bincount(y * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes).astype(float)
+    if normalize:
+        cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    return cm

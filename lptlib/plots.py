@@ -1,0 +1,90 @@
+"""Figures (seaborn / matplotlib), saved at a fixed dpi. Each function returns the figure."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from lptlib.data.datasets import ImageDataset  # noqa: E402
+from lptlib.metrics import SHOT_GROUPS  # noqa: E402
+
+GROUP_COLORS = dict(zip(SHOT_GROUPS, sns.color_palette("deep", 3)))
+
+
+def set_style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def plot_class_counts(counts: Sequence[int], groups: Sequence[str], classnames: Sequence[str] | None = None,
+                      title: str = "") -> plt.Figure:
+    """Training images per class, head -> tail, log scale, coloured by shot group."""
+    counts = np.asarray(counts)
+    order = np.argsort(-counts, kind="stable")
+    fig, ax = plt.subplots(figsize=(max(5.0, min(14.0, 0.45 * len(counts))), 3.2))
+    colors = [GROUP_COLORS[groups[i]] for i in order]
+    ax.bar(np.arange(len(counts)), counts[order], color=colors, width=0.85 if len(counts) < 200 else 1.0)
+    ax.set_yscale("log")
+    ax.set_ylabel("training images")
+    ax.set_xlabel("class (sorted by training count)")
+    if classnames is not None and len(counts) <= 30:
+        ax.set_xticks(np.arange(len(counts)), [classnames[i] for i in order], rotation=45, ha="right")
+    else:
+        ax.set_xticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLORS[g]) for g in SHOT_GROUPS]
+    labels = [f"{g} ({sum(1 for x in groups if x == g)})" for g in SHOT_GROUPS]
+    ax.legend(handles, labels, title="shot group (classes)", frameon=False)
+    ax.set_title(title)
+    return fig
+
+
+def plot_sample_grid(dataset: ImageDataset, classnames: Sequence[str], per_class: int = 8,
+                     max_classes: int = 10, seed: int = 0) -> plt.Figure:
+    """A row of training images per class (classes spread over the frequency range if there are many)."""
+    rng = np.random.default_rng(seed)
+    present = np.unique(dataset.targets)
+    classes = present if len(present) <= max_classes else present[np.linspace(0, len(present) - 1, max_classes).astype(int)]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95), squeeze=False)
+    for row, c in enumerate(classes):
+        idx = np.flatnonzero(dataset.targets == c)
+        picks = rng.choice(idx, size=min(per_class, len(idx)), replace=False)
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.set_axis_off()
+            if col < len(picks):
+                ax.imshow(np.asarray(dataset.load(int(picks[col]))))
+        axes[row, 0].text(-0.1, 0.5, f"{classnames[c]} ({len(idx)})", transform=axes[row, 0].transAxes,
+                          ha="right", va="center", fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def plot_training_curves(history: Sequence[dict], smooth: int = 10) -> plt.Figure:
+    """Training loss per step for each model in `history` (rows with model, step, loss), smoothed."""
+    df = pd.DataFrame(history)
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.0), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        d = df[df["model"] == m]
+        ax.plot(d["step"], d["loss"], alpha=0.3, color="C0")
+        ax.plot(d["step"], d["loss"].rolling(smooth, min_periods=1).mean(), color="C0")
+        ax.set_title(m)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+    fig.tight_layout()
+    return fig

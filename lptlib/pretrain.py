@@ -1,0 +1,207 @@
+"""Pretraining the miniature foundation models on the source pool (METHODS §1.2).
+
+- `vit-mini`: supervised on the 4 coarse labels (tops; trousers + dress; footwear; bag), so the
+  fine distinctions must be learned downstream, as IN21k features must be adapted to Places-LT.
+- `clip-mini`: contrastive image-caption training, captions made from the fine class names and a
+  few templates ("a photo of a {name}."). With 10 classes a batch holds many images of one class,
+  whose captions are positives of each other; the loss therefore uses label-aware targets
+  (UniCL, Yang et al. 2022: every image-caption pair of the same class is a positive), which
+  reduces to CLIP's loss when all captions in a batch are distinct.
+
+Only the source pool is seen; the target pool (train/val) and the test set are only evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lptlib.config import Config, PretrainRunConfig
+from lptlib.data import FASHION_MNIST_COARSE, LTData, ShuffleSampler, build_transforms, make_loader
+from lptlib.data.datasets import ImageDataset
+from lptlib.engine import autocast, check_finite, cosine_lr, predict
+from lptlib.models.backbones import build_open_clip, build_timm, normalization_of, save_weights
+from lptlib.models.miniature import CLIP_MINI, VIT_MINI
+from lptlib.utils import default_device, progress, seed_everything
+
+
+@dataclass
+class PretrainResult:
+    model: nn.Module
+    metrics: dict
+    history: list[dict] = field(default_factory=list)  # one row per logged step
+
+
+def relabel(dataset: ImageDataset, mapping: np.ndarray) -> ImageDataset:
+    """A view of `dataset` whose label y becomes mapping[y] (fine -> coarse labels)."""
+    new = copy.copy(dataset)
+    new.targets = mapping[dataset.targets]
+    return new
+
+
+def _capped(dataset: ImageDataset, max_images: int | None, seed: int) -> ImageDataset:
+    if max_images is None or max_images >= len(dataset):
+        return dataset
+    return dataset.subset(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images]))
+
+
+def _optimizer(model: nn.Module, run: PretrainRunConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, position/class embeddings (1-D or embedding tensors)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": run.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=run.lr, betas=(0.9, 0.98))
+
+
+def _train(model: nn.Module, loader, run: PretrainRunConfig, loss_fn, device: torch.device,
+           desc: str) -> list[dict]:
+    """The shared loop: AdamW, warm-up + cosine per step, bf16 autocast on CUDA, loss logged."""
+    opt = _optimizer(model, run)
+    total = run.epochs * len(loader)
+    history, step = [], 0
+    model.train()
+    for epoch in range(run.epochs):
+        loader.sampler.set_epoch(epoch)
+        for x, y in progress(loader, desc=f"{desc} epoch {epoch + 1}/{run.epochs}"):
+            lr = cosine_lr(step, total, min(run.warmup_steps, total // 2), run.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast(device):
+                loss = loss_fn(x.to(device), y.to(device))
+            check_finite(loss, epoch, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append({"model": desc, "step": step, "epoch": epoch, "lr": lr,
+                            "loss": loss.item()})
+            step += 1
+    model.eval()
+    return history
+
+
+def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = None) -> PretrainResult:
+    """Supervised pretraining of `vit-mini` on the 4 coarse labels of the source pool."""
+    device = device or default_device()
+    run = cfg.pretrain.vit_mini
+    seed_everything(cfg.seed)
+    model = build_timm(VIT_MINI, num_classes=len(np.unique(FASHION_MNIST_COARSE))).to(device)
+    train_tf, test_tf = build_transforms(cfg.data, normalization_of(model, "timm"))
+    source = _capped(relabel(data.source, FASHION_MNIST_COARSE), run.max_images, cfg.seed).with_transform(train_tf)
+    loader = make_loader(source, run.batch_size, ShuffleSampler(len(source), cfg.seed), cfg.data.num_workers,
+                         drop_last=len(source) >= run.batch_size)
+    start = time.perf_counter()
+    history = _train(model, loader, run, lambda x, y: F.cross_entropy(model(x), y), device, "vit-mini")
+    seconds = time.perf_counter() - start
+
+    metrics = {"train_seconds": seconds, "train_images": len(source), "epochs": run.epochs,
+               "params": sum(p.numel() for p in model.parameters())}
+    for split in ("val", "test"):
+        ds = getattr(data, split)
+        if ds is None:
+            continue
+        ds = relabel(ds, FASHION_MNIST_COARSE).with_transform(test_tf)
+        logits, labels = predict(model, make_loader(ds, 512, num_workers=cfg.data.num_workers), device,
+                                 desc=f"vit-mini coarse {split}")
+        metrics[f"coarse_{split}_acc"] = (logits.argmax(1) == labels).float().mean().item()
+    return PretrainResult(model, metrics, history)
+
+
+def unicl_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+               logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss with label-aware targets (UniCL): pairs of the same class are positives.
+
+    With all labels distinct the targets are the identity and this is CLIP's loss.
+    """
+    logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    positives = (labels[:, None] == labels[None, :]).float()
+    targets = positives / positives.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+                  + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
+
+
+def zero_shot_weights(encode_text, classnames: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+    """(C, E) zero-shot classifier: the normalised mean of each class's normalised prompt embeddings."""
+    rows = []
+    for name in classnames:
+        emb = F.normalize(encode_text([t.format(name=name) for t in templates]), dim=-1)
+        rows.append(F.normalize(emb.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = None) -> PretrainResult:
+    """Contrastive pretraining of `clip-mini` on source-pool images with templated fine-class captions."""
+    import open_clip
+
+    device = device or default_device()
+    run = cfg.pretrain.clip_mini
+    seed_everything(cfg.seed)
+    model = build_open_clip(CLIP_MINI).to(device)
+    tokenizer = open_clip.get_tokenizer(CLIP_MINI)
+    templates = cfg.pretrain.caption_templates
+    # every (class, template) caption, tokenised once; a sample draws its template at random
+    captions = tokenizer([t.format(name=n) for n in data.classnames for t in templates]).to(device)
+    train_tf, test_tf = build_transforms(cfg.data, normalization_of(model, "open_clip"))
+    source = _capped(data.source, run.max_images, cfg.seed).with_transform(train_tf)
+    loader = make_loader(source, run.batch_size, ShuffleSampler(len(source), cfg.seed), cfg.data.num_workers,
+                         drop_last=len(source) >= run.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        caption_ids = y * len(templates) + torch.randint(len(templates), y.shape, generator=gen).to(y.device)
+        unique, inverse = torch.unique(caption_ids, return_inverse=True)  # encode each distinct caption once
+        text = model.encode_text(captions[unique])[inverse]
+        return unicl_loss(model.encode_image(x), text, y, model.logit_scale.exp())
+
+    start = time.perf_counter()
+    history = _train(model, loader, run, loss_fn, device, "clip-mini")
+    seconds = time.perf_counter() - start
+
+    with torch.no_grad(), autocast(device):
+        weights = zero_shot_weights(lambda t: model.encode_text(tokenizer(t).to(device)), data.classnames,
+                                    cfg.pretrain.zero_shot_templates).float()
+    metrics = {"train_seconds": seconds, "train_images": len(source), "epochs": run.epochs,
+               "params": sum(p.numel() for p in model.parameters()),
+               "logit_scale": model.logit_scale.exp().item()}
+    for split in ("val", "test"):
+        ds = getattr(data, split)
+        if ds is None:
+            continue
+        feats, labels = predict(lambda x: F.normalize(model.encode_image(x), dim=-1),
+                                make_loader(ds.with_transform(test_tf), 512, num_workers=cfg.data.num_workers),
+                                device, desc=f"clip-mini zero-shot {split}")
+        metrics[f"zero_shot_{split}_acc"] = ((feats @ weights.cpu().T).argmax(1) == labels).float().mean().item()
+    return PretrainResult(model, metrics, history)
+
+
+PRETRAINERS = {"vit-mini": pretrain_vit_mini, "clip-mini": pretrain_clip_mini}
+
+
+def run_pretraining(data: LTData, cfg: Config, device: torch.device | None = None) -> dict[str, PretrainResult]:
+    """Pretrain every miniature backbone named in `cfg.backbones` and save it to its `weights` path.
+
+    Paper-scale backbones (hub tags or downloaded files) are not pretrained here.
+    """
+    if data.source is None:
+        names = [b.name for b in (cfg.backbones.visual, cfg.backbones.vision_language) if b.name in PRETRAINERS]
+        if names:
+            raise ValueError(f"{', '.join(names)} are pretrained on the miniature's source pool, which "
+                             f"{data.name} does not have; use paper-scale backbones with it")
+    todo = {b.name: b for b in (cfg.backbones.visual, cfg.backbones.vision_language) if b.name in PRETRAINERS}
+    for backbone in todo.values():  # check everything before any training
+        if backbone.weights in ("hub", "random"):
+            raise ValueError(f"backbones: {backbone.name} needs a weight file path to be saved to, got "
+                             f"weights: {backbone.weights}")
+    results: dict[str, PretrainResult] = {}
+    for backbone in todo.values():
+        result = PRETRAINERS[backbone.name](data, cfg, device)
+        result.metrics["weights"] = str(backbone.weights)
+        save_weights(result.model, backbone.weights)
+        results[backbone.name] = result
+    return results

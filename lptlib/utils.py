@@ -1,0 +1,90 @@
+"""Small helpers: seeding, progress bars, atomic writes of JSON and tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from tqdm.std import tqdm
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, **kwargs: Any) -> Iterator[T]:
+    """A tqdm bar that stays readable in logs: text only, sparse updates when not on a terminal.
+
+    `LPTLIB_PROGRESS=0` turns bars off (the tests do).
+    """
+    disable = os.environ.get("LPTLIB_PROGRESS", "1") == "0"
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, disable=disable, file=sys.stderr,
+                mininterval=0.5 if interactive else 15.0, dynamic_ncols=True, leave=True, **kwargs)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None  # JSON has no NaN; an empty shot group reads as null
+    return obj
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Atomically write `obj` as pretty JSON (NumPy/torch scalars converted, NaN -> null)."""
+    text = json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n"
+    return atomic_write_bytes(path, text.encode())
+
+
+def git_revision(root: str | os.PathLike | None = None) -> str | None:
+    """The current commit (with '-dirty' when the tree has changes), or None outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,74 @@
+"""Notebook and pipeline hygiene: stripped outputs, python3 kernels, one parameters cell that declares
+every params.yaml section, every notebook run by a DVC stage the conventional way."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def parameters_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in NOTEBOOKS][:2] == ["00_data.ipynb", "00_pretrain.ipynb"]
+
+
+def test_outputs_are_stripped():
+    r = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--extra-keys=metadata.language_info",
+                        *map(str, NOTEBOOKS)], capture_output=True, text=True)
+    assert r.returncode == 0, f"strip the notebooks (make strip): {r.stdout}{r.stderr}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_metadata_and_parameters(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
+    cells = parameters_cells(nb)
+    assert len(cells) == 1, "exactly one cell tagged `parameters`"
+    tree = ast.parse("".join(cells[0]["source"]))
+    declared = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])}
+    missing = set(PARAMS) - declared
+    assert not missing, f"{path.name} does not declare params.yaml sections {missing} (papermill -f injects all)"
+    assert {"out_dir", "metrics_path", "fig_dir"} <= declared
+
+
+def test_every_notebook_is_a_stage_run_by_papermill():
+    cmds = {name: " ".join(s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]])
+            for name, s in DVC["stages"].items()}
+    for path in NOTEBOOKS:
+        rel = f"notebooks/{path.name}"
+        stages = [n for n, s in DVC["stages"].items() if rel in s.get("deps", [])]
+        assert stages, f"{rel} is not a dependency of any dvc.yaml stage"
+        for n in stages:
+            assert f"papermill {rel} outputs/nb/" in cmds[n] and "-k python3" in cmds[n] and "-f params.yaml" in cmds[n]
+            assert "mkdir -p outputs/nb" in cmds[n]
+
+
+def test_stage_outputs_are_where_git_expects_them():
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+    assert ignored("outputs/nb/x.ipynb") and not ignored("metrics/x.json") and not ignored("figures/x/y.png")
+    for name, stage in DVC["stages"].items():
+        for m in stage.get("metrics", []):
+            (path, opts), = m.items()
+            assert path.startswith("metrics/") and opts == {"cache": False}, name
+        for out in stage.get("outs", []):
+            assert str(out).startswith("outputs/"), name
+
+
+def test_dvc_analytics_off():
+    assert "analytics = false" in (ROOT / ".dvc" / "config").read_text()

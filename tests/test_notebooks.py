@@ -1,0 +1,51 @@
+"""Every notebook executed by papermill with tiny parameters, as the DVC stages run them."""
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DATA = {"max_test_per_class": 20}
+TINY_RUN = {"epochs": 1, "max_images": 256, "batch_size": 64, "warmup_steps": 1}
+
+
+def run(name: str, tmp_path: Path, **params) -> dict:
+    out = tmp_path / "out"
+    params = {"out_dir": str(out), "metrics_path": str(out / "metrics.json"), "fig_dir": str(out / "figures"), **params}
+    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+                        parameters=params, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    assert (out / "config.yaml").is_file(), "the resolved config is saved next to the outputs"
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.notebook
+def test_00_data(tmp_path):
+    m = run("00_data", tmp_path, data=TINY_DATA)
+    assert m["train_images"] == 1_236 and m["val_images"] == 200 and m["test_images"] == 200
+    assert (m["n_many"], m["n_medium"], m["n_few"]) == (4, 3, 3)
+    assert m["imbalance"] == 100.0
+    figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    assert figs == {"class_counts.png", "samples.png"}
+    assert (tmp_path / "out" / "class_counts.csv").read_text().startswith("label,class,train,group,val,test")
+
+
+@pytest.mark.notebook
+def test_00_pretrain(tmp_path):
+    weights = {"visual": {"name": "vit-mini", "weights": str(tmp_path / "vit-mini.safetensors")},
+               "vision_language": {"name": "clip-mini", "weights": str(tmp_path / "clip-mini.safetensors")}}
+    m = run("00_pretrain", tmp_path, data=TINY_DATA, backbones=weights,
+            pretrain={"vit_mini": TINY_RUN, "clip_mini": TINY_RUN})
+    assert set(m) == {"vit-mini", "clip-mini"}
+    assert 0 <= m["vit-mini"]["coarse_val_acc"] <= 1 and 0 <= m["clip-mini"]["zero_shot_test_acc"] <= 1
+    assert m["vit-mini"]["train_images"] == 256
+    assert (tmp_path / "vit-mini.safetensors").is_file() and (tmp_path / "clip-mini.safetensors").is_file()
+    assert (tmp_path / "out" / "figures" / "training_loss.png").is_file()
+
+
+@pytest.mark.notebook
+def test_bad_parameters_fail_before_any_work(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 0, got -3"):
+        run("00_pretrain", tmp_path, pretrain={"vit_mini": {"epochs": -3}})
+    assert not (tmp_path / "out" / "config.yaml").exists()
