@@ -176,6 +176,48 @@ class PretrainConfig:
                     raise ConfigError(f"{path}.{key}: template {t!r} has no '{{name}}' placeholder")
 
 
+# ---------------------------------------------------------------------------------- PEFT training
+SAMPLING_MODES = ("instance_balanced", "class_balanced")
+PROMPT_FORMS = ("kv", "concat")
+HEADS = ("linear", "cosine")
+BACKBONE_ROLES = ("visual", "vision_language")
+RESUME_HELP = "'auto' (continue a matching checkpoint of this stage), 'never', or a checkpoint path"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(20, min=0, help="training epochs (an epoch = as many images as the train set holds)")
+    batch_size: int = _opt(64, min=1, help="images per step")
+    lr: float = _opt(0.05, min=0.0, help="SGD peak learning rate (warm-up, then cosine decay per step)")
+    weight_decay: float = _opt(1e-4, min=0.0, help="SGD weight decay")
+    momentum: float = _opt(0.9, min=0.0, max=1.0, help="SGD momentum")
+    warmup_epochs: float = _opt(1.0, min=0.0, help="linear warm-up length in epochs")
+    eval_batch_size: int = _opt(512, min=1, help="images per evaluation batch")
+
+
+@dataclass(frozen=True)
+class VPTStudyConfig:
+    backbone: str = _opt("visual", choices=BACKBONE_ROLES, help="which `backbones` entry is studied")
+    prompt_length: int = _opt(10, min=0, help="VPT-deep prompt tokens per block (l_p)")
+    prompt_form: str = _opt("kv", choices=PROMPT_FORMS, help="kv: prompts in keys/values only (LPT eq. 1); "
+                                                          "concat: concatenate and strip (same outputs)")
+    head: str = _opt("linear", choices=HEADS, help="classifier on the final CLS feature")
+    cosine_scale: float = _opt(20.0, min=0.0, help="scale s of a cosine head")
+    samplings: tuple[str, ...] = _opt(SAMPLING_MODES, help="Table 1 columns: instance_balanced, class_balanced")
+    linear_probe: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=2.0), help="linear probing")
+    vpt_deep: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=1.0), help="VPT-deep prompt tuning")
+    knn_k: int = _opt(10, min=1, help="k of the cosine k-NN accuracy (Table 2)")
+    feature_images_per_class: int = _opt(100, min=2, help="images per class whose features LDA and Table 2 use")
+    resume: str = _opt("auto", help=RESUME_HELP)
+
+    def check(self, path: str) -> None:
+        for mode in self.samplings:
+            if mode not in SAMPLING_MODES:
+                raise ConfigError(f"{path}.samplings: {mode!r} is not one of: {', '.join(SAMPLING_MODES)}")
+        if not self.samplings:
+            raise ConfigError(f"{path}.samplings: give at least one sampling mode")
+
+
 # --------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class Config:
@@ -186,6 +228,7 @@ class Config:
     data: DataConfig = _opt(default_factory=DataConfig)
     backbones: BackbonesConfig = _opt(default_factory=BackbonesConfig)
     pretrain: PretrainConfig = _opt(default_factory=PretrainConfig)
+    vpt_study: VPTStudyConfig = _opt(default_factory=VPTStudyConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))

@@ -1,15 +1,23 @@
-"""Training-loop pieces shared by every stage: the learning-rate schedule, autocast, a loss guard
-and batched prediction. (The PEFT training engine builds on these.)"""
+"""The training engine shared by every stage: learning-rate schedule, autocast, a non-finite-loss guard,
+batched prediction, evaluation by shot group, and `fit` (train / select on val / test once, with
+per-epoch checkpoints and resume)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import os
+import random
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch import nn
 
-from lptlib.utils import progress
+from lptlib.metrics import shot_accuracy
+from lptlib.utils import atomic_write_bytes, default_device, progress
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
@@ -50,3 +58,152 @@ def predict(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, devic
         outputs.append(out.float().cpu())
         labels.append(y)
     return torch.cat(outputs), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------- training engine
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be resumed from; the message says why."""
+
+
+@dataclass
+class FitResult:
+    best_epoch: int  # 0-based epoch whose trainable state was selected on val (last epoch without val)
+    val: dict | None  # val metrics of the selected state
+    test: dict  # test metrics of the selected state, evaluated once
+    test_predictions: torch.Tensor
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, lr, val accuracy
+    resumed_from_epoch: int | None = None
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, shot_counts, convention: str = "decoupling",
+             desc: str = "evaluate") -> tuple[dict, torch.Tensor]:
+    """shot_accuracy of `model`'s argmax predictions on `loader`; returns (metrics, predictions)."""
+    model.eval()
+    logits, labels = predict(model, loader, device, desc=desc)
+    preds = logits.argmax(1)
+    return shot_accuracy(preds, labels, shot_counts, convention), preds
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fingerprint(model: nn.Module, settings: dict) -> dict:
+    """What a checkpoint must match to be resumed: the run's settings and the trainable tensors' shapes."""
+    return {"settings": settings, "shapes": {k: list(v.shape) for k, v in model.tuner.state_dict().items()}}
+
+
+def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"resume checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    found = ckpt.get("fingerprint", {})
+    if found != expected:
+        diffs = [f"{k}: checkpoint {found.get('settings', {}).get(k)!r} vs now {v!r}"
+                 for k, v in expected["settings"].items() if found.get("settings", {}).get(k) != v]
+        if found.get("shapes") != expected["shapes"]:
+            diffs.append(f"trainable tensors: checkpoint {found.get('shapes')} vs now {expected['shapes']}")
+        raise CheckpointError(f"checkpoint {path} is from another configuration: " + "; ".join(diffs))
+    return ckpt
+
+
+def fit(model: nn.Module, train_loader, val_loader, test_loader, loss_fn: Callable, *, epochs: int, lr: float,
+        weight_decay: float, momentum: float, warmup_epochs: float, shot_counts, convention: str = "decoupling",
+        device: torch.device | None = None, checkpoint: str | os.PathLike | None = None,
+        resume: str = "auto", settings: dict | None = None,
+        on_epoch_end: Callable[[int, dict], None] | None = None, desc: str = "train") -> FitResult:
+    """Train `model.tuner` with SGD (momentum, weight decay), linear warm-up then cosine decay per step.
+
+    `loss_fn(model, images, labels) -> loss`. bf16 autocast on CUDA, float32 on CPU. After every epoch
+    the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
+    (ties: the later epoch); without a val split the last epoch is kept. A checkpoint (trainable state,
+    optimizer, epoch, RNG states, selection state) is written after every epoch. `resume`: 'auto'
+    continues from `checkpoint` when it exists and matches this run, 'never' starts over, a path must
+    exist and match. The test split is evaluated once, with the selected state.
+    """
+    device = device or default_device()
+    model.to(device)
+    params = [p for p in model.tuner.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps_per_epoch = len(train_loader)
+    total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
+    expected = fingerprint(model, {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                                   "warmup_epochs": warmup_epochs, "steps_per_epoch": steps_per_epoch,
+                                   **(settings or {})})
+    start, history, best, resumed = 0, [], {"acc": -1.0, "epoch": -1, "state": None}, None
+    source = None
+    if resume not in ("auto", "never"):
+        source = Path(resume)
+    elif resume == "auto" and checkpoint is not None and Path(checkpoint).is_file():
+        source = Path(checkpoint)
+    if source is not None:
+        try:
+            ckpt = load_checkpoint(source, expected)
+        except CheckpointError as e:
+            if resume != "auto":
+                raise
+            print(f"not resuming: {e}")
+        else:
+            model.tuner.load_state_dict(ckpt["tuner"])
+            opt.load_state_dict(ckpt["optimizer"])
+            start, history, best, resumed = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["epoch"]
+            _set_rng_state(ckpt["rng"])
+            print(f"resumed from {source} after epoch {ckpt['epoch']}")
+
+    for epoch in range(start, epochs):
+        model.train()
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        losses = []
+        for i, (x, y) in enumerate(progress(train_loader, desc=f"{desc} epoch {epoch + 1}/{epochs}")):
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, total, warmup, lr)
+            with autocast(device):
+                loss = loss_fn(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            check_finite(loss, epoch, i)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        row = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"]}
+        if val_loader is not None:
+            val, _ = evaluate(model, val_loader, device, shot_counts, convention, desc=f"{desc} val")
+            row.update(val_overall=val["overall"], val_many=val["many"], val_medium=val["medium"], val_few=val["few"])
+            score = val["overall"]
+        else:
+            score = float(epoch)  # no val split: the last epoch is selected
+        if score >= best["acc"]:
+            best = {"acc": score, "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.tuner.state_dict().items()}}
+        history.append(row)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {"fingerprint": expected, "epoch": epoch, "tuner": model.tuner.state_dict(),
+                                          "optimizer": opt.state_dict(), "history": history, "best": best,
+                                          "rng": _rng_state()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    model.tuner.load_state_dict(best["state"])
+    val_metrics = None
+    if val_loader is not None:
+        val_metrics, _ = evaluate(model, val_loader, device, shot_counts, convention, desc=f"{desc} val")
+    test_metrics, test_preds = evaluate(model, test_loader, device, shot_counts, convention, desc=f"{desc} test")
+    return FitResult(best["epoch"], val_metrics, test_metrics, test_preds, history, resumed)
+
+
+def _save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())

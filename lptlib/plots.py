@@ -88,3 +88,45 @@ def plot_training_curves(history: Sequence[dict], smooth: int = 10) -> plt.Figur
         ax.set_ylabel("training loss")
     fig.tight_layout()
     return fig
+
+
+def plot_shot_bars(rows: dict[str, dict], title: str = "") -> plt.Figure:
+    """Accuracy (%) overall / many / medium / few, one bar per row (method)."""
+    df = pd.DataFrame([{"row": name, "split": split, "accuracy": 100 * m[split]}
+                       for name, m in rows.items() for split in ("overall", *SHOT_GROUPS)])
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    sns.barplot(data=df, x="split", y="accuracy", hue="row", ax=ax)
+    ax.set_xlabel("")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title)
+    return fig
+
+
+def plot_lda(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], classnames: Sequence[str],
+             max_points: int = 3000, seed: int = 0) -> plt.Figure:
+    """LDA scatter: one row per feature extractor, one column per domain; colour = class."""
+    rows = list(panels)
+    cols = list(dict.fromkeys(c for p in panels.values() for c in p))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 3.3 * len(rows)), squeeze=False)
+    palette = sns.color_palette("tab10" if len(classnames) <= 10 else "husl", len(classnames))
+    rng = np.random.default_rng(seed)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            if c not in panels[r]:
+                ax.set_axis_off()
+                continue
+            pts, labels = panels[r][c]
+            sel = rng.permutation(len(pts))[:max_points]
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=4, c=[palette[int(y)] for y in labels[sel]], alpha=0.6,
+                       linewidths=0)
+            ax.set_title(f"{r} · {c}", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if len(classnames) <= 20:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=palette[k], label=n) for k, n in enumerate(classnames)]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -34,8 +34,9 @@ from lptlib.utils import default_device, progress, seed_everything
 @dataclass
 class PretrainResult:
     model: nn.Module
-    metrics: dict
-    history: list[dict] = field(default_factory=list)  # one row per logged step
+    metrics: dict  # deterministic on CPU for a given seed (no timings), so `dvc metrics diff` stays clean
+    seconds: float  # training wall time
+    history: list[dict] = field(default_factory=list)  # one row per step
 
 
 def relabel(dataset: ImageDataset, mapping: np.ndarray) -> ImageDataset:
@@ -100,8 +101,7 @@ def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = N
     history = _train(model, loader, run, lambda x, y: F.cross_entropy(model(x), y), device, "vit-mini")
     seconds = time.perf_counter() - start
 
-    metrics = {"train_seconds": seconds, "train_images": len(source), "epochs": run.epochs,
-               "params": sum(p.numel() for p in model.parameters())}
+    metrics = {"train_images": len(source), "epochs": run.epochs, "params": sum(p.numel() for p in model.parameters())}
     for split in ("val", "test"):
         ds = getattr(data, split)
         if ds is None:
@@ -110,7 +110,7 @@ def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = N
         logits, labels = predict(model, make_loader(ds, 512, num_workers=cfg.data.num_workers), device,
                                  desc=f"vit-mini coarse {split}")
         metrics[f"coarse_{split}_acc"] = (logits.argmax(1) == labels).float().mean().item()
-    return PretrainResult(model, metrics, history)
+    return PretrainResult(model, metrics, seconds, history)
 
 
 def unicl_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
@@ -166,8 +166,7 @@ def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = 
     with torch.no_grad(), autocast(device):
         weights = zero_shot_weights(lambda t: model.encode_text(tokenizer(t).to(device)), data.classnames,
                                     cfg.pretrain.zero_shot_templates).float()
-    metrics = {"train_seconds": seconds, "train_images": len(source), "epochs": run.epochs,
-               "params": sum(p.numel() for p in model.parameters()),
+    metrics = {"train_images": len(source), "epochs": run.epochs, "params": sum(p.numel() for p in model.parameters()),
                "logit_scale": model.logit_scale.exp().item()}
     for split in ("val", "test"):
         ds = getattr(data, split)
@@ -177,7 +176,7 @@ def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = 
                                 make_loader(ds.with_transform(test_tf), 512, num_workers=cfg.data.num_workers),
                                 device, desc=f"clip-mini zero-shot {split}")
         metrics[f"zero_shot_{split}_acc"] = ((feats @ weights.cpu().T).argmax(1) == labels).float().mean().item()
-    return PretrainResult(model, metrics, history)
+    return PretrainResult(model, metrics, seconds, history)
 
 
 PRETRAINERS = {"vit-mini": pretrain_vit_mini, "clip-mini": pretrain_clip_mini}
@@ -201,7 +200,6 @@ def run_pretraining(data: LTData, cfg: Config, device: torch.device | None = Non
     results: dict[str, PretrainResult] = {}
     for backbone in todo.values():
         result = PRETRAINERS[backbone.name](data, cfg, device)
-        result.metrics["weights"] = str(backbone.weights)
         save_weights(result.model, backbone.weights)
         results[backbone.name] = result
     return results

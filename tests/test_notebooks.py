@@ -45,6 +45,27 @@ def test_00_pretrain(tmp_path):
 
 
 @pytest.mark.notebook
+def test_01_vpt_study(tmp_path):
+    tiny = {"epochs": 1, "batch_size": 128}
+    m = run("01_vpt_study", tmp_path, data={"max_test_per_class": 10},
+            backbones={"visual": {"name": "vit-mini", "weights": "random"}},
+            vpt_study={"linear_probe": tiny, "vpt_deep": tiny, "feature_images_per_class": 5},
+            features_metrics_path=str(tmp_path / "out" / "features.json"))
+    assert set(m) == {"linear_probe/instance_balanced", "linear_probe/class_balanced",
+                      "vpt_deep/instance_balanced", "vpt_deep/class_balanced"}
+    assert m["linear_probe/class_balanced"]["trainable_params"] == 128 * 10 + 10
+    assert m["vpt_deep/class_balanced"]["trainable_params"] == 12 * 10 * 128 + 128 * 10 + 10
+    for row in m.values():
+        assert all(0 <= row[k] <= 1 for k in ("overall", "many", "medium", "few"))
+    features = json.loads((tmp_path / "out" / "features.json").read_text())
+    assert set(features) == {"frozen", "VPT-deep (instance_balanced)"}
+    assert all(v["gamma"] > 0 and 0 <= v["knn_acc"] <= 1 for v in features.values())
+    figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    assert figs == {"table1_shot_accuracy.png", "lda.png"}
+    assert len(list((tmp_path / "out" / "checkpoints").glob("*.pt"))) == 4
+
+
+@pytest.mark.notebook
 def test_bad_parameters_fail_before_any_work(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 0, got -3"):
         run("00_pretrain", tmp_path, pretrain={"vit_mini": {"epochs": -3}})

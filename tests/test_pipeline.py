@@ -37,6 +37,9 @@ def clone(tmp_path_factory):
     params["data"]["max_test_per_class"] = 20
     for run in ("vit_mini", "clip_mini"):
         params["pretrain"][run].update(epochs=1, max_images=256, batch_size=64, warmup_steps=1)
+    for run in ("linear_probe", "vpt_deep"):
+        params["vpt_study"][run].update(epochs=1, batch_size=128)
+    params["vpt_study"]["feature_images_per_class"] = 5
     with open(dst / "params.yaml", "w") as f:
         yaml.dump(params, f)
     for f in (dst / "metrics").glob("*.json"):
@@ -53,10 +56,12 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     data = json.loads((clone / "metrics" / "data.json").read_text())
     pretrain = json.loads((clone / "metrics" / "pretrain.json").read_text())
     assert data["train_images"] == 1_236 and set(pretrain) == {"vit-mini", "clip-mini"}
+    study = json.loads((clone / "metrics" / "vpt_study.json").read_text())
+    assert len(study) == 4 and (clone / "metrics" / "vpt_study_features.json").is_file()
     assert (clone / "outputs" / "pretrain" / "vit-mini.safetensors").is_file()
     assert (clone / "figures" / "data" / "class_counts.png").is_file()
     assert "up to date" in sh("dvc", "status", cwd=clone)
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=clone))
     assert shown  # DVC reads the metrics it declared
     dag = sh("dvc", "dag", "--md", cwd=clone)
-    assert "data" in dag and "pretrain" in dag
+    assert all(stage in dag for stage in ("data", "pretrain", "vpt_study"))

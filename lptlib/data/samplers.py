@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-SAMPLING_MODES = ("instance_balanced", "class_balanced")
+from lptlib.config import SAMPLING_MODES
 
 
 class ShuffleSampler(Sampler[int]):

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lptlib.config import BackboneConfig, parse
+from lptlib.data import ArrayDataset, ClassAwareSampler, Normalization, build_transforms, make_loader
+from lptlib.engine import CheckpointError, NonFiniteLossError, fit
+from lptlib.models import create_backbone
+from lptlib.models.peft import PromptedClassifier
+
+COUNTS = np.array([12, 6, 3])
+
+
+def loaders(seed=0):
+    rng = np.random.default_rng(0)
+    def make(counts):
+        y = np.repeat(np.arange(3), counts)
+        x = (rng.random((len(y), 28, 28)) * 80 + y[:, None, None] * 60).astype(np.uint8)
+        return ArrayDataset(x, y)
+    train_tf, test_tf = build_transforms(parse().data, Normalization((0.5,) * 3, (0.5,) * 3))
+    train = make(COUNTS).with_transform(train_tf)
+    return (make_loader(train, 8, ClassAwareSampler(train.targets, 2, seed=seed)),
+            make_loader(make([4, 4, 4]).with_transform(test_tf), 16),
+            make_loader(make([5, 5, 5]).with_transform(test_tf), 16))
+
+
+def model():
+    torch.manual_seed(0)
+    backbone = create_backbone(BackboneConfig("vit-mini", "random"))
+    return PromptedClassifier(backbone, 3, prompt_length=2, head_dropout=0.1)
+
+
+def ce(m, x, y):
+    return F.cross_entropy(m(x), y)
+
+
+KW = dict(epochs=3, lr=0.05, weight_decay=1e-4, momentum=0.9, warmup_epochs=1,
+          shot_counts=np.array([150, 50, 5]))  # one class per shot group (no NaN group)
+
+
+def test_resume_after_an_interruption_gives_identical_results(tmp_path):
+    torch.manual_seed(123)
+    full = fit(model(), *loaders(), ce, checkpoint=tmp_path / "a.pt", resume="never", **KW)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch, row):
+        if epoch == 0:
+            raise Killed
+
+    torch.manual_seed(123)
+    with pytest.raises(Killed):
+        fit(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="never",
+            on_epoch_end=kill_after_first_epoch, **KW)
+    torch.manual_seed(999)  # the resumed process starts from another RNG state
+    resumed = fit(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="auto", **KW)
+    assert resumed.resumed_from_epoch == 0
+    assert resumed.history == full.history
+    assert resumed.test == full.test and resumed.best_epoch == full.best_epoch
+    assert torch.equal(resumed.test_predictions, full.test_predictions)
+
+
+def test_selection_uses_val_and_test_is_evaluated_once(tmp_path):
+    seen = []
+    m = model()
+    original = m.forward
+
+    def counting_forward(x):
+        seen.append(x.shape[0])
+        return original(x)
+
+    m.forward = counting_forward
+    result = fit(m, *loaders(), ce, resume="never", **KW)
+    vals = [h["val_overall"] for h in result.history]
+    assert result.best_epoch == max(i for i, v in enumerate(vals) if v == max(vals))  # ties: the later epoch
+    assert result.val["overall"] == result.history[result.best_epoch]["val_overall"]
+    assert seen.count(15) == 1  # the 15-image test set went through the model exactly once
+
+
+def test_no_val_split_selects_the_last_epoch():
+    train, _, test = loaders()
+    result = fit(model(), train, None, test, ce, resume="never", **KW)
+    assert result.best_epoch == 2 and result.val is None
+
+
+def test_resume_errors(tmp_path):
+    train, val, test = loaders()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fit(model(), train, val, test, ce, resume=str(tmp_path / "missing.pt"), **KW)
+    fit(model(), train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="never", **{**KW, "epochs": 1})
+    with pytest.raises(CheckpointError, match=r"another configuration: lr: checkpoint 0\.05 vs now 0\.1"):
+        fit(model(), train, val, test, ce, resume=str(tmp_path / "c.pt"), **{**KW, "epochs": 1, "lr": 0.1})
+    other = PromptedClassifier(model().backbone, 3, prompt_length=5)
+    with pytest.raises(CheckpointError, match="trainable tensors"):
+        fit(other, train, val, test, ce, resume=str(tmp_path / "c.pt"), **{**KW, "epochs": 1})
+    # 'auto' with a mismatching checkpoint starts over instead of failing
+    result = fit(other, train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="auto", **{**KW, "epochs": 1})
+    assert result.resumed_from_epoch is None
+
+
+def test_non_finite_loss_stops_the_run():
+    train, val, test = loaders()
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
+        fit(model(), train, val, test, lambda m, x, y: m(x).sum() * float("nan"), resume="never", **KW)
