@@ -58,7 +58,7 @@ def test_01_vpt_study(tmp_path):
     for row in m.values():
         assert all(0 <= row[k] <= 1 for k in ("overall", "many", "medium", "few"))
     features = json.loads((tmp_path / "out" / "features.json").read_text())
-    assert set(features) == {"frozen", "VPT-deep (instance_balanced)"}
+    assert set(features) == {"frozen", "VPT-deep (instance_balanced)", "VPT-deep (class_balanced)"}
     assert all(v["gamma"] > 0 and 0 <= v["knn_acc"] <= 1 for v in features.values())
     figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
     assert figs == {"table1_shot_accuracy.png", "lda.png"}
