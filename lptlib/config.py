@@ -218,6 +218,40 @@ class VPTStudyConfig:
             raise ConfigError(f"{path}.samplings: give at least one sampling mode")
 
 
+# ------------------------------------------------------------------------------------------- LPT
+@dataclass(frozen=True)
+class AGCLConfig:
+    alpha: float = _opt(0.5, min=0.0, help="Gaussian cloud size (noise_mul)")
+    margin: float = _opt(0.1, help="additive margin on the target cosine")
+    scale: float = _opt(20.0, min=0.0, help="logit scale s")
+    smoothing: float = _opt(0.1, min=0.0, max=1.0, help="label smoothing")
+    class_balanced: tuple[float, float] = _opt((0.0, 4.0), help="(lambda+, lambda-) of the class-balanced branch")
+    instance_balanced: tuple[float, float] = _opt((0.5, 8.0), help="(lambda+, lambda-) of the instance branch")
+
+
+@dataclass(frozen=True)
+class LPTConfig:
+    backbone: str = _opt("visual", choices=BACKBONE_ROLES, help="which `backbones` entry LPT tunes")
+    prompt_length: int = _opt(10, min=0, help="l_p: shared prompts per block, and group prompts per block")
+    prompt_form: str = _opt("kv", choices=PROMPT_FORMS, help="kv (LPT eq. 1) | concat")
+    cosine_scale: float = _opt(20.0, min=0.0, help="s of the cosine head at prediction (A-GCL has its own)")
+    head_dropout: float = _opt(0.1, min=0.0, max=1.0, help="dropout before the cosine head")
+    num_samples_cls: int = _opt(4, min=1, help="class-aware sampler: images per visited class")
+    eta: float = _opt(0.5, min=0.0, help="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
+    agcl: AGCLConfig = _opt(default_factory=AGCLConfig, help="A-GCL loss")
+    pool_size: int = _opt(20, min=1, help="m: entries of the group prompt pool")
+    top_k: int = _opt(2, min=1, help="k: keys picked per image")
+    share_blocks: int = _opt(6, min=0, help="K: blocks 1..K use the shared prompts only")
+    match_weight: float = _opt(0.5, min=0.0, help="weight of the key-query matching term")
+    stage1: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=0.5, weight_decay=0.01), help="stage 1")
+    stage2: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=0.05, weight_decay=0.01), help="stage 2")
+    resume: str = _opt("auto", help=RESUME_HELP)
+
+    def check(self, path: str) -> None:
+        if self.top_k > self.pool_size:
+            raise ConfigError(f"{path}.top_k: {self.top_k} keys cannot be picked from a pool of {self.pool_size}")
+
+
 # --------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class Config:
@@ -229,6 +263,7 @@ class Config:
     backbones: BackbonesConfig = _opt(default_factory=BackbonesConfig)
     pretrain: PretrainConfig = _opt(default_factory=PretrainConfig)
     vpt_study: VPTStudyConfig = _opt(default_factory=VPTStudyConfig)
+    lpt: LPTConfig = _opt(default_factory=LPTConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))

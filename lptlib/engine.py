@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from lptlib.data.samplers import SingleSampling
 from lptlib.metrics import shot_accuracy
 from lptlib.utils import atomic_write_bytes, default_device, progress
 
@@ -118,14 +120,22 @@ def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
     return ckpt
 
 
-def fit(model: nn.Module, train_loader, val_loader, test_loader, loss_fn: Callable, *, epochs: int, lr: float,
+def to_device(batch, device: torch.device):
+    """Move a batch (tensors in nested tuples/lists) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(to_device(b, device) for b in batch)
+
+
+def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, epochs: int, lr: float,
         weight_decay: float, momentum: float, warmup_epochs: float, shot_counts, convention: str = "decoupling",
         device: torch.device | None = None, checkpoint: str | os.PathLike | None = None,
         resume: str = "auto", settings: dict | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None, desc: str = "train") -> FitResult:
     """Train `model.tuner` with SGD (momentum, weight decay), linear warm-up then cosine decay per step.
 
-    `loss_fn(model, images, labels) -> loss`. bf16 autocast on CUDA, float32 on CPU. After every epoch
+    `train` is a DataLoader, or a batch source called with the epoch (`SingleSampling`, `DualSampling`);
+    `loss_fn(model, batch, epoch) -> loss`, with the batch already on the device. bf16 autocast on CUDA, float32 on CPU. After every epoch
     the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
     (ties: the later epoch); without a val split the last epoch is kept. A checkpoint (trainable state,
     optimizer, epoch, RNG states, selection state) is written after every epoch. `resume`: 'auto'
@@ -136,7 +146,9 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, loss_fn: Callab
     model.to(device)
     params = [p for p in model.tuner.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    steps_per_epoch = len(train_loader)
+    if isinstance(train, DataLoader):
+        train = SingleSampling(train)
+    steps_per_epoch = len(train)
     total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
     expected = fingerprint(model, {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                                    "warmup_epochs": warmup_epochs, "steps_per_epoch": steps_per_epoch,
@@ -163,15 +175,14 @@ def fit(model: nn.Module, train_loader, val_loader, test_loader, loss_fn: Callab
 
     for epoch in range(start, epochs):
         model.train()
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
         losses = []
-        for i, (x, y) in enumerate(progress(train_loader, desc=f"{desc} epoch {epoch + 1}/{epochs}")):
+        batches = progress(train(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", total=steps_per_epoch)
+        for i, batch in enumerate(batches):
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, total, warmup, lr)
             with autocast(device):
-                loss = loss_fn(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                loss = loss_fn(model, to_device(batch, device), epoch)
             check_finite(loss, epoch, i)
             opt.zero_grad(set_to_none=True)
             loss.backward()

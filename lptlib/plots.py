@@ -130,3 +130,34 @@ def plot_lda(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], classn
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_history(history: Sequence[dict], title: str = "") -> plt.Figure:
+    """Training loss and val accuracy per epoch (rows of `fit`'s history)."""
+    df = pd.DataFrame(history)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(df["epoch"] + 1, df["loss"], color="C0", marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="C0")
+    if "val_overall" in df:
+        ax2 = ax.twinx()
+        ax2.plot(df["epoch"] + 1, 100 * df["val_overall"], color="C1", marker="s", ms=3)
+        ax2.set_ylabel("val accuracy (%)", color="C1")
+        ax2.grid(False)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_key_usage(counts: Sequence[int], entropy: float, title: str = "") -> plt.Figure:
+    """How often each group-prompt pool entry is picked: a collapsed pool shows a few tall bars."""
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(6.0, 3.0))
+    ax.bar(np.arange(len(counts)), counts / max(1, counts.sum()), color="C2")
+    ax.axhline(1 / len(counts), color="grey", ls="--", lw=1, label="uniform use")
+    ax.set_xlabel("pool entry")
+    ax.set_ylabel("share of picks")
+    ax.set_xticks(np.arange(len(counts)))
+    ax.legend(frameon=False)
+    ax.set_title(f"{title} (normalised entropy {entropy:.2f})")
+    return fig

@@ -71,3 +71,14 @@ def test_cosine_head_is_scaled_cosine():
 def test_vpt_study_bad_parameters(section, message):
     with pytest.raises(ConfigError, match=message):
         parse(vpt_study=section)
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"top_k": 21}, r"lpt\.top_k: 21 keys cannot be picked from a pool of 20"),
+    ({"share_blocks": -1}, r"lpt\.share_blocks: must be >= 0"),
+    ({"agcl": {"class_balanced": [0.0]}}, r"lpt\.agcl\.class_balanced: expected a list of 2 values"),
+    ({"stage2": {"epochs": -1}}, r"lpt\.stage2\.epochs: must be >= 0"),
+])
+def test_lpt_bad_parameters(section, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(lpt=section)

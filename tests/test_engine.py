@@ -31,7 +31,8 @@ def model():
     return PromptedClassifier(backbone, 3, prompt_length=2, head_dropout=0.1)
 
 
-def ce(m, x, y):
+def ce(m, batch, epoch):
+    x, y = batch
     return F.cross_entropy(m(x), y)
 
 
@@ -103,4 +104,4 @@ def test_resume_errors(tmp_path):
 def test_non_finite_loss_stops_the_run():
     train, val, test = loaders()
     with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
-        fit(model(), train, val, test, lambda m, x, y: m(x).sum() * float("nan"), resume="never", **KW)
+        fit(model(), train, val, test, lambda m, batch, e: m(batch[0]).sum() * float("nan"), resume="never", **KW)

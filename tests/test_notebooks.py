@@ -12,6 +12,7 @@ TINY_RUN = {"epochs": 1, "max_images": 256, "batch_size": 64, "warmup_steps": 1}
 
 
 def run(name: str, tmp_path: Path, **params) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
     params = {"out_dir": str(out), "metrics_path": str(out / "metrics.json"), "fig_dir": str(out / "figures"), **params}
     pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
@@ -63,6 +64,26 @@ def test_01_vpt_study(tmp_path):
     figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
     assert figs == {"table1_shot_accuracy.png", "lda.png"}
     assert len(list((tmp_path / "out" / "checkpoints").glob("*.pt"))) == 4
+
+
+@pytest.mark.notebook
+def test_02_and_03_lpt_stages(tmp_path):
+    tiny = {"epochs": 1, "batch_size": 128}
+    common = dict(data={"max_test_per_class": 10}, backbones={"visual": {"name": "vit-mini", "weights": "random"}},
+                  lpt={"stage1": tiny, "stage2": tiny, "pool_size": 4})
+    stage1 = tmp_path / "stage1.safetensors"
+    m1 = run("02_lpt_stage1", tmp_path / "s1", stage1_path=str(stage1), **common)
+    assert set(m1) == {"lpt_stage1"} and m1["lpt_stage1"]["trainable_params"] == 12 * 10 * 128 + 10 * 128
+    assert stage1.is_file() and (tmp_path / "s1" / "out" / "figures" / "history.png").is_file()
+    m2 = run("03_lpt_stage2", tmp_path / "s2", stage1_path=str(stage1), **common)["lpt_stage2"]
+    assert m2["trainable_params"] == 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
+    assert len(m2["key_usage"]) == 4 and sum(m2["key_usage"]) == 2 * 100  # top-2 picks of 100 test images
+    assert 0 <= m2["key_usage_entropy"] <= 1 and 0 <= m2["overall"] <= 1
+    assert (tmp_path / "s2" / "out" / "figures" / "key_usage.png").is_file()
+    with pytest.raises(pm.PapermillExecutionError, match="trained on backbone 'vit-mini', this run uses 'clip-mini'"):
+        run("03_lpt_stage2", tmp_path / "s3", stage1_path=str(stage1),
+            **{**common, "backbones": {"vision_language": {"name": "clip-mini", "weights": "random"}},
+               "lpt": {**common["lpt"], "backbone": "vision_language"}})
 
 
 @pytest.mark.notebook

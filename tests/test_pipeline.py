@@ -40,6 +40,8 @@ def clone(tmp_path_factory):
     for run in ("linear_probe", "vpt_deep"):
         params["vpt_study"][run].update(epochs=1, batch_size=128)
     params["vpt_study"]["feature_images_per_class"] = 5
+    for run in ("stage1", "stage2"):
+        params["lpt"][run].update(epochs=1, batch_size=128)
     with open(dst / "params.yaml", "w") as f:
         yaml.dump(params, f)
     for f in (dst / "metrics").glob("*.json"):
@@ -64,4 +66,5 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=clone))
     assert shown  # DVC reads the metrics it declared
     dag = sh("dvc", "dag", "--md", cwd=clone)
-    assert all(stage in dag for stage in ("data", "pretrain", "vpt_study"))
+    assert all(stage in dag for stage in ("data", "pretrain", "vpt_study", "lpt_stage1", "lpt_stage2"))
+    assert json.loads((clone / "metrics" / "lpt_stage2.json").read_text())["lpt_stage2"]["key_usage"]

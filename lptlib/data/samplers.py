@@ -97,9 +97,9 @@ class InfiniteLoader:
     epoch and iteration continues, so a step never creates a fresh iterator (LPT's reference code
     did, which re-drew the same first batch from a new shuffle every step)."""
 
-    def __init__(self, loader: DataLoader):
+    def __init__(self, loader: DataLoader, start_epoch: int = 0):
         self.loader = loader
-        self.epoch = 0
+        self.epoch = start_epoch
         self._it: Iterator | None = None
 
     def __iter__(self) -> "InfiniteLoader":
@@ -123,3 +123,49 @@ def dual_sampling(class_balanced: InfiniteLoader, instance_balanced: InfiniteLoa
     """LPT's dual sampling: `steps` pairs (class-balanced batch, instance-balanced batch)."""
     for _ in range(steps):
         yield next(class_balanced), next(instance_balanced)
+
+
+class SingleSampling:
+    """Training batches of one loader, epoch by epoch: `batches(epoch)` iterates the loader once."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __call__(self, epoch: int) -> Iterator:
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        return iter(self.loader)
+
+
+class DualSampling:
+    """(class-balanced batch, instance-balanced batch) pairs from two persistent iterators, epoch by epoch.
+
+    An epoch has as many steps as the class-balanced loader has batches. The iterators start at the
+    first epoch asked for (a resumed run starts at its resume epoch); with loaders of equal length, as
+    built by `make_dual_sampling`, training epoch e reads sampler epoch e of both, so a resumed run
+    draws exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, class_balanced: DataLoader, instance_balanced: DataLoader):
+        self.loaders = (class_balanced, instance_balanced)
+        self._iters: tuple[InfiniteLoader, InfiniteLoader] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __call__(self, epoch: int) -> Iterator[tuple]:
+        if self._iters is None:
+            self._iters = (InfiniteLoader(self.loaders[0], epoch), InfiniteLoader(self.loaders[1], epoch))
+        return dual_sampling(*self._iters, len(self))
+
+
+def make_dual_sampling(dataset: Dataset, labels: np.ndarray, batch_size: int, seed: int = 0,
+                       num_samples_cls: int = 4, num_workers: int = 0) -> DualSampling:
+    """LPT's dual sampling over `dataset`: a class-aware loader (4 images per visited class) and a
+    shuffled loader, both of len(dataset) samples per epoch and the same batch size."""
+    cb = make_loader(dataset, batch_size, ClassAwareSampler(labels, num_samples_cls, seed=seed), num_workers)
+    ib = make_loader(dataset, batch_size, ShuffleSampler(len(labels), seed=seed + 1), num_workers)
+    return DualSampling(cb, ib)

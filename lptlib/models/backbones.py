@@ -171,6 +171,11 @@ class Backbone(nn.Module):
         return len(self.blocks)
 
     @property
+    def patch_size(self) -> int:
+        size = self.visual.patch_embed.patch_size if self.family == "timm" else self.visual.patch_size
+        return int(size[0])
+
+    @property
     def image_size(self) -> int:
         size = self.visual.patch_embed.img_size if self.family == "timm" else self.visual.image_size
         return int(size[0])

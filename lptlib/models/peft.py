@@ -23,9 +23,8 @@ class PromptedClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.prompt_form = prompt_form
-        patch = backbone.visual.patch_embed.patch_size[0] if backbone.family == "timm" else backbone.visual.patch_size[0]
         self.tuner = nn.ModuleDict({
-            "prompts": DeepPrompts(backbone.depth, prompt_length, backbone.embed_dim, patch),
+            "prompts": DeepPrompts(backbone.depth, prompt_length, backbone.embed_dim, backbone.patch_size),
             "head": build_head(head, backbone.embed_dim, num_classes, cosine_scale),
         })
         self.dropout = nn.Dropout(head_dropout)

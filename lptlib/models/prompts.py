@@ -27,6 +27,12 @@ from torch import nn
 from lptlib.config import PROMPT_FORMS
 
 
+def vpt_uniform_(tensor: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """VPT's Xavier-uniform prompt initialisation: U(-b, b), b = sqrt(6 / (3 * patch^2 + dim))."""
+    bound = math.sqrt(6.0 / float(3 * patch_size * patch_size + tensor.shape[-1]))
+    return nn.init.uniform_(tensor, -bound, bound)
+
+
 class DeepPrompts(nn.Module):
     """VPT-deep prompts: `length` learnable tokens for each of `depth` blocks, shape (depth, length, dim).
 
@@ -38,9 +44,7 @@ class DeepPrompts(nn.Module):
         if length < 0:
             raise ValueError(f"prompt length must be >= 0, got {length}")
         self.depth, self.length, self.dim = depth, length, dim
-        self.prompts = nn.Parameter(torch.empty(depth, length, dim))
-        bound = math.sqrt(6.0 / float(3 * patch_size * patch_size + dim))
-        nn.init.uniform_(self.prompts, -bound, bound)
+        self.prompts = nn.Parameter(vpt_uniform_(torch.empty(depth, length, dim), patch_size))
 
     def forward(self, batch_size: int) -> list[torch.Tensor | None]:
         """Per block, the prompts expanded to (batch_size, length, dim); None everywhere when length is 0."""

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from lptlib.config import BackboneConfig
+from lptlib.models import create_backbone
+from lptlib.models.lpt import LPT, GroupPromptPool
+from lptlib.models.peft import count_trainable
+
+
+@pytest.fixture(scope="module", params=["vit-mini", "clip-mini"])
+def backbone(request):
+    torch.manual_seed(0)
+    return create_backbone(BackboneConfig(request.param, "random"))
+
+
+def stage2(backbone, **kw):
+    torch.manual_seed(1)
+    model = LPT(backbone, 10, stage=2, **kw)
+    with torch.no_grad():
+        for p in model.tuner.parameters():
+            p.mul_(10)  # large prompts: a wrong computation could not hide behind near-identity prompts
+    return model.eval()
+
+
+def test_block_k_reuse_equals_two_full_passes(backbone):
+    model = stage2(backbone)
+    x = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        reused, official = model.forward_train(x, reuse=True), model.forward_train(x, reuse=False)
+    torch.testing.assert_close(reused["cosine"], official["cosine"], rtol=0, atol=1e-6)
+    assert torch.equal(reused["topk"], official["topk"])
+
+
+def test_query_is_the_stage1_output(backbone):
+    model = stage2(backbone, share_blocks=4)
+    stage1 = LPT(backbone, 10, stage=1).eval()
+    stage1.load_stage1_state(model.stage1_state())
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        query = model.forward_train(x)["query"]
+        b = backbone
+        from lptlib.models.prompts import run_blocks
+        ref = b.final_norm(run_blocks(b.blocks, b.embed(x), stage1.tuner["shared_prompts"](2), "kv"))[:, 0]
+    torch.testing.assert_close(query, ref)
+
+
+def test_group_prompts_are_the_mean_of_the_top_k_picks():
+    pool = GroupPromptPool(pool_size=5, depth=3, length=2, dim=4, top_k=2)
+    with torch.no_grad():
+        pool.keys.copy_(torch.cat([torch.eye(4), -torch.eye(4)[:1]]))
+    query = torch.tensor([[1.0, 0.9, 0.0, 0.0]])
+    idx = pool.select(query)
+    assert sorted(idx[0].tolist()) == [0, 1]
+    torch.testing.assert_close(pool(idx)[0], pool.prompts[[0, 1]].mean(0))
+
+
+def test_stage2_trains_pool_keys_and_head_only(backbone):
+    model = LPT(backbone, 10, stage=2)
+    out = model.forward_train(torch.randn(2, 3, 28, 28))
+    loss = out["cosine"].sum() - (out["query"] @ model.tuner["group_pool"].keys.T).sum()
+    loss.backward()
+    tuner = model.tuner
+    assert tuner["group_pool"].prompts.grad is not None and tuner["group_pool"].keys.grad is not None
+    assert tuner["head"].weight.grad is not None and tuner["shared_prompts"].prompts.grad is None
+    assert all(p.grad is None for p in backbone.parameters())
+    d = backbone.embed_dim
+    assert count_trainable(model) == 20 * 6 * 10 * d + 20 * d + 10 * d
+
+
+def test_vit_b16_parameter_count():
+    """LPT's ViT-B/16 configuration: prompts + keys = 12x10x768 + 20x6x10x768 + 20x768 = 1,029,120."""
+    torch.manual_seed(0)
+    backbone = create_backbone(BackboneConfig("timm:vit_base_patch16_224", "random"))
+    model = LPT(backbone, num_classes=365, stage=2, prompt_length=10, pool_size=20, top_k=2, share_blocks=6)
+    prompts_and_keys = sum(p.numel() for n, p in model.tuner.named_parameters() if not n.startswith("head."))
+    assert prompts_and_keys == 1_029_120
+    assert sum(p.numel() for p in model.tuner.parameters()) == 1_029_120 + 768 * 365
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(top_k=21), r"lpt\.top_k must be between 1 and lpt\.pool_size \(20\)"),
+    (dict(share_blocks=12), r"lpt\.share_blocks \(K\) must be in \[0, 11\]"),
+])
+def test_bad_lpt_arguments(backbone, kw, message):
+    with pytest.raises(ValueError, match=message):
+        LPT(backbone, 10, stage=2, **kw)
+
+
+def test_stage1_checkpoint_of_another_model_is_refused(backbone):
+    state = LPT(backbone, 10, stage=1, prompt_length=5).stage1_state()
+    with pytest.raises(ValueError, match=r"shared_prompts\.prompts: \(12, 5, 128\) vs this model's \(12, 10, 128\)"):
+        LPT(backbone, 10, stage=2).load_stage1_state(state)
+    state = LPT(backbone, 7, stage=1).stage1_state()
+    with pytest.raises(ValueError, match=r"head\.weight"):
+        LPT(backbone, 10, stage=2).load_stage1_state(state)
