@@ -5,6 +5,7 @@ per-epoch checkpoints and resume)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -100,9 +101,22 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def fingerprint(model: nn.Module, settings: dict) -> dict:
-    """What a checkpoint must match to be resumed: the run's settings and the trainable tensors' shapes."""
-    return {"settings": settings, "shapes": {k: list(v.shape) for k, v in model.tuner.state_dict().items()}}
+    """What a checkpoint must match to be resumed: the run's settings, the trainable tensors' shapes, and the
+    digest of the model's starting state (frozen backbone weights + initial trainable state, e.g. a loaded
+    stage-1 state), so a checkpoint of a run that started elsewhere is never continued."""
+    return {"settings": {**settings, "initial_state": state_digest(model)},
+            "shapes": {k: list(v.shape) for k, v in model.tuner.state_dict().items()}}
 
 
 def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:

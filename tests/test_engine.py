@@ -105,3 +105,15 @@ def test_non_finite_loss_stops_the_run():
     train, val, test = loaders()
     with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
         fit(model(), train, val, test, lambda m, batch, e: m(batch[0]).sum() * float("nan"), resume="never", **KW)
+
+
+def test_checkpoint_of_a_run_that_started_elsewhere_is_not_continued(tmp_path):
+    train, val, test = loaders()
+    fit(model(), train, val, test, ce, checkpoint=tmp_path / "d.pt", resume="never", **{**KW, "epochs": 1})
+    other_start = model()
+    with torch.no_grad():
+        other_start.tuner["prompts"].prompts.add_(1.0)  # e.g. another stage-1 state loaded before stage 2
+    with pytest.raises(CheckpointError, match="initial_state"):
+        fit(other_start, train, val, test, ce, resume=str(tmp_path / "d.pt"), **{**KW, "epochs": 1})
+    resumed = fit(model(), train, val, test, ce, checkpoint=tmp_path / "d.pt", resume="auto", **{**KW, "epochs": 1})
+    assert resumed.resumed_from_epoch == 0
