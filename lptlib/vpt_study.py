@@ -53,7 +53,10 @@ def train_classifier(model: PromptedClassifier, data: LTData, sampling: str, tra
                                workers)
     val_loader = make_loader(lt.val, train.eval_batch_size, num_workers=workers) if lt.val is not None else None
     test_loader = make_loader(lt.test, train.eval_batch_size, num_workers=workers)
-    return fit(model, train_loader, val_loader, test_loader, lambda m, batch, epoch: F.cross_entropy(m(batch[0]), batch[1]),
+    def cross_entropy(m: PromptedClassifier, batch, epoch: int) -> torch.Tensor:
+        return F.cross_entropy(m(batch[0]), batch[1])
+
+    return fit(model, train_loader, val_loader, test_loader, cross_entropy,
                epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay, momentum=train.momentum,
                warmup_epochs=train.warmup_epochs, shot_counts=lt.shot_counts, convention=cfg.data.shot_convention,
                checkpoint=checkpoint, resume=resume, desc=desc,
