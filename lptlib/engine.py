@@ -77,6 +77,16 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, lr, val accuracy
     resumed_from_epoch: int | None = None
 
+    def row(self, trainable_params: int) -> dict:
+        """A metrics-file row: test accuracy by shot group (with per-class), trainable parameters,
+        the selected epoch and its val accuracy."""
+        row = {k: self.test[k] for k in ("overall", "many", "medium", "few", "class_mean", "n_many", "n_medium",
+                                         "n_few", "per_class")}
+        row.update(trainable_params=trainable_params, best_epoch=self.best_epoch)
+        if self.val is not None:
+            row["val_overall"] = self.val["overall"]
+        return row
+
 
 def evaluate(model: nn.Module, loader, device: torch.device, shot_counts, convention: str = "decoupling",
              desc: str = "evaluate") -> tuple[dict, torch.Tensor]:
@@ -149,8 +159,8 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
     """Train `model.tuner` with SGD (momentum, weight decay), linear warm-up then cosine decay per step.
 
     `train` is a DataLoader, or a batch source called with the epoch (`SingleSampling`, `DualSampling`);
-    `loss_fn(model, batch, epoch) -> loss`, with the batch already on the device. bf16 autocast on CUDA, float32 on CPU. After every epoch
-    the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
+    `loss_fn(model, batch, epoch) -> loss`, with the batch already on the device. bf16 autocast on CUDA,
+    float32 on CPU. After every epoch the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
     (ties: the later epoch); without a val split the last epoch is kept. A checkpoint (trainable state,
     optimizer, epoch, RNG states, selection state) is written after every epoch. `resume`: 'auto'
     continues from `checkpoint` when it exists and matches this run, 'never' starts over, a path must

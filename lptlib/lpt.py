@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lptlib.config import Config, to_dict
-from lptlib.data import LTData, build_transforms, make_dual_sampling, make_loader
+from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling
 from lptlib.engine import FitResult, fit, predict
 from lptlib.losses import AGCL, matching_loss
 from lptlib.models.backbones import Backbone
@@ -50,13 +50,13 @@ def train_stage(model: LPT, data: LTData, cfg: Config, checkpoint: Path | None) 
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
     lt = data.with_transforms(train_tf, test_tf)
     workers = cfg.data.num_workers
-    batches = make_dual_sampling(lt.train, lt.train.targets, train.batch_size, cfg.seed, lpt.num_samples_cls, workers)
+    batches = make_dual_sampling(lt.train, lt.train.targets, train.batch_size, cfg.seed, lpt.num_samples_cls,
+                                 workers)
     a = lpt.agcl
     counts = lt.train_counts
     cb = AGCL(counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
     ib = AGCL(counts, a.alpha, a.margin, a.scale, *a.instance_balanced, a.smoothing)
-    val = make_loader(lt.val, train.eval_batch_size, num_workers=workers) if lt.val is not None else None
-    test = make_loader(lt.test, train.eval_batch_size, num_workers=workers)
+    val, test = eval_loaders(lt, train.eval_batch_size, workers)
     return fit(model, batches, val, test, dual_sampling_loss(cb, ib, train.epochs, lpt.eta, lpt.match_weight),
                epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay, momentum=train.momentum,
                warmup_epochs=train.warmup_epochs, shot_counts=lt.shot_counts, convention=cfg.data.shot_convention,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lptlib.analysis import distance_ratio, knn_accuracy
 from lptlib.config import Config, TrainConfig
-from lptlib.data import LTData, build_transforms, make_loader, make_sampler
+from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.engine import FitResult, fit, predict
 from lptlib.models.backbones import Backbone
@@ -34,13 +34,7 @@ class Row:
     result: FitResult
 
     def metrics(self) -> dict:
-        m = {k: self.result.test[k] for k in ("overall", "many", "medium", "few", "class_mean",
-                                               "n_many", "n_medium", "n_few", "per_class")}
-        m["trainable_params"] = count_trainable(self.model)
-        m["best_epoch"] = self.result.best_epoch
-        if self.result.val is not None:
-            m["val_overall"] = self.result.val["overall"]
-        return m
+        return self.result.row(count_trainable(self.model))
 
 
 def train_classifier(model: PromptedClassifier, data: LTData, sampling: str, train: TrainConfig, cfg: Config,
@@ -51,8 +45,7 @@ def train_classifier(model: PromptedClassifier, data: LTData, sampling: str, tra
     workers = cfg.data.num_workers
     train_loader = make_loader(lt.train, train.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed),
                                workers)
-    val_loader = make_loader(lt.val, train.eval_batch_size, num_workers=workers) if lt.val is not None else None
-    test_loader = make_loader(lt.test, train.eval_batch_size, num_workers=workers)
+    val_loader, test_loader = eval_loaders(lt, train.eval_batch_size, workers)
     def cross_entropy(m: PromptedClassifier, batch, epoch: int) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
