@@ -2,6 +2,7 @@
 
     python -m lptlib.bench prompt-overhead [--device cpu|cuda] [--batch-size 8] [--repeats 7]
     python -m lptlib.bench lpt-reuse [--device cpu|cuda] [--batch-size 4] [--repeats 7]
+    python -m lptlib.bench tea-overhead [--device cpu|cuda] [--batch-size 8] [--repeats 7]
 
 prompt-overhead: one VPT-deep training step (forward + backward to the prompts and head) divided by one
 step of the frozen backbone with the gradient taken through its activations only (a trainable tensor
@@ -13,6 +14,11 @@ lpt-reuse: one LPT stage-2 training step (a class-balanced and an instance-balan
 matching term, backward) with block-K reuse, divided by the same step in the official design (per batch a
 full query pass and a full prompted pass), ViT-B/16 shapes, m = 20, k = 2, K = 6, l_p = 10. Counting block
 passes (backward ~ 2 forwards; none through blocks 1..K in either design) predicts 30/36 = 0.83.
+
+tea-overhead: for each PEFT method on the CLIP ViT-B/16 visual encoder (random weights, cosine head, LA loss),
+the inference time of a model trained with TEA (PEA + PG + TEC) divided by the plain PEFT model's, and a TEA
+training step divided by a plain one; the two variants alternate. TEA is training-only, so the inference ratio
+measures noise around 1 (target <= 1.01) and the parameter counts are checked equal.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from lptlib.config import BackboneConfig
 from lptlib.engine import autocast
 from lptlib.models import create_backbone
 from lptlib.models.heads import build_head
-from lptlib.models.peft import PromptedClassifier
+from lptlib.models.peft import PEFTClassifier
 
 
 class FrozenWithActivationGrad(nn.Module):
@@ -80,8 +86,8 @@ def prompt_overhead(device: torch.device, batch_size: int, repeats: int, warmup:
     y = torch.randint(0, 100, (batch_size,), device=device)
     models = {
         "frozen (activation grads)": FrozenWithActivationGrad(backbone, 100),
-        "VPT-deep kv": PromptedClassifier(backbone, 100, prompt_length, prompt_form="kv"),
-        "VPT-deep concat": PromptedClassifier(backbone, 100, prompt_length, prompt_form="concat"),
+        "VPT-deep kv": PEFTClassifier(backbone, 100, prompt_length, prompt_form="kv"),
+        "VPT-deep concat": PEFTClassifier(backbone, 100, prompt_length, prompt_form="concat"),
     }
 
     def step_fn(model: nn.Module) -> Callable[[], None]:
@@ -136,7 +142,63 @@ def lpt_reuse(device: torch.device, batch_size: int, repeats: int, warmup: int, 
     return {k: {"seconds": v, "ratio": v / base} for k, v in medians.items()}
 
 
-BENCHMARKS = {"prompt-overhead": (prompt_overhead, 8, 64), "lpt-reuse": (lpt_reuse, 4, 32)}
+def tea_overhead(device: torch.device, batch_size: int, repeats: int, warmup: int, prompt_length: int,
+                 arch: str = "open_clip:ViT-B-16") -> dict:
+    """Per PEFT method: inference of a TEA-trained model / the plain model, and a TEA training step / a plain one."""
+    from lptlib import config
+    from lptlib.models.peft import count_trainable
+    from lptlib.tea import build_objective, build_tea, tea_objective
+
+    torch.manual_seed(0)
+    backbone = create_backbone(BackboneConfig(arch, "random")).to(device)
+    size, classes = backbone.image_size, 100
+    counts = torch.randint(5, 500, (classes,)).tolist()
+    cfg = config.parse(tea={"prompt_length": prompt_length})
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    y = torch.randint(0, classes, (batch_size,), device=device)
+    results = {}
+    for peft in ("vpt_deep", "adaptformer", "lora"):
+        models, steps = {}, {}
+        for variant in ("none", "pea_pg_tec"):
+            torch.manual_seed(1)
+            model = PEFTClassifier(backbone, classes, prompt_length=prompt_length if peft == "vpt_deep" else 0,
+                                   adapter=peft == "adaptformer", lora_rank=4 if peft == "lora" else 0,
+                                   head="cosine", cosine_scale=25.0).to(device).train()
+            objective = tea_objective(build_objective("la", counts, cfg).to(device),
+                                      build_tea(counts, cfg, variant).to(device))
+            opt = torch.optim.SGD([p for p in model.tuner.parameters() if p.requires_grad], lr=1e-3)
+
+            def step(model=model, objective=objective, opt=opt) -> None:
+                with autocast(device):
+                    loss = objective(model, (x, y), 0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            models[variant], steps[variant] = model, step
+        if count_trainable(models["none"]) != count_trainable(models["pea_pg_tec"]):
+            raise AssertionError("TEA changed the parameter count")
+        train = time_steps({"plain": steps["none"], "TEA": steps["pea_pg_tec"]}, repeats, warmup, device)
+
+        def infer(model: nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                with torch.no_grad(), autocast(device):
+                    model(x)
+            return run
+        for m in models.values():
+            m.eval()
+        infer_t = time_steps({"plain": infer(models["none"]), "TEA": infer(models["pea_pg_tec"])}, 3 * repeats,
+                             warmup, device)
+        params = count_trainable(models["none"])
+        results[f"{peft} inference plain"] = {"seconds": infer_t["plain"], "ratio": 1.0}
+        results[f"{peft} inference TEA-trained"] = {"seconds": infer_t["TEA"], "ratio": infer_t["TEA"] / infer_t["plain"]}
+        results[f"{peft} train step plain"] = {"seconds": train["plain"], "ratio": 1.0}
+        results[f"{peft} train step TEA"] = {"seconds": train["TEA"], "ratio": train["TEA"] / train["plain"]}
+        print(f"  {peft}: {params:,} trainable parameters with and without TEA")
+    return results
+
+
+BENCHMARKS = {"prompt-overhead": (prompt_overhead, 8, 64), "lpt-reuse": (lpt_reuse, 4, 32),
+              "tea-overhead": (tea_overhead, 8, 64)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,18 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--prompt-length", type=int, default=10)
-    ap.add_argument("--arch", default="vit_base_patch16_224", help="timm architecture (random weights)")
+    ap.add_argument("--arch", default=None, help="architecture with random weights (default: timm "
+                    "vit_base_patch16_224; tea-overhead: open_clip:ViT-B-16)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     fn, cpu_batch, gpu_batch = BENCHMARKS[args.benchmark]
     batch = args.batch_size or (gpu_batch if device.type == "cuda" else cpu_batch)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     precision = "bf16 autocast" if device.type == "cuda" else "float32"
-    print(f"{args.benchmark}: {args.arch}, batch {batch}, l_p {args.prompt_length}, {where}, {precision}, "
-          f"median of {args.repeats} interleaved steps")
-    results = fn(device, batch, args.repeats, args.warmup, args.prompt_length, args.arch)
+    print(f"{args.benchmark}: {args.arch or 'default architecture'}, batch {batch}, l_p {args.prompt_length}, "
+          f"{where}, {precision}, median of {args.repeats} interleaved steps")
+    if args.arch is not None:
+        results = fn(device, batch, args.repeats, args.warmup, args.prompt_length, args.arch)
+    else:
+        results = fn(device, batch, args.repeats, args.warmup, args.prompt_length)
     for name, r in results.items():
-        print(f"  {name:<28} {r['seconds'] * 1000:9.1f} ms/step   ratio {r['ratio']:.3f}")
+        print(f"  {name:<32} {r['seconds'] * 1000:9.1f} ms/step   ratio {r['ratio']:.3f}")
     return 0
 
 

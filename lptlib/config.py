@@ -252,6 +252,69 @@ class LPTConfig:
             raise ConfigError(f"{path}.top_k: {self.top_k} keys cannot be picked from a pool of {self.pool_size}")
 
 
+# ------------------------------------------------------------------------------------------- TEA
+PEFT_METHODS = ("vpt_deep", "adaptformer", "lora")
+TEA_LOSSES = ("ce", "la", "bs", "agcl")
+TEA_VARIANTS = ("none", "pea", "pea_pg", "pea_pg_tec")
+
+
+@dataclass(frozen=True)
+class TEAMatrixConfig:
+    peft: tuple[str, ...] = _opt(PEFT_METHODS, help="PEFT methods of the DVC matrix stage `tea`")
+    loss: tuple[str, ...] = _opt(("ce", "la"), help="losses of the matrix (all: ce, la, bs, agcl)")
+    tea: tuple[str, ...] = _opt(("none", "pea_pg_tec"), help="TEA variants of the matrix (all: none, pea, pea_pg, "
+                                                          "pea_pg_tec)")
+
+    def check(self, path: str) -> None:
+        for key, allowed in (("peft", PEFT_METHODS), ("loss", TEA_LOSSES), ("tea", TEA_VARIANTS)):
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"{path}.{key}: give at least one value ({', '.join(allowed)})")
+            for v in values:
+                if v not in allowed:
+                    raise ConfigError(f"{path}.{key}: {v!r} is not one of: {', '.join(allowed)}")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{path}.{key}: {list(values)} repeats a value")
+
+
+@dataclass(frozen=True)
+class TEAConfig:
+    backbone: str = _opt("vision_language", choices=BACKBONE_ROLES, help="which `backbones` entry is tuned")
+    templates: tuple[str, ...] = _opt(("a photo of a {name}.",), help="prompts of the text-initialised head and "
+                                                                       "of the zero-shot classifier")
+    cosine_scale: float = _opt(25.0, min=0.0, help="s of the cosine head (LIFT / TEA: 25)")
+    head_init: str = _opt("text", choices=("text", "class_mean", "random"), help="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random")
+    sampling: str = _opt("instance_balanced", choices=SAMPLING_MODES, help="training sampler (LIFT: instance)")
+    prompt_length: int = _opt(10, min=1, help="vpt_deep: prompt tokens per block")
+    prompt_form: str = _opt("kv", choices=PROMPT_FORMS, help="vpt_deep: kv | concat")
+    bottleneck: int | None = _opt(None, min=1, help="adaptformer: bottleneck width; null: "
+                                                    "max(1, 2^floor(log2(C / 24)))")
+    lora_rank: int = _opt(4, min=1, help="lora: rank r of the q and v updates")
+    la_tau: float = _opt(1.0, min=0.0, help="la: tau of the logit adjustment")
+    agcl: AGCLConfig = _opt(default_factory=lambda: AGCLConfig(scale=25.0),
+                            help="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`")
+    temperature: float = _opt(0.1, min=1e-6, help="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)")
+    mix: float = _opt(0.5, min=0.0, max=1.0, help="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
+    gate_max: float = _opt(0.5, help="PG: g_max, the augmentation probability of the rarest class ([0, 1])")
+    tec_weight: float = _opt(1.0, min=0.0, help="TEC: weight lambda_tec of the consistency loss")
+    vpt_deep: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=5, lr=0.1), help="vpt_deep schedule")
+    adaptformer: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=5, lr=0.01),
+                                    help="adaptformer schedule")
+    lora: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=5, lr=0.05), help="lora schedule")
+    latency_batches: int = _opt(20, min=1, help="batches of the inference-latency measurement")
+    matrix: TEAMatrixConfig = _opt(default_factory=TEAMatrixConfig, help="the members of the DVC matrix stage")
+    resume: str = _opt("auto", help=RESUME_HELP)
+
+    def check(self, path: str) -> None:
+        if not 0.0 <= self.gate_max <= 1.0:
+            raise ConfigError(f"{path}.gate_max: a probability, must be in [0, 1], got {self.gate_max}")
+        if not self.templates:
+            raise ConfigError(f"{path}.templates: give at least one template")
+        for t in self.templates:
+            if "{name}" not in t:
+                raise ConfigError(f"{path}.templates: template {t!r} has no '{{name}}' placeholder")
+
+
 # --------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class Config:
@@ -264,6 +327,7 @@ class Config:
     pretrain: PretrainConfig = _opt(default_factory=PretrainConfig)
     vpt_study: VPTStudyConfig = _opt(default_factory=VPTStudyConfig)
     lpt: LPTConfig = _opt(default_factory=LPTConfig)
+    tea: TEAConfig = _opt(default_factory=TEAConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))

@@ -27,6 +27,7 @@ from lptlib.data import FASHION_MNIST_COARSE, LTData, ShuffleSampler, build_tran
 from lptlib.data.datasets import ImageDataset
 from lptlib.engine import autocast, check_finite, cosine_lr, predict
 from lptlib.models.backbones import build_open_clip, build_timm, normalization_of, save_weights
+from lptlib.models.heads import zero_shot_weights
 from lptlib.models.miniature import CLIP_MINI, VIT_MINI
 from lptlib.utils import default_device, progress, seed_everything
 
@@ -124,15 +125,6 @@ def unicl_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels
     targets = positives / positives.sum(1, keepdim=True)
     return 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
                   + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
-
-
-def zero_shot_weights(encode_text, classnames: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-    """(C, E) zero-shot classifier: the normalised mean of each class's normalised prompt embeddings."""
-    rows = []
-    for name in classnames:
-        emb = F.normalize(encode_text([t.format(name=name) for t in templates]), dim=-1)
-        rows.append(F.normalize(emb.mean(0), dim=-1))
-    return torch.stack(rows)
 
 
 def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = None) -> PretrainResult:

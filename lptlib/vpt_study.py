@@ -17,7 +17,7 @@ from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, mak
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.engine import FitResult, fit, predict
 from lptlib.models.backbones import Backbone
-from lptlib.models.peft import PromptedClassifier, count_trainable
+from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.utils import default_device
 
 METHODS = ("linear_probe", "vpt_deep")
@@ -30,14 +30,14 @@ def row_name(method: str, sampling: str) -> str:
 
 @dataclass
 class Row:
-    model: PromptedClassifier
+    model: PEFTClassifier
     result: FitResult
 
     def metrics(self) -> dict:
         return self.result.row(count_trainable(self.model))
 
 
-def train_classifier(model: PromptedClassifier, data: LTData, sampling: str, train: TrainConfig, cfg: Config,
+def train_classifier(model: PEFTClassifier, data: LTData, sampling: str, train: TrainConfig, cfg: Config,
                      checkpoint: Path | None, resume: str = "auto", desc: str = "train") -> FitResult:
     """Cross-entropy training of `model.tuner` with the given sampling; selection on val, test once."""
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
@@ -46,7 +46,7 @@ def train_classifier(model: PromptedClassifier, data: LTData, sampling: str, tra
     train_loader = make_loader(lt.train, train.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed),
                                workers)
     val_loader, test_loader = eval_loaders(lt, train.eval_batch_size, workers)
-    def cross_entropy(m: PromptedClassifier, batch, epoch: int) -> torch.Tensor:
+    def cross_entropy(m: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
     return fit(model, train_loader, val_loader, test_loader, cross_entropy,
@@ -65,7 +65,7 @@ def run_table1(backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Pa
         for sampling in study.samplings:
             name = row_name(method, sampling)
             torch.manual_seed(cfg.seed)
-            model = PromptedClassifier(backbone, data.num_classes,
+            model = PEFTClassifier(backbone, data.num_classes,
                                        prompt_length=study.prompt_length if method == "vpt_deep" else 0,
                                        prompt_form=study.prompt_form, head=study.head,
                                        cosine_scale=study.cosine_scale)
@@ -83,7 +83,7 @@ def feature_sample(dataset: ImageDataset, per_class: int, seed: int) -> ImageDat
 
 
 @torch.no_grad()
-def cls_features(model: PromptedClassifier | Backbone, dataset: ImageDataset, batch_size: int,
+def cls_features(model: PEFTClassifier | Backbone, dataset: ImageDataset, batch_size: int,
                  num_workers: int = 0, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """Final CLS features (after the final norm) of `dataset` through `model`."""
     device = default_device()

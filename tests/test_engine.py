@@ -7,7 +7,7 @@ from lptlib.config import BackboneConfig, parse
 from lptlib.data import ArrayDataset, ClassAwareSampler, Normalization, build_transforms, make_loader
 from lptlib.engine import CheckpointError, NonFiniteLossError, fit
 from lptlib.models import create_backbone
-from lptlib.models.peft import PromptedClassifier
+from lptlib.models.peft import PEFTClassifier
 
 COUNTS = np.array([12, 6, 3])
 
@@ -28,7 +28,7 @@ def loaders(seed=0):
 def model():
     torch.manual_seed(0)
     backbone = create_backbone(BackboneConfig("vit-mini", "random"))
-    return PromptedClassifier(backbone, 3, prompt_length=2, head_dropout=0.1)
+    return PEFTClassifier(backbone, 3, prompt_length=2, head_dropout=0.1)
 
 
 def ce(m, batch, epoch):
@@ -93,7 +93,7 @@ def test_resume_errors(tmp_path):
     fit(model(), train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="never", **{**KW, "epochs": 1})
     with pytest.raises(CheckpointError, match=r"another configuration: lr: checkpoint 0\.05 vs now 0\.1"):
         fit(model(), train, val, test, ce, resume=str(tmp_path / "c.pt"), **{**KW, "epochs": 1, "lr": 0.1})
-    other = PromptedClassifier(model().backbone, 3, prompt_length=5)
+    other = PEFTClassifier(model().backbone, 3, prompt_length=5)
     with pytest.raises(CheckpointError, match="trainable tensors"):
         fit(other, train, val, test, ce, resume=str(tmp_path / "c.pt"), **{**KW, "epochs": 1})
     # 'auto' with a mismatching checkpoint starts over instead of failing

@@ -21,8 +21,9 @@ def parameters_cells(nb: dict) -> list[dict]:
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:5] == ["00_data.ipynb", "00_pretrain.ipynb", "01_vpt_study.ipynb",
-                                               "02_lpt_stage1.ipynb", "03_lpt_stage2.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:7] == ["00_data.ipynb", "00_pretrain.ipynb", "01_vpt_study.ipynb",
+                                               "02_lpt_stage1.ipynb", "03_lpt_stage2.ipynb", "04_tea.ipynb",
+                                               "04_tea_report.ipynb"]
 
 
 def test_outputs_are_stripped():

@@ -39,7 +39,7 @@ def test_query_is_the_stage1_output(backbone):
     with torch.no_grad():
         query = model.forward_train(x)["query"]
         b = backbone
-        from lptlib.models.prompts import run_blocks
+        from lptlib.models.blocks import run_blocks
         ref = b.final_norm(run_blocks(b.blocks, b.embed(x), stage1.tuner["shared_prompts"](2), "kv"))[:, 0]
     torch.testing.assert_close(query, ref)
 

@@ -18,7 +18,7 @@ def run(name: str, tmp_path: Path, **params) -> dict:
     pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                         parameters=params, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
     assert (out / "config.yaml").is_file(), "the resolved config is saved next to the outputs"
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads(Path(params["metrics_path"]).read_text())
 
 
 @pytest.mark.notebook
@@ -87,7 +87,39 @@ def test_02_and_03_lpt_stages(tmp_path):
 
 
 @pytest.mark.notebook
+def test_04_tea_members_and_report(tmp_path):
+    """Two matrix members (the same PEFT and loss without and with TEA) and the report that collects them."""
+    clip = {"vision_language": {"name": "clip-mini", "weights": "random"}}
+    tiny = {"epochs": 1, "batch_size": 128}
+    tea = {"lora": tiny, "latency_batches": 2,
+           "matrix": {"peft": ["lora"], "loss": ["agcl"], "tea": ["none", "pea_pg_tec"]}}
+    members = tmp_path / "members"
+    for variant in ("none", "pea_pg_tec"):
+        m = run("04_tea", tmp_path / variant, data={"max_test_per_class": 10}, backbones=clip, tea=tea, peft="lora",
+                loss="agcl", variant=variant, metrics_path=str(members / f"lora-agcl-{variant}.json"))
+        row = m[f"lora-agcl-{variant}"]
+        assert row["trainable_params"] == 12 * 2 * 2 * 4 * 128 + 10 * 128  # LoRA on q and v + the head
+        assert row["latency_ms_per_image"] > 0 and 0 <= row["few"] <= 1 and row["tea"] == variant
+    report = run("04_tea_report", tmp_path / "report", data={"max_test_per_class": 10}, backbones=clip, tea=tea,
+                 members_dir=str(members))
+    assert set(report["members"]) == {"lora-agcl-none", "lora-agcl-pea_pg_tec"}
+    assert report["best_member"] in report["members"] and 0 <= report["zero_shot"]["overall"] <= 1
+    few = report["members"]["lora-agcl-pea_pg_tec"]["few"] - report["members"]["lora-agcl-none"]["few"]
+    assert report["tea_few_gain"] == {"lora-agcl-pea_pg_tec": pytest.approx(few)}
+    figs = {p.name for p in (tmp_path / "report" / "out" / "figures").iterdir()}
+    assert figs == {"tea_gains.png", "shot_accuracy.png"}
+    with pytest.raises(pm.PapermillExecutionError, match="no metrics for 1 matrix member.*lora-ce-none"):
+        run("04_tea_report", tmp_path / "report2", data={"max_test_per_class": 10}, backbones=clip,
+            tea={**tea, "matrix": {"peft": ["lora"], "loss": ["ce"], "tea": ["none"]}}, members_dir=str(members))
+
+
+@pytest.mark.notebook
 def test_bad_parameters_fail_before_any_work(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 0, got -3"):
         run("00_pretrain", tmp_path, pretrain={"vit_mini": {"epochs": -3}})
     assert not (tmp_path / "out" / "config.yaml").exists()
+    for params, message in (({"peft": "ssf"}, "unknown PEFT method 'ssf'"), ({"variant": "tec"}, "unknown TEA variant"),
+                            ({"tea": {"gate_max": 2.0}}, r"tea.gate_max: a probability")):
+        with pytest.raises(pm.PapermillExecutionError, match=message):
+            run("04_tea", tmp_path, **params)
+        assert not (tmp_path / "out" / "config.yaml").exists()

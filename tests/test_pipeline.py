@@ -42,9 +42,12 @@ def clone(tmp_path_factory):
     params["vpt_study"]["feature_images_per_class"] = 5
     for run in ("stage1", "stage2"):
         params["lpt"][run].update(epochs=1, batch_size=128)
+    params["tea"]["lora"].update(epochs=1, batch_size=128)
+    params["tea"]["latency_batches"] = 2
+    params["tea"]["matrix"].update(peft=["lora"], loss=["la"], tea=["none", "pea_pg_tec"])
     with open(dst / "params.yaml", "w") as f:
         yaml.dump(params, f)
-    for f in (dst / "metrics").glob("*.json"):
+    for f in (dst / "metrics").glob("**/*.json"):
         f.unlink()  # a fresh clone of a repo whose metrics were never produced
     sh("git", "init", "-q", cwd=dst)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=dst)
@@ -68,3 +71,7 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     dag = sh("dvc", "dag", "--md", cwd=clone)
     assert all(stage in dag for stage in ("data", "pretrain", "vpt_study", "lpt_stage1", "lpt_stage2"))
     assert json.loads((clone / "metrics" / "lpt_stage2.json").read_text())["lpt_stage2"]["key_usage"]
+    assert "tea@lora-la-pea_pg_tec" in dag and "tea_report" in dag
+    report = json.loads((clone / "metrics" / "tea_report.json").read_text())
+    assert set(report["members"]) == {"lora-la-none", "lora-la-pea_pg_tec"}
+    assert (clone / "figures" / "tea" / "tea_gains.png").is_file()

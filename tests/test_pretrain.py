@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lptlib.engine import NonFiniteLossError, check_finite, cosine_lr
-from lptlib.pretrain import unicl_loss, zero_shot_weights
+from lptlib.models.heads import zero_shot_weights
+from lptlib.pretrain import unicl_loss
 
 
 def test_unicl_equals_clip_loss_when_labels_are_distinct():

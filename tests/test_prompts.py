@@ -3,8 +3,9 @@ import torch
 
 from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
-from lptlib.models.peft import PromptedClassifier, count_trainable
-from lptlib.models.prompts import DeepPrompts, prompted_block, run_blocks
+from lptlib.models.peft import PEFTClassifier, count_trainable
+from lptlib.models.blocks import run_blocks, tuned_block
+from lptlib.models.prompts import DeepPrompts
 
 
 @pytest.fixture(scope="module", params=["vit-mini", "clip-mini"])
@@ -43,7 +44,7 @@ def test_kv_form_gradients_equal_concat(backbone):
 
 
 def test_zero_prompts_equal_the_plain_backbone_exactly(backbone):
-    model = PromptedClassifier(backbone, num_classes=5, prompt_length=0)
+    model = PEFTClassifier(backbone, num_classes=5, prompt_length=0)
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -53,7 +54,7 @@ def test_zero_prompts_equal_the_plain_backbone_exactly(backbone):
 
 
 def test_vpt_model_trains_only_the_tuner_and_backbone_stays_eval(backbone):
-    model = PromptedClassifier(backbone, num_classes=5, prompt_length=10, head="cosine")
+    model = PEFTClassifier(backbone, num_classes=5, prompt_length=10, head="cosine")
     model.train()
     assert not backbone.training and model.tuner.training
     loss = model(torch.randn(2, 3, 28, 28)).logsumexp(1).sum()
@@ -76,6 +77,6 @@ def test_bad_prompt_arguments():
         DeepPrompts(12, -1, 8)
     block = torch.nn.Identity()
     with pytest.raises(ValueError, match="unknown prompt form"):
-        prompted_block(block, torch.zeros(1, 2, 3), torch.zeros(1, 1, 3), "prefix")
+        tuned_block(block, torch.zeros(1, 2, 3), torch.zeros(1, 1, 3), "prefix")
     with pytest.raises(NotImplementedError, match="concat"):
-        prompted_block(block, torch.zeros(1, 2, 3), torch.zeros(1, 1, 3), "kv")
+        tuned_block(block, torch.zeros(1, 2, 3), torch.zeros(1, 1, 3), "kv")

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from lptlib.models.backbones import Backbone
+from lptlib.models.blocks import run_blocks
 from lptlib.models.heads import CosineHead
-from lptlib.models.prompts import DeepPrompts, run_blocks, vpt_uniform_
+from lptlib.models.prompts import DeepPrompts, vpt_uniform_
 
 
 class GroupPromptPool(nn.Module):

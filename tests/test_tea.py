@@ -1,0 +1,186 @@
+"""TEA (our reading, METHODS §7): PEA, the probability gate and TEC against reference computations; training-only
+(the trained model predicts through the plain PEFT modules); bad member names, gate values and class names."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lptlib import config
+from lptlib.config import BackboneConfig, ConfigError
+from lptlib.data.datasets import ArrayDataset, LTData
+from lptlib.losses import AGCL
+from lptlib.models import create_backbone
+from lptlib.models.peft import count_trainable
+from lptlib.models.tea import TEA, gate_probabilities, patch_semantics, variant_parts
+from lptlib.tea import (build_model, build_objective, build_tea, check_classnames, check_member, member_name,
+                        tea_objective)
+
+
+def test_variants_switch_components():
+    assert variant_parts("none") == (False, False, False)
+    assert variant_parts("pea") == (True, False, False)
+    assert variant_parts("pea_pg") == (True, True, False)
+    assert variant_parts("pea_pg_tec") == (True, True, True)
+    with pytest.raises(ValueError, match="unknown TEA variant 'tec'.*pea_pg_tec"):
+        variant_parts("tec")
+
+
+def test_gate_probabilities():
+    g = gate_probabilities([500, 50, 5], gate_max=0.5)
+    torch.testing.assert_close(g, torch.tensor([0.0, 0.25, 0.5]))
+    assert torch.equal(gate_probabilities([7, 7], 1.0), torch.zeros(2))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            gate_probabilities([5, 1], bad)
+
+
+def test_patch_semantics_matches_a_loop():
+    torch.manual_seed(0)
+    patch, anchors = torch.randn(3, 5, 8), torch.randn(3, 8)
+    u = patch_semantics(patch, anchors, temperature=0.2)
+    for b in range(3):
+        cos = torch.stack([F.cosine_similarity(patch[b, n], anchors[b], dim=0) for n in range(5)])
+        alpha = torch.softmax(cos / 0.2, dim=0)
+        torch.testing.assert_close(u[b], (alpha[:, None] * patch[b]).sum(0))
+
+
+def _inputs(seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(6, 8), torch.randn(6, 5, 8), torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(3, 8)
+
+
+def test_none_is_the_plain_embedding():
+    cls, patch, y, w = _inputs()
+    feats, tec = TEA([100, 10, 1], "none")(cls, patch, y, w)
+    assert torch.equal(feats, cls) and tec.item() == 0
+
+
+def test_pea_enhances_every_sample_without_the_gate():
+    cls, patch, y, w = _inputs()
+    feats, tec = TEA([100, 10, 1], "pea", temperature=0.3, mix=0.25)(cls, patch, y, w)
+    u = patch_semantics(patch, w[y], 0.3)
+    ref = F.normalize(0.75 * F.normalize(cls, dim=-1) + 0.25 * F.normalize(u, dim=-1), dim=-1)
+    torch.testing.assert_close(feats, ref)
+    assert tec.item() == 0
+
+
+def test_gate_never_augments_the_head_class_and_always_the_rarest_at_gmax_1():
+    cls, patch, y, w = _inputs()
+    torch.manual_seed(1)
+    feats, _ = TEA([100, 10, 1], "pea_pg", gate_max=1.0)(cls, patch, y, w)
+    head, tail = y == 0, y == 2
+    assert torch.equal(feats[head], cls[head])
+    assert torch.allclose(feats[tail].norm(dim=1), torch.ones(int(tail.sum())))  # e^ is unit-norm
+    # the middle class (g = 0.5) is augmented about half the time over many draws
+    tea = TEA([100, 10, 1], "pea_pg", gate_max=1.0)
+    ym = torch.ones(4000, dtype=torch.long)
+    out, _ = tea(torch.randn(4000, 8), torch.randn(4000, 5, 8), ym, w)
+    rate = (out.norm(dim=1) - 1).abs().lt(1e-5).float().mean().item()
+    assert 0.45 < rate < 0.55
+
+
+def test_tec_loss_and_its_stop_gradient():
+    cls, patch, y, w = _inputs()
+    cls.requires_grad_(True)
+    patch.requires_grad_(True)
+    tea = TEA([100, 10, 1], "pea_pg_tec", gate_max=0.0, tec_weight=2.0)  # gate 0: TEC alone reaches the loss
+    feats, tec = tea(cls, patch, y, w)
+    u = patch_semantics(patch.detach(), w[y], tea.temperature)
+    torch.testing.assert_close(tec, 2.0 * (1 - F.cosine_similarity(cls.detach(), u, dim=-1)).mean())
+    tec.backward()
+    assert cls.grad.abs().sum() > 0
+    assert patch.grad is None or patch.grad.abs().sum() == 0  # stopgrad(u)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return create_backbone(BackboneConfig("clip-mini", "random"))
+
+
+def _tiny_lt(names=("t-shirt", "trouser", "bag")) -> LTData:
+    rng = np.random.default_rng(0)
+    counts = [12, 4, 2]
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    train = ArrayDataset(rng.integers(0, 255, (len(labels), 28, 28), dtype=np.uint8), labels)
+    test = ArrayDataset(rng.integers(0, 255, (9, 28, 28), dtype=np.uint8), np.repeat(np.arange(3), 3))
+    return LTData("fashion_mnist_lt", list(names), train, test, test)
+
+
+@pytest.mark.parametrize("peft", ["vpt_deep", "adaptformer", "lora"])
+def test_tea_trained_model_predicts_through_the_plain_modules(clip, peft):
+    """TEA is training-only: after a TEA step the model calls exactly the modules a plain model calls, with the
+    same trainable parameters, and its predictions are the plain head on the plain CLS feature."""
+    cfg = config.parse(tea={"prompt_length": 2})
+    data = _tiny_lt()
+    models = {}
+    for variant in ("none", "pea_pg_tec"):
+        torch.manual_seed(0)
+        model = build_model(clip, data, cfg, peft)
+        objective = tea_objective(build_objective("la", [12, 4, 2], cfg), build_tea([12, 4, 2], cfg, variant))
+        x, y = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 2])
+        opt = torch.optim.SGD(model.tuner.parameters(), lr=0.1)
+        model.train()
+        objective(model, (x, y), 0).backward()
+        opt.step()
+        models[variant] = model
+    calls = {}
+    x = torch.randn(2, 3, 28, 28)
+    for variant, model in models.items():
+        names = {m: n for n, m in model.named_modules()}
+        seen = []
+        handles = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.append(names[m])) for m in names]
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+            ref = model.tuner["head"](model.forward_features(x)["cls"])
+        for h in handles:
+            h.remove()
+        torch.testing.assert_close(out, ref)
+        calls[variant] = seen
+    assert calls["none"] == calls["pea_pg_tec"]
+    assert count_trainable(models["none"]) == count_trainable(models["pea_pg_tec"])
+    assert models["none"].tuner.state_dict().keys() == models["pea_pg_tec"].tuner.state_dict().keys()
+    assert not any(isinstance(m, TEA) for m in models["pea_pg_tec"].modules())
+
+
+def test_agcl_objective_takes_cosines(clip):
+    cfg = config.parse(tea={"prompt_length": 1})
+    loss = build_objective("agcl", [12, 4, 2], cfg)
+    assert isinstance(loss, AGCL) and loss.scale == 25.0 and (loss.gamma_pos, loss.gamma_neg) == (0.5, 8.0)
+    cb = build_objective("agcl", [12, 4, 2], config.parse(tea={"sampling": "class_balanced"}))
+    assert (cb.gamma_pos, cb.gamma_neg) == (0.0, 4.0)
+
+
+def test_bad_member_names_and_class_names(clip):
+    check_member("lora", "bs", "pea_pg")
+    assert member_name("lora", "bs", "pea_pg") == "lora-bs-pea_pg"
+    for args, word in ((("prefix", "ce", "none"), "PEFT method"), (("lora", "ldam", "none"), "loss"),
+                       (("lora", "ce", "pg"), "TEA variant")):
+        with pytest.raises(ConfigError, match=f"unknown {word}"):
+            check_member(*args)
+    with pytest.raises(ConfigError, match="2 class names for 3 classes.*classnames_file"):
+        check_classnames(["a", "b"], 3)
+    with pytest.raises(ConfigError, match=r"missing for labels \[1\]"):
+        check_classnames(["a", "class 1", "c"], 3)
+    with pytest.raises(ConfigError, match="missing for labels"):
+        build_model(clip, _tiny_lt(("a", " ", "c")), config.parse(), "lora")
+    vit = create_backbone(BackboneConfig("vit-mini", "random"))
+    with pytest.raises(ConfigError, match="vision-language"):
+        build_model(vit, _tiny_lt(), config.parse(), "lora")
+    model = build_model(vit, _tiny_lt(), config.parse(tea={"head_init": "class_mean"}), "adaptformer")
+    torch.testing.assert_close(model.tuner["head"].weight.norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"gate_max": 1.5}, r"tea.gate_max: a probability, must be in \[0, 1\]"),
+    ({"gate_max": -0.5}, r"tea.gate_max"),
+    ({"matrix": {"peft": ["vpt_deep", "ssf"]}}, "tea.matrix.peft: 'ssf' is not one of"),
+    ({"matrix": {"loss": ["ce", "ce"]}}, "repeats"),
+    ({"matrix": {"tea": ["pea_tec"]}}, "tea.matrix.tea: 'pea_tec'"),
+    ({"templates": ["a photo"]}, "no '{name}' placeholder"),
+])
+def test_bad_tea_config(section, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse(tea=section)
