@@ -315,6 +315,43 @@ class TEAConfig:
                 raise ConfigError(f"{path}.templates: template {t!r} has no '{{name}}' placeholder")
 
 
+# ----------------------------------------------------------------------------------------- LPT++
+@dataclass(frozen=True)
+class ScorerConfig:
+    hidden: int = _opt(64, min=1, help="hidden width of the MoE scorer's MLP")
+    epochs: int = _opt(30, min=0, help="passes over the cached train features")
+    batch_size: int = _opt(128, min=1, help="cached samples per step (class-balanced sampling)")
+    lr: float = _opt(1e-3, min=0.0, help="AdamW learning rate")
+    weight_decay: float = _opt(1e-4, min=0.0, help="AdamW weight decay")
+
+
+@dataclass(frozen=True)
+class LPTPPConfig:
+    experts: tuple[str, ...] = _opt(BACKBONE_ROLES, help="`backbones` entries used as experts: visual, "
+                                                        "vision_language")
+    bottleneck: int | None = _opt(None, min=1, help="adapter bottleneck; null: max(1, 2^floor(log2(C / 24)))")
+    templates: tuple[str, ...] = _opt(("a photo of a {name}.",), help="text-initialised head of the "
+                                                                       "vision-language expert")
+    phase1: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=10, lr=0.1, weight_decay=0.01),
+                               help="phase 1: shared prompts + adapters + head")
+    phase2: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=10, lr=0.05, weight_decay=0.01),
+                               help="phase 2: group prompts + keys + head")
+    scorer: ScorerConfig = _opt(default_factory=ScorerConfig, help="phase 3: the MoE scorer")
+    resume: str = _opt("auto", help=RESUME_HELP)
+
+    def check(self, path: str) -> None:
+        if not self.experts:
+            raise ConfigError(f"{path}.experts: give at least one expert ({', '.join(BACKBONE_ROLES)})")
+        for e in self.experts:
+            if e not in BACKBONE_ROLES:
+                raise ConfigError(f"{path}.experts: {e!r} is not one of: {', '.join(BACKBONE_ROLES)}")
+        if len(set(self.experts)) != len(self.experts):
+            raise ConfigError(f"{path}.experts: {list(self.experts)} repeats an expert")
+        for t in self.templates:
+            if "{name}" not in t:
+                raise ConfigError(f"{path}.templates: template {t!r} has no '{{name}}' placeholder")
+
+
 # --------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class Config:
@@ -328,6 +365,7 @@ class Config:
     vpt_study: VPTStudyConfig = _opt(default_factory=VPTStudyConfig)
     lpt: LPTConfig = _opt(default_factory=LPTConfig)
     tea: TEAConfig = _opt(default_factory=TEAConfig)
+    lptpp: LPTPPConfig = _opt(default_factory=LPTPPConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lptlib.config import Config, to_dict
+from lptlib.config import Config, TrainConfig, to_dict
 from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling
 from lptlib.engine import FitResult, fit, predict
 from lptlib.losses import AGCL, matching_loss
@@ -20,11 +20,13 @@ from lptlib.models.lpt import LPT
 from lptlib.utils import default_device
 
 
-def build_lpt(backbone: Backbone, num_classes: int, cfg: Config, stage: int) -> LPT:
+def build_lpt(backbone: Backbone, num_classes: int, cfg: Config, stage: int, adapter: bool = False) -> LPT:
+    """LPT from the `lpt` section; with `adapter`, LPT++'s module (adapters with `lptpp.bottleneck`)."""
     lpt = cfg.lpt
     return LPT(backbone, num_classes, stage=stage, prompt_length=lpt.prompt_length, prompt_form=lpt.prompt_form,
                pool_size=lpt.pool_size, top_k=lpt.top_k, share_blocks=lpt.share_blocks,
-               cosine_scale=lpt.cosine_scale, head_dropout=lpt.head_dropout)
+               cosine_scale=lpt.cosine_scale, head_dropout=lpt.head_dropout, adapter=adapter,
+               bottleneck=cfg.lptpp.bottleneck)
 
 
 def dual_sampling_loss(cb_loss: AGCL, ib_loss: AGCL, epochs: int, eta: float, match_weight: float):
@@ -43,10 +45,12 @@ def dual_sampling_loss(cb_loss: AGCL, ib_loss: AGCL, epochs: int, eta: float, ma
     return loss_fn
 
 
-def train_stage(model: LPT, data: LTData, cfg: Config, checkpoint: Path | None) -> FitResult:
-    """Train one LPT stage with dual sampling and A-GCL; select on val; test once."""
+def train_stage(model: LPT, data: LTData, cfg: Config, checkpoint: Path | None, train: TrainConfig | None = None,
+                resume: str | None = None) -> FitResult:
+    """Train one LPT stage with dual sampling and A-GCL; select on val; test once. `train` / `resume` default to
+    the `lpt` section's (LPT++ passes its phase schedules)."""
     lpt = cfg.lpt
-    train = lpt.stage1 if model.stage == 1 else lpt.stage2
+    train = train or (lpt.stage1 if model.stage == 1 else lpt.stage2)
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
     lt = data.with_transforms(train_tf, test_tf)
     workers = cfg.data.num_workers
@@ -60,7 +64,7 @@ def train_stage(model: LPT, data: LTData, cfg: Config, checkpoint: Path | None) 
     return fit(model, batches, val, test, dual_sampling_loss(cb, ib, train.epochs, lpt.eta, lpt.match_weight),
                epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay, momentum=train.momentum,
                warmup_epochs=train.warmup_epochs, shot_counts=lt.shot_counts, convention=cfg.data.shot_convention,
-               checkpoint=checkpoint, resume=lpt.resume, desc=f"LPT stage {model.stage}",
+               checkpoint=checkpoint, resume=resume or lpt.resume, desc=f"LPT stage {model.stage}",
                settings={"stage": model.stage, "seed": cfg.seed, "batch_size": train.batch_size,
                          "lpt": json.dumps({k: v for k, v in to_dict(lpt).items() if k not in ("stage1", "stage2")},
                                            sort_keys=True)})

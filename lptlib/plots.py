@@ -185,3 +185,16 @@ def plot_tea_gains(gains: pd.DataFrame, title: str = "TEA's gain over the plain 
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_gate_weights(gates: dict[str, dict[str, float]], title: str = "MoE gate weight by class group") -> plt.Figure:
+    """Mean gate weight of each expert over the test images of each class group ({group: {expert: weight}})."""
+    df = pd.DataFrame([{"group": g, "expert": e, "weight": w} for g, row in gates.items() for e, w in row.items()])
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    sns.barplot(df, x="group", y="weight", hue="expert", ax=ax, order=[g for g in SHOT_GROUPS if g in gates])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("")
+    ax.set_ylabel("mean gate weight (test)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title)
+    return fig

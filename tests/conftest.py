@@ -21,3 +21,23 @@ def root() -> Path:
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)
+
+
+def make_tiny_lt(names=("t-shirt", "trouser", "bag"), counts=(12, 4, 2), test_per_class=3, seed=0):
+    """A 3-class long-tailed LTData of random 28 x 28 images (train = counts, val = test)."""
+    import numpy as np
+
+    from lptlib.data.datasets import ArrayDataset, LTData
+
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    train = ArrayDataset(rng.integers(0, 255, (len(labels), 28, 28), dtype=np.uint8), labels)
+    k = len(counts)
+    test = ArrayDataset(rng.integers(0, 255, (k * test_per_class, 28, 28), dtype=np.uint8),
+                        np.repeat(np.arange(k), test_per_class))
+    return LTData("fashion_mnist_lt", list(names), train, test, test)
+
+
+@pytest.fixture
+def tiny_lt():
+    return make_tiny_lt

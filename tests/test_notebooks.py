@@ -17,7 +17,7 @@ def run(name: str, tmp_path: Path, **params) -> dict:
     params = {"out_dir": str(out), "metrics_path": str(out / "metrics.json"), "fig_dir": str(out / "figures"), **params}
     pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                         parameters=params, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
-    assert (out / "config.yaml").is_file(), "the resolved config is saved next to the outputs"
+    assert (Path(params["out_dir"]) / "config.yaml").is_file(), "the resolved config is saved next to the outputs"
     return json.loads(Path(params["metrics_path"]).read_text())
 
 
@@ -111,6 +111,36 @@ def test_04_tea_members_and_report(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="no metrics for 1 matrix member.*lora-ce-none"):
         run("04_tea_report", tmp_path / "report2", data={"max_test_per_class": 10}, backbones=clip,
             tea={**tea, "matrix": {"peft": ["lora"], "loss": ["ce"], "tea": ["none"]}}, members_dir=str(members))
+
+
+@pytest.mark.notebook
+def test_05_lptpp_three_phases(tmp_path):
+    """Phase 1 -> phase 2 -> phase 3 (cache + MoE scorer), each a separate papermill run as in the DVC stages."""
+    experts = {"visual": {"name": "vit-mini", "weights": "random"},
+               "vision_language": {"name": "clip-mini", "weights": "random"}}
+    tiny = {"epochs": 1, "batch_size": 128}
+    dirs = {"phase1_dir": str(tmp_path / "p1"), "phase2_dir": str(tmp_path / "p2"), "cache_dir": str(tmp_path / "cache")}
+    common = dict(data={"max_test_per_class": 10}, backbones=experts, lpt={"pool_size": 4},
+                  lptpp={"phase1": tiny, "phase2": tiny, "scorer": {"epochs": 3}}, **dirs)
+    with pytest.raises(pm.PapermillExecutionError, match=r"p1/visual.safetensors does not exist; run LPT\+\+ phase 1"):
+        run("05_lptpp", tmp_path / "early", phase=2, **{**common, "out_dir": str(tmp_path / "early" / "out")})
+    for phase in (1, 2):
+        m = run("05_lptpp", tmp_path / f"run{phase}", phase=phase,
+                **{**common, "out_dir": dirs[f"phase{phase}_dir"], "fig_dir": str(tmp_path / f"fig{phase}"),
+                   "metrics_path": str(tmp_path / f"phase{phase}.json")})
+        assert set(m) == {f"visual/phase{phase}", f"vision_language/phase{phase}"}
+        assert (tmp_path / f"p{phase}" / "visual.safetensors").is_file()
+    # phase 1 trains prompts + adapters (bottleneck 4) + head; phase 2 the pool (4 entries) + keys + head
+    adapters = 12 * (2 * 128 + (128 * 4 + 4) + (4 * 128 + 128) + 1)
+    assert m["visual/phase2"]["module_params"] == 12 * 10 * 128 + adapters + 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
+    assert m["visual/phase2"]["trainable_params"] == 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
+    m3 = run("05_lptpp", tmp_path / "run3", phase=3, **{**common, "metrics_path": str(tmp_path / "lptpp.json")},
+             fig_dir=str(tmp_path / "fig3"), out_dir=str(tmp_path / "p3"))
+    assert set(m3["rows"]) == {"expert: visual", "expert: vision_language", "uniform average", "MoE scorer"}
+    assert set(m3["gate_weights"]) == {"many", "medium", "few"} and m3["scorer_train_seconds"] > 0
+    assert 0 < m3["params"]["percent_of_backbones"] < 100
+    assert {p.name for p in (tmp_path / "fig3").iterdir()} == {"shot_accuracy.png", "gate_weights.png"}
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == {"visual.safetensors", "vision_language.safetensors"}
 
 
 @pytest.mark.notebook

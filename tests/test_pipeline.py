@@ -45,6 +45,9 @@ def clone(tmp_path_factory):
     params["tea"]["lora"].update(epochs=1, batch_size=128)
     params["tea"]["latency_batches"] = 2
     params["tea"]["matrix"].update(peft=["lora"], loss=["la"], tea=["none", "pea_pg_tec"])
+    for run in ("phase1", "phase2"):
+        params["lptpp"][run].update(epochs=1, batch_size=128)
+    params["lptpp"]["scorer"]["epochs"] = 2
     with open(dst / "params.yaml", "w") as f:
         yaml.dump(params, f)
     for f in (dst / "metrics").glob("**/*.json"):
@@ -75,3 +78,5 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     report = json.loads((clone / "metrics" / "tea_report.json").read_text())
     assert set(report["members"]) == {"lora-la-none", "lora-la-pea_pg_tec"}
     assert (clone / "figures" / "tea" / "tea_gains.png").is_file()
+    lptpp = json.loads((clone / "metrics" / "lptpp.json").read_text())
+    assert "MoE scorer" in lptpp["rows"] and (clone / "figures" / "lptpp" / "phase3" / "gate_weights.png").is_file()

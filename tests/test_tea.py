@@ -1,14 +1,12 @@
 """TEA (our reading, METHODS §7): PEA, the probability gate and TEC against reference computations; training-only
 (the trained model predicts through the plain PEFT modules); bad member names, gate values and class names."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lptlib import config
 from lptlib.config import BackboneConfig, ConfigError
-from lptlib.data.datasets import ArrayDataset, LTData
 from lptlib.losses import AGCL
 from lptlib.models import create_backbone
 from lptlib.models.peft import count_trainable
@@ -99,21 +97,12 @@ def clip():
     return create_backbone(BackboneConfig("clip-mini", "random"))
 
 
-def _tiny_lt(names=("t-shirt", "trouser", "bag")) -> LTData:
-    rng = np.random.default_rng(0)
-    counts = [12, 4, 2]
-    labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
-    train = ArrayDataset(rng.integers(0, 255, (len(labels), 28, 28), dtype=np.uint8), labels)
-    test = ArrayDataset(rng.integers(0, 255, (9, 28, 28), dtype=np.uint8), np.repeat(np.arange(3), 3))
-    return LTData("fashion_mnist_lt", list(names), train, test, test)
-
-
 @pytest.mark.parametrize("peft", ["vpt_deep", "adaptformer", "lora"])
-def test_tea_trained_model_predicts_through_the_plain_modules(clip, peft):
+def test_tea_trained_model_predicts_through_the_plain_modules(clip, peft, tiny_lt):
     """TEA is training-only: after a TEA step the model calls exactly the modules a plain model calls, with the
     same trainable parameters, and its predictions are the plain head on the plain CLS feature."""
     cfg = config.parse(tea={"prompt_length": 2})
-    data = _tiny_lt()
+    data = tiny_lt()
     models = {}
     for variant in ("none", "pea_pg_tec"):
         torch.manual_seed(0)
@@ -153,7 +142,7 @@ def test_agcl_objective_takes_cosines(clip):
     assert (cb.gamma_pos, cb.gamma_neg) == (0.0, 4.0)
 
 
-def test_bad_member_names_and_class_names(clip):
+def test_bad_member_names_and_class_names(clip, tiny_lt):
     check_member("lora", "bs", "pea_pg")
     assert member_name("lora", "bs", "pea_pg") == "lora-bs-pea_pg"
     for args, word in ((("prefix", "ce", "none"), "PEFT method"), (("lora", "ldam", "none"), "loss"),
@@ -165,11 +154,11 @@ def test_bad_member_names_and_class_names(clip):
     with pytest.raises(ConfigError, match=r"missing for labels \[1\]"):
         check_classnames(["a", "class 1", "c"], 3)
     with pytest.raises(ConfigError, match="missing for labels"):
-        build_model(clip, _tiny_lt(("a", " ", "c")), config.parse(), "lora")
+        build_model(clip, tiny_lt(("a", " ", "c")), config.parse(), "lora")
     vit = create_backbone(BackboneConfig("vit-mini", "random"))
     with pytest.raises(ConfigError, match="vision-language"):
-        build_model(vit, _tiny_lt(), config.parse(), "lora")
-    model = build_model(vit, _tiny_lt(), config.parse(tea={"head_init": "class_mean"}), "adaptformer")
+        build_model(vit, tiny_lt(), config.parse(), "lora")
+    model = build_model(vit, tiny_lt(), config.parse(tea={"head_init": "class_mean"}), "adaptformer")
     torch.testing.assert_close(model.tuner["head"].weight.norm(dim=1), torch.ones(3))
 
 

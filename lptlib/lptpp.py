@@ -1,0 +1,295 @@
+"""LPT++ (arXiv 2409.11323), **our reading** of its abstract (METHODS §8; the full text is not public).
+
+- The *universal long-tailed adaptation module* is LPT's shared + group prompts with AdaptFormer adapters in
+  every block (`lptlib.models.lpt.LPT(adapter=True)`; LPT is the same code with adapters off).
+- Each *expert* is one backbone with that module: the visual-only one (`backbones.visual`) and the
+  vision-language one (`backbones.vision_language`, text-initialised cosine head).
+- Phase 1 trains shared prompts + adapters + head per expert; phase 2 the group prompts + keys + head with the
+  adapters and shared prompts frozen (both with A-GCL and dual sampling, as LPT); phase 3 caches the frozen
+  experts' features and logits on train / val / test once, then trains the **MoE scorer** on the cache only:
+  a(x) = softmax(MLP([f_1(x); ...; f_E(x)])), p(y|x) = sum_e a_e(x) softmax(z_e(x) / T_e), T_e learnable,
+  with class-balanced sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lptlib.config import Config
+from lptlib.data import LTData, build_transforms, make_loader
+from lptlib.data.samplers import ClassAwareSampler
+from lptlib.engine import FitResult, predict
+from lptlib.lpt import build_lpt, train_stage
+from lptlib.metrics import shot_accuracy
+from lptlib.models.backbones import create_backbone
+from lptlib.models.heads import text_head_weights
+from lptlib.models.lpt import LPT
+from lptlib.utils import default_device, progress
+
+SPLITS = ("train", "val", "test")
+
+
+class ExpertError(RuntimeError):
+    """An expert checkpoint or cache cannot be used; the message names the file and the fix."""
+
+
+def build_expert(role: str, data: LTData, cfg: Config, phase: int) -> LPT:
+    """The LPT++ expert on `backbones.<role>` for phase 1 or 2 (phase 3 uses the phase-2 model)."""
+    backbone = create_backbone(getattr(cfg.backbones, role))
+    model = build_lpt(backbone, data.num_classes, cfg, stage=min(phase, 2), adapter=True)
+    if phase == 1 and backbone.is_vision_language:
+        from lptlib.tea import check_classnames
+
+        check_classnames(data.classnames, data.num_classes)
+        model.tuner["head"].weight.data.copy_(text_head_weights(backbone, data.classnames, cfg.lptpp.templates))
+    return model
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> Path:
+    """The expert's trainable state (safetensors) with its backbone, phase and class list as metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"backbone": model.backbone.name, "phase": str(phase), "classnames": json.dumps(list(data.classnames)),
+            "dataset": data.name}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.tuner.state_dict().items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> None:
+    """Load the phase-`phase` state of an expert into `model`; a missing file, another backbone, another class
+    list or label order is an error naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExpertError(f"expert checkpoint {path} does not exist; run LPT++ phase {phase} first "
+                          f"(`dvc repro lptpp_phase{phase}`)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("backbone") != model.backbone.name:
+        raise ExpertError(f"expert checkpoint {path} was trained on backbone {meta.get('backbone')!r}, this expert "
+                          f"uses {model.backbone.name!r}")
+    names = json.loads(meta.get("classnames", "null"))
+    if names != list(data.classnames):
+        raise ExpertError(f"expert checkpoint {path} was trained on another class list or label order "
+                          f"({len(names or [])} classes: {(names or [])[:4]} ...) than this dataset "
+                          f"({data.num_classes}: {list(data.classnames)[:4]} ...); re-run its phases on this data")
+    if meta.get("phase") != str(phase):
+        raise ExpertError(f"expert checkpoint {path} is from phase {meta.get('phase')}, expected phase {phase}")
+    if phase == 1:
+        model.load_stage1_state(state, source=f"expert checkpoint {path}")
+    else:
+        try:
+            model.tuner.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ExpertError(f"expert checkpoint {path} does not fit this expert: {e}") from None
+
+
+def train_phase(phase: int, role: str, data: LTData, cfg: Config, out_dir: str | Path,
+                phase1_dir: str | Path | None = None) -> tuple[LPT, FitResult]:
+    """Train one expert's phase 1 or 2 (phase 2 starts from `phase1_dir/<role>.safetensors`); saves
+    `out_dir/<role>.safetensors` and per-epoch checkpoints under `out_dir/checkpoints/`."""
+    model = build_expert(role, data, cfg, phase)
+    if phase == 2:
+        load_expert(model, Path(phase1_dir) / f"{role}.safetensors", data, phase=1)
+    train = cfg.lptpp.phase1 if phase == 1 else cfg.lptpp.phase2
+    out_dir = Path(out_dir)
+    result = train_stage(model, data, cfg, out_dir / "checkpoints" / f"{role}.pt", train=train, resume=cfg.lptpp.resume)
+    save_expert(model, out_dir / f"{role}.safetensors", data, phase)
+    return model, result
+
+
+# ------------------------------------------------------------------------------------------ phase 3
+def data_signature(data: LTData) -> dict[str, str]:
+    """Per split: the number of images and a digest of the labels (what a cache must have been built from)."""
+    sig = {"dataset": data.name}
+    for split in SPLITS:
+        ds = getattr(data, split)
+        if ds is not None:
+            labels = np.asarray(ds.targets, dtype=np.int64)
+            sig[split] = f"{len(labels)}:{hashlib.sha256(labels.tobytes()).hexdigest()[:16]}"
+    return sig
+
+
+@dataclass
+class ExpertCache:
+    """One frozen expert's outputs per split: CLS features (N, D), logits s cos (N, C) and labels (N,)."""
+
+    features: dict[str, torch.Tensor]
+    logits: dict[str, torch.Tensor]
+    labels: dict[str, torch.Tensor]
+
+
+def build_cache(model: LPT, role: str, data: LTData, cfg: Config, path: str | Path, expert_file: str | Path,
+                batch_size: int = 512) -> ExpertCache:
+    """The expert's outputs on every split, computed once (test transforms, no augmentation) and kept in `path`.
+
+    An existing cache is reused when it was built from the same expert file; one built from another dataset
+    split is an error naming the file.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, expert_file = Path(path), Path(expert_file)
+    signature, digest = data_signature(data), _file_digest(expert_file)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if json.loads(meta.get("data", "{}")) != signature:
+            raise ExpertError(f"cache {path} was built from another dataset split ({meta.get('data')}) than this run "
+                              f"({json.dumps(signature)}); delete it to rebuild it from the experts")
+        if meta.get("expert") == digest:
+            print(f"{role}: reusing the cache {path}")
+            return _unpack(tensors)
+        print(f"{role}: {expert_file} changed since {path} was built; rebuilding the cache")
+    device = default_device()
+    model.to(device).eval()
+    _, test_tf = build_transforms(cfg.data, model.backbone.normalization)
+    scale = model.tuner["head"].scale
+    tensors = {}
+    for split in SPLITS:
+        ds = getattr(data, split)
+        if ds is None:
+            continue
+        loader = make_loader(ds.with_transform(test_tf), batch_size)
+        out, labels = predict(lambda x: torch.cat([(o := model.forward_all(x))["features"], scale * o["cosine"]], 1),
+                              loader, device, desc=f"cache {role} {split}")
+        d = out.shape[1] - data.num_classes
+        tensors.update({f"{split}.features": out[:, :d].contiguous(), f"{split}.logits": out[:, d:].contiguous(),
+                        f"{split}.labels": labels.contiguous()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"data": json.dumps(signature), "expert": digest, "role": role})
+    tmp.replace(path)
+    return _unpack(tensors)
+
+
+def _unpack(tensors: dict[str, torch.Tensor]) -> ExpertCache:
+    parts: dict[str, dict[str, torch.Tensor]] = {"features": {}, "logits": {}, "labels": {}}
+    for key, t in tensors.items():
+        split, kind = key.split(".")
+        parts[kind][split] = t
+    return ExpertCache(**parts)
+
+
+class MoEScorer(nn.Module):
+    """a(x) = softmax(MLP([f_1; ...; f_E])) over E experts; p(y|x) = sum_e a_e softmax(z_e / T_e), T_e learnable
+    (log-parametrised, initialised to 1). Features are L2-normalised per expert before concatenation."""
+
+    def __init__(self, feature_dims: list[int], hidden: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(sum(feature_dims), hidden), nn.ReLU(), nn.Linear(hidden, len(feature_dims)))
+        self.log_temperature = nn.Parameter(torch.zeros(len(feature_dims)))
+
+    def gates(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return torch.softmax(self.mlp(torch.cat([F.normalize(f, dim=-1) for f in features], 1)), dim=1)
+
+    def forward(self, features: list[torch.Tensor], logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class probabilities (B, C), gate weights (B, E))."""
+        a = self.gates(features)
+        temps = self.log_temperature.exp()
+        probs = torch.stack([torch.softmax(z / temps[e], dim=1) for e, z in enumerate(logits)], 1)
+        return (a[:, :, None] * probs).sum(1), a
+
+
+def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dict]:
+    """Train the MoE scorer on the cached train outputs only, class-balanced sampling, AdamW; select on val
+    (when there is one) by overall accuracy. Returns the scorer and {'seconds', 'history'}."""
+    sc = cfg.lptpp.scorer
+    torch.manual_seed(cfg.seed)
+    labels = caches[0].labels["train"]
+    for c in caches[1:]:
+        if not torch.equal(c.labels["train"], labels):
+            raise ExpertError("the experts' caches hold different train labels; rebuild them from the same data")
+    scorer = MoEScorer([c.features["train"].shape[1] for c in caches], sc.hidden)
+    opt = torch.optim.AdamW(scorer.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
+    sampler = ClassAwareSampler(labels.numpy(), num_samples_cls=cfg.lpt.num_samples_cls, seed=cfg.seed)
+    has_val = "val" in caches[0].labels
+    start = time.perf_counter()
+    history, best = [], (-1.0, None)
+    for epoch in range(sc.epochs):
+        sampler.set_epoch(epoch)
+        order = torch.as_tensor(list(sampler))
+        losses = []
+        for i in range(0, len(order), sc.batch_size):
+            idx = order[i:i + sc.batch_size]
+            probs, _ = scorer([c.features["train"][idx] for c in caches], [c.logits["train"][idx] for c in caches])
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        row = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if has_val:
+            with torch.no_grad():
+                p, _ = scorer([c.features["val"] for c in caches], [c.logits["val"] for c in caches])
+            pred, y = p.argmax(1), caches[0].labels["val"]
+            row["val_overall"] = float(np.mean([(pred[y == k] == k).float().mean().item() for k in y.unique()]))
+            if row["val_overall"] >= best[0]:
+                best = (row["val_overall"], {k: v.clone() for k, v in scorer.state_dict().items()})
+        history.append(row)
+    if best[1] is not None:
+        scorer.load_state_dict(best[1])
+    return scorer, {"seconds": time.perf_counter() - start, "history": history}
+
+
+def evaluate_rows(caches: dict[str, ExpertCache], scorer: MoEScorer, data: LTData, convention: str,
+                  split: str = "test") -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """shot_accuracy of each expert alone, the uniform average of their probabilities and the MoE scorer on
+    `split`; and the scorer's gate weights per sample."""
+    names = list(caches)
+    labels = caches[names[0]].labels[split]
+    feats = [caches[n].features[split] for n in names]
+    logits = [caches[n].logits[split] for n in names]
+    preds = {f"expert: {n}": z.argmax(1) for n, z in zip(names, logits)}
+    if len(names) > 1:
+        preds["uniform average"] = torch.stack([torch.softmax(z, 1) for z in logits]).mean(0).argmax(1)
+    with torch.no_grad():
+        probs, gates = scorer(feats, logits)
+    preds["MoE scorer"] = probs.argmax(1)
+    counts = data.shot_counts
+    rows = {k: shot_accuracy(p, labels, counts, convention) for k, p in preds.items()}
+    return rows, {"gates": gates.numpy(), "labels": labels.numpy()}
+
+
+def gate_weights_by_group(gates: np.ndarray, labels: np.ndarray, groups: list[str], experts: list[str]) -> dict:
+    """Mean gate weight of each expert over the test images of each class group (many / medium / few)."""
+    groups = np.asarray(groups)
+    out = {}
+    for g in ("many", "medium", "few"):
+        mask = np.isin(labels, np.flatnonzero(groups == g))
+        if mask.any():
+            out[g] = {e: float(gates[mask, i].mean()) for i, e in enumerate(experts)}
+    return out
+
+
+def cache_all(roles: list[str], data: LTData, cfg: Config, phase2_dir: str | Path,
+              cache_dir: str | Path) -> tuple[dict[str, ExpertCache], dict[str, LPT]]:
+    """Load every phase-2 expert (checking class lists) and cache its outputs; returns caches and models."""
+    caches, models = {}, {}
+    for role in progress(roles, desc="experts"):
+        model = build_expert(role, data, cfg, phase=2)
+        expert_file = Path(phase2_dir) / f"{role}.safetensors"
+        load_expert(model, expert_file, data, phase=2)
+        caches[role] = build_cache(model, role, data, cfg, Path(cache_dir) / f"{role}.safetensors", expert_file)
+        models[role] = model
+    return caches, models

@@ -1,0 +1,163 @@
+"""LPT++ (our reading, METHODS §8): the prompts + adapters module (LPT with adapters on), expert checkpoints and
+caches with their errors, and the MoE scorer against a direct computation."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lptlib import config
+from lptlib.config import BackboneConfig
+from lptlib.lptpp import (ExpertCache, ExpertError, MoEScorer, build_cache, build_expert, evaluate_rows,
+                          gate_weights_by_group, load_expert, save_expert, train_scorer)
+from lptlib.models import create_backbone
+from lptlib.models.lpt import LPT
+
+RANDOM = {"visual": {"name": "vit-mini", "weights": "random"},
+          "vision_language": {"name": "clip-mini", "weights": "random"}}
+
+
+@pytest.fixture(scope="module", params=["vit-mini", "clip-mini"])
+def backbone(request):
+    torch.manual_seed(0)
+    return create_backbone(BackboneConfig(request.param, "random"))
+
+
+def _perturb(module, std=0.1):
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * std)
+
+
+def test_adapters_start_as_lpt_and_freeze_in_stage_2(backbone):
+    torch.manual_seed(1)
+    lpt = LPT(backbone, 5, stage=1, prompt_length=3)
+    torch.manual_seed(1)
+    lptpp = LPT(backbone, 5, stage=1, prompt_length=3, adapter=True)
+    lpt.eval(), lptpp.eval()  # no head dropout
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(lptpp.forward_train(x)["cosine"], lpt.forward_train(x)["cosine"])
+    stage2 = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4)
+    assert not any(p.requires_grad for p in stage2.tuner["adapters"].parameters())
+    assert any(k.startswith("adapters.") for k in stage2.stage1_state())
+    with pytest.raises(ValueError, match="adapters on in one and off in the other"):
+        LPT(backbone, 5, stage=2, prompt_length=3, pool_size=4).load_stage1_state(lptpp.stage1_state())
+
+
+def test_block_k_reuse_holds_with_adapters(backbone):
+    model = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4, share_blocks=6).eval()
+    _perturb(model.tuner["adapters"])
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        a, b = model.forward_train(x, reuse=True), model.forward_train(x, reuse=False)
+    torch.testing.assert_close(a["cosine"], b["cosine"])
+    assert torch.equal(a["topk"], b["topk"])
+
+
+def test_expert_files_check_backbone_classes_and_phase(tmp_path, tiny_lt):
+    cfg = config.parse(backbones=RANDOM, lpt={"pool_size": 4, "prompt_length": 2})
+    data = tiny_lt()
+    expert = build_expert("vision_language", data, cfg, phase=1)
+    path = save_expert(expert, tmp_path / "vl.safetensors", data, phase=1)
+    phase2 = build_expert("vision_language", data, cfg, phase=2)
+    load_expert(phase2, path, data, phase=1)
+    torch.testing.assert_close(phase2.tuner["head"].weight, expert.tuner["head"].weight)
+    with pytest.raises(ExpertError, match=r"missing.safetensors does not exist; run LPT\+\+ phase 1"):
+        load_expert(phase2, tmp_path / "missing.safetensors", data, phase=1)
+    with pytest.raises(ExpertError, match="another class list or label order"):
+        load_expert(phase2, path, tiny_lt(("trouser", "t-shirt", "bag")), phase=1)
+    with pytest.raises(ExpertError, match="is from phase 1, expected phase 2"):
+        load_expert(phase2, path, data, phase=2)
+    visual = build_expert("visual", data, cfg, phase=2)
+    with pytest.raises(ExpertError, match="trained on backbone 'clip-mini', this expert uses 'vit-mini'"):
+        load_expert(visual, path, data, phase=1)
+
+
+def test_cache_is_built_once_and_checked(tmp_path, tiny_lt):
+    cfg = config.parse(backbones=RANDOM, lpt={"pool_size": 4, "prompt_length": 2})
+    data = tiny_lt()
+    model = build_expert("visual", data, cfg, phase=2)
+    expert_file = save_expert(model, tmp_path / "visual.safetensors", data, phase=2)
+    cache = build_cache(model, "visual", data, cfg, tmp_path / "cache.safetensors", expert_file)
+    assert cache.features["train"].shape == (18, 128) and cache.logits["test"].shape == (9, 3)
+    assert torch.equal(cache.labels["train"], torch.as_tensor(data.train.targets))
+    with torch.no_grad():  # the cached logits are the model's predictions (test transform)
+        from lptlib.data import build_transforms
+        _, tf = build_transforms(cfg.data, model.backbone.normalization)
+        x = torch.stack([tf(data.test.load(i)) for i in range(3)])
+        torch.testing.assert_close(cache.logits["test"][:3], model(x), rtol=1e-4, atol=1e-4)
+    broken = copy.deepcopy(model)
+    broken.forward_all = None  # a second call must not run the expert
+    again = build_cache(broken, "visual", data, cfg, tmp_path / "cache.safetensors", expert_file)
+    assert torch.equal(again.logits["test"], cache.logits["test"])
+    with pytest.raises(ExpertError, match="cache.safetensors was built from another dataset split"):
+        build_cache(model, "visual", tiny_lt(counts=(12, 5, 2)), cfg, tmp_path / "cache.safetensors", expert_file)
+
+
+def test_moe_scorer_equals_the_mixture_formula():
+    torch.manual_seed(0)
+    scorer = MoEScorer([4, 6], hidden=5)
+    with torch.no_grad():
+        scorer.log_temperature.copy_(torch.tensor([0.3, -0.2]))
+    f = [torch.randn(3, 4), torch.randn(3, 6)]
+    z = [torch.randn(3, 7), torch.randn(3, 7)]
+    p, a = scorer(f, z)
+    cat = torch.cat([torch.nn.functional.normalize(t, dim=-1) for t in f], 1)
+    a_ref = torch.softmax(scorer.mlp(cat), 1)
+    t = torch.tensor([0.3, -0.2]).exp()
+    p_ref = a_ref[:, :1] * torch.softmax(z[0] / t[0], 1) + a_ref[:, 1:] * torch.softmax(z[1] / t[1], 1)
+    torch.testing.assert_close(a, a_ref)
+    torch.testing.assert_close(p, p_ref)
+    torch.testing.assert_close(p.sum(1), torch.ones(3))
+
+
+def _synthetic_caches(n_per_class=(60, 20, 8), seed=0):
+    """Two experts: 'a' knows classes 0 and 1, 'b' knows class 2; their features say which one to trust."""
+    g = torch.Generator().manual_seed(seed)
+    caches = {}
+    labels = {s: torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)]) for s in ("train", "val", "test")}
+    for name, knows in (("a", (0, 1)), ("b", (2,))):
+        feats, logits = {}, {}
+        for s, y in labels.items():
+            z = torch.randn(len(y), 3, generator=g)
+            right = torch.isin(y, torch.tensor(knows))
+            z[right, y[right]] += 6.0
+            feats[s] = torch.nn.functional.one_hot(y, 3).float() + 0.1 * torch.randn(len(y), 3, generator=g)
+            logits[s] = z
+        caches[name] = ExpertCache(feats, logits, labels)
+    return caches
+
+
+def test_scorer_learns_which_expert_to_trust(tiny_lt):
+    caches = _synthetic_caches()
+    cfg = config.parse(lptpp={"scorer": {"epochs": 40, "lr": 0.01, "batch_size": 32}})
+    scorer, info = train_scorer(list(caches.values()), cfg)
+    assert info["seconds"] > 0 and len(info["history"]) == 40
+    data = tiny_lt(counts=(60, 20, 8))
+    rows, out = evaluate_rows(caches, scorer, data, "decoupling")
+    assert set(rows) == {"expert: a", "expert: b", "uniform average", "MoE scorer"}
+    best = max(rows["expert: a"]["class_mean"], rows["expert: b"]["class_mean"])
+    assert rows["MoE scorer"]["class_mean"] > best + 0.15 and rows["MoE scorer"]["overall"] > 0.95
+    gates = gate_weights_by_group(out["gates"], out["labels"], ["many", "medium", "few"], ["a", "b"])
+    assert gates["many"]["a"] > 0.8 and gates["few"]["b"] > 0.8
+    avg = torch.stack([torch.softmax(c.logits["test"], 1) for c in caches.values()]).mean(0).argmax(1)
+    y = caches["a"].labels["test"]
+    per_class = [(avg[y == k] == k).float().mean().item() for k in range(3)]
+    assert rows["uniform average"]["class_mean"] == pytest.approx(np.mean(per_class))
+
+
+def test_scorer_rejects_caches_with_different_labels():
+    caches = _synthetic_caches()
+    other = _synthetic_caches(n_per_class=(60, 21, 7))
+    with pytest.raises(ExpertError, match="different train labels"):
+        train_scorer([caches["a"], other["b"]], config.parse())
+
+
+def test_bad_lptpp_config():
+    with pytest.raises(config.ConfigError, match="lptpp.experts: 'text' is not one of"):
+        config.parse(lptpp={"experts": ["visual", "text"]})
+    with pytest.raises(config.ConfigError, match="repeats"):
+        config.parse(lptpp={"experts": ["visual", "visual"]})
