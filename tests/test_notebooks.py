@@ -122,8 +122,6 @@ def test_05_lptpp_three_phases(tmp_path):
     dirs = {"phase1_dir": str(tmp_path / "p1"), "phase2_dir": str(tmp_path / "p2"), "cache_dir": str(tmp_path / "cache")}
     common = dict(data={"max_test_per_class": 10}, backbones=experts, lpt={"pool_size": 4},
                   lptpp={"phase1": tiny, "phase2": tiny, "scorer": {"epochs": 3}}, **dirs)
-    with pytest.raises(pm.PapermillExecutionError, match=r"p1/visual.safetensors does not exist; run LPT\+\+ phase 1"):
-        run("05_lptpp", tmp_path / "early", phase=2, **{**common, "out_dir": str(tmp_path / "early" / "out")})
     for phase in (1, 2):
         m = run("05_lptpp", tmp_path / f"run{phase}", phase=phase,
                 **{**common, "out_dir": dirs[f"phase{phase}_dir"], "fig_dir": str(tmp_path / f"fig{phase}"),
@@ -148,8 +146,6 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 0, got -3"):
         run("00_pretrain", tmp_path, pretrain={"vit_mini": {"epochs": -3}})
     assert not (tmp_path / "out" / "config.yaml").exists()
-    for params, message in (({"peft": "ssf"}, "unknown PEFT method 'ssf'"), ({"variant": "tec"}, "unknown TEA variant"),
-                            ({"tea": {"gate_max": 2.0}}, r"tea.gate_max: a probability")):
-        with pytest.raises(pm.PapermillExecutionError, match=message):
-            run("04_tea", tmp_path, **params)
-        assert not (tmp_path / "out" / "config.yaml").exists()
+    with pytest.raises(pm.PapermillExecutionError, match="unknown PEFT method 'ssf'"):  # the others: test_tea.py
+        run("04_tea", tmp_path, peft="ssf")
+    assert not (tmp_path / "out" / "config.yaml").exists()
