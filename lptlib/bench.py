@@ -3,6 +3,7 @@
     python -m lptlib.bench prompt-overhead [--device cpu|cuda] [--batch-size 8] [--repeats 7]
     python -m lptlib.bench lpt-reuse [--device cpu|cuda] [--batch-size 4] [--repeats 7]
     python -m lptlib.bench tea-overhead [--device cpu|cuda] [--batch-size 8] [--repeats 7]
+    python -m lptlib.bench training-throughput [--device cpu|cuda] [--batch-size 64] [--repeats 7]
 
 prompt-overhead: one VPT-deep training step (forward + backward to the prompts and head) divided by one
 step of the frozen backbone with the gradient taken through its activations only (a trainable tensor
@@ -19,6 +20,11 @@ tea-overhead: for each PEFT method on the CLIP ViT-B/16 visual encoder (random w
 the inference time of a model trained with TEA (PEA + PG + TEC) divided by the plain PEFT model's, and a TEA
 training step divided by a plain one; the two variants alternate. TEA is training-only, so the inference ratio
 measures noise around 1 (target <= 1.01) and the parameter counts are checked equal.
+
+training-throughput: ViT-B/16 224 px training images per second (bf16 autocast on CUDA) of VPT-deep, LPT stage 2,
+LPT++ phase 1 (timm ViT-B/16) and TEA (AdaptFormer on the CLIP ViT-B/16 visual encoder), each as a fraction of the
+frozen backbone's forward + backward-through-activations throughput on the same backbone, plus peak GPU memory
+per step. LPT and LPT++ steps hold two batches (dual sampling). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -61,6 +67,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _cross_entropy(model: nn.Module, batch, epoch: int) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def _train_step(model: nn.Module, loss_fn: Callable, batch, device: torch.device) -> Callable[[], None]:
+    """One SGD step of `loss_fn(model, batch, 0)` on every trainable tensor of `model`, as a closure."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step() -> None:
+        with autocast(device):
+            loss = loss_fn(model, batch, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def time_steps(steps: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device) -> dict:
     """Median seconds per step of each function, the functions interleaved (round robin)."""
     for _ in range(warmup):
@@ -90,20 +113,8 @@ def prompt_overhead(device: torch.device, batch_size: int, repeats: int, warmup:
         "VPT-deep concat": PEFTClassifier(backbone, 100, prompt_length, prompt_form="concat"),
     }
 
-    def step_fn(model: nn.Module) -> Callable[[], None]:
-        model.to(device).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=1e-3)
-
-        def step() -> None:
-            with autocast(device):
-                loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
-
-    medians = time_steps({k: step_fn(m) for k, m in models.items()}, repeats, warmup, device)
+    medians = time_steps({k: _train_step(m.to(device).train(), _cross_entropy, (x, y), device)
+                          for k, m in models.items()}, repeats, warmup, device)
     base = medians["frozen (activation grads)"]
     return {k: {"seconds": v, "ratio": v / base} for k, v in medians.items()}
 
@@ -166,15 +177,7 @@ def tea_overhead(device: torch.device, batch_size: int, repeats: int, warmup: in
                                    head="cosine", cosine_scale=25.0).to(device).train()
             objective = tea_objective(build_objective("la", counts, cfg).to(device),
                                       build_tea(counts, cfg, variant).to(device))
-            opt = torch.optim.SGD([p for p in model.tuner.parameters() if p.requires_grad], lr=1e-3)
-
-            def step(model=model, objective=objective, opt=opt) -> None:
-                with autocast(device):
-                    loss = objective(model, (x, y), 0)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            models[variant], steps[variant] = model, step
+            models[variant], steps[variant] = model, _train_step(model, objective, (x, y), device)
         if count_trainable(models["none"]) != count_trainable(models["pea_pg_tec"]):
             raise AssertionError("TEA changed the parameter count")
         train = time_steps({"plain": steps["none"], "TEA": steps["pea_pg_tec"]}, repeats, warmup, device)
@@ -197,8 +200,77 @@ def tea_overhead(device: torch.device, batch_size: int, repeats: int, warmup: in
     return results
 
 
+def _peak_memory(step: Callable[[], None], device: torch.device) -> float | None:
+    """Peak GPU memory (GiB) of one step, everything resident included; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30
+
+
+def training_throughput(device: torch.device, batch_size: int, repeats: int, warmup: int, prompt_length: int,
+                        arch: str = "timm:vit_base_patch16_224", clip_arch: str = "open_clip:ViT-B-16") -> dict:
+    """Training images per second of VPT-deep, LPT stage 2, TEA and LPT++ phase 1, each divided by the frozen
+    backbone's forward + backward-through-activations throughput on the same backbone (ratio <= 1 is the cost of
+    the method); peak memory per step on CUDA. LPT and LPT++ steps take a class-balanced and an
+    instance-balanced batch (dual sampling), so they process 2 x batch images per step."""
+    from lptlib import config
+    from lptlib.losses import AGCL
+    from lptlib.lpt import dual_sampling_loss
+    from lptlib.models.lpt import LPT
+    from lptlib.tea import build_objective, build_tea, tea_objective
+
+    classes = 100
+    torch.manual_seed(0)
+    counts = torch.randint(5, 500, (classes,)).tolist()
+    visual = create_backbone(BackboneConfig(arch, "random")).to(device)
+    clip = create_backbone(BackboneConfig(clip_arch, "random")).to(device)
+
+    def images(backbone):
+        size = backbone.image_size
+        return (torch.randn(batch_size, 3, size, size, device=device),
+                torch.randint(0, classes, (batch_size,), device=device))
+
+    dual = dual_sampling_loss(AGCL(counts).to(device), AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
+                              epochs=10, eta=0.5, match_weight=0.5)
+    cfg = config.parse(tea={"prompt_length": prompt_length})
+    tea_loss = tea_objective(build_objective("la", counts, cfg).to(device),
+                             build_tea(counts, cfg, "pea_pg_tec").to(device))
+    vb, cb = images(visual), images(clip)
+    dual_batch = (vb, images(visual))
+    torch.manual_seed(1)
+    # name: (backbone of the baseline, images per step, step)
+    runs = {
+        "frozen ViT (activation grads)": ("visual", batch_size,
+                                          _train_step(FrozenWithActivationGrad(visual, classes).to(device).train(),
+                                                      _cross_entropy, vb, device)),
+        "VPT-deep": ("visual", batch_size, _train_step(
+            PEFTClassifier(visual, classes, prompt_length).to(device).train(), _cross_entropy, vb, device)),
+        "LPT stage 2": ("visual", 2 * batch_size, _train_step(
+            LPT(visual, classes, stage=2, prompt_length=prompt_length).to(device).train(), dual, dual_batch, device)),
+        "LPT++ phase 1": ("visual", 2 * batch_size, _train_step(
+            LPT(visual, classes, stage=1, prompt_length=prompt_length, adapter=True).to(device).train(), dual,
+            dual_batch, device)),
+        "frozen CLIP (activation grads)": ("clip", batch_size, _train_step(
+            FrozenWithActivationGrad(clip, classes).to(device).train(), _cross_entropy, cb, device)),
+        "TEA (AdaptFormer, PEA+PG+TEC)": ("clip", batch_size, _train_step(
+            PEFTClassifier(clip, classes, adapter=True, head="cosine", cosine_scale=25.0).to(device).train(),
+            tea_loss, cb, device)),
+    }
+    memory = {name: _peak_memory(step, device) for name, (_, _, step) in runs.items()}
+    medians = time_steps({name: step for name, (_, _, step) in runs.items()}, repeats, warmup, device)
+    rate = {name: n / medians[name] for name, (_, n, _) in runs.items()}
+    base = {"visual": rate["frozen ViT (activation grads)"], "clip": rate["frozen CLIP (activation grads)"]}
+    return {name: {"seconds": medians[name], "images_per_second": rate[name], "ratio": rate[name] / base[which],
+                   "peak_memory_gib": memory[name]} for name, (which, _, _) in runs.items()}
+
+
 BENCHMARKS = {"prompt-overhead": (prompt_overhead, 8, 64), "lpt-reuse": (lpt_reuse, 4, 32),
-              "tea-overhead": (tea_overhead, 8, 64)}
+              "tea-overhead": (tea_overhead, 8, 64), "training-throughput": (training_throughput, 4, 64)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = fn(device, batch, args.repeats, args.warmup, args.prompt_length)
     for name, r in results.items():
-        print(f"  {name:<32} {r['seconds'] * 1000:9.1f} ms/step   ratio {r['ratio']:.3f}")
+        extra = ""
+        if "images_per_second" in r:
+            extra = f"   {r['images_per_second']:8.1f} img/s"
+            extra += f"   peak {r['peak_memory_gib']:.2f} GiB" if r["peak_memory_gib"] is not None else ""
+        print(f"  {name:<32} {r['seconds'] * 1000:9.1f} ms/step   ratio {r['ratio']:.3f}{extra}")
     return 0
 
 

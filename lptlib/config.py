@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,7 +187,7 @@ RESUME_HELP = "'auto' (continue a matching checkpoint of this stage), 'never', o
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _opt(20, min=0, help="training epochs (an epoch = as many images as the train set holds)")
+    epochs: int = _opt(20, min=1, help="training epochs (an epoch = as many images as the train set holds)")
     batch_size: int = _opt(64, min=1, help="images per step")
     lr: float = _opt(0.05, min=0.0, help="SGD peak learning rate (warm-up, then cosine decay per step)")
     weight_decay: float = _opt(1e-4, min=0.0, help="SGD weight decay")
@@ -423,12 +424,26 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
         return value
     raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a bug in this module, not user input
+
+
+def _check_resume(value: str, path: str) -> None:
+    """'auto', 'never' or the path of an existing checkpoint (relative to the repository root)."""
+    if value in ("auto", "never"):
+        return
+    from lptlib.paths import resolve
+
+    if not resolve(value).is_file():
+        close = difflib.get_close_matches(value, ("auto", "never"), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{path}: {value!r} is neither 'auto', 'never' nor an existing checkpoint file{hint}")
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -460,6 +475,8 @@ def _build(cls: type, values: Any, path: str, base: Any = None) -> Any:
         else:
             value = _convert(hints[name], values[name], sub)
         meta = f.metadata
+        if name == "resume":
+            _check_resume(value, sub)
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{sub}: {value!r} is not one of: {', '.join(map(str, meta['choices']))}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):

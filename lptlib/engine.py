@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler, Subset
+
+from lptlib import dist
 
 from lptlib.data.samplers import SingleSampling
 from lptlib.metrics import shot_accuracy
@@ -50,17 +52,34 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
                                  "rate or check the inputs (the last checkpoint is kept)")
 
 
+def _rank_share(loader: DataLoader) -> DataLoader:
+    """This rank's contiguous share of a sequential loader's dataset, same batch size and workers."""
+    start, stop = dist.shard_bounds(len(loader.dataset))
+    return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+
 @torch.no_grad()
 def predict(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device: torch.device,
             desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply `fn` to every image batch; return (stacked float32 outputs on CPU, labels)."""
+    """Apply `fn` to every image batch; return (stacked float32 outputs on CPU, labels).
+
+    In a distributed run a sequential DataLoader is split across the ranks and the outputs are gathered in
+    order, so every rank returns the full result."""
+    sharded = (dist.world_size() > 1 and isinstance(batches, DataLoader)
+               and isinstance(batches.sampler, SequentialSampler))
+    if sharded:
+        batches = _rank_share(batches)
     outputs, labels = [], []
     for x, y in progress(batches, desc=desc):
         with autocast(device):
             out = fn(x.to(device, non_blocking=True))
         outputs.append(out.float().cpu())
         labels.append(y)
-    return torch.cat(outputs), torch.cat(labels)
+    out, lab = torch.cat(outputs), torch.cat(labels)
+    if sharded:
+        out, lab = dist.all_gather_cat(out), dist.all_gather_cat(lab)
+    return out, lab
 
 
 # ------------------------------------------------------------------------------- training engine
@@ -78,10 +97,11 @@ class FitResult:
     resumed_from_epoch: int | None = None
 
     def row(self, trainable_params: int) -> dict:
-        """A metrics-file row: test accuracy by shot group (with per-class), trainable parameters,
+        """A metrics-file row: test accuracy by shot group (with per-class and the confusion counts when
+        stored), trainable parameters,
         the selected epoch and its val accuracy."""
         row = {k: self.test[k] for k in ("overall", "many", "medium", "few", "class_mean", "n_many", "n_medium",
-                                         "n_few", "per_class")}
+                                         "n_few", "per_class", "confusion") if k in self.test}
         row.update(trainable_params=trainable_params, best_epoch=self.best_epoch)
         if self.val is not None:
             row["val_overall"] = self.val["overall"]
@@ -133,14 +153,19 @@ def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"resume checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    found = ckpt.get("fingerprint", {})
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... on a damaged file
+        raise CheckpointError(f"checkpoint {path} is damaged or not a training checkpoint of this project "
+                              f"({type(e).__name__}); delete it or set resume: never to start over") from None
+    found = ckpt.get("fingerprint", {}) if isinstance(ckpt, dict) else {}
     if found != expected:
         diffs = [f"{k}: checkpoint {found.get('settings', {}).get(k)!r} vs now {v!r}"
                  for k, v in expected["settings"].items() if found.get("settings", {}).get(k) != v]
         if found.get("shapes") != expected["shapes"]:
             diffs.append(f"trainable tensors: checkpoint {found.get('shapes')} vs now {expected['shapes']}")
-        raise CheckpointError(f"checkpoint {path} is from another configuration: " + "; ".join(diffs))
+        raise CheckpointError(f"checkpoint {path} is from another configuration: " + "; ".join(diffs)
+                              + " (resume: auto starts over in that case; resume: never always does)")
     return ckpt
 
 
@@ -149,6 +174,25 @@ def to_device(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     return type(batch)(to_device(b, device) for b in batch)
+
+
+class _Objective(nn.Module):
+    """`loss_fn(model, batch, epoch)` as a module, so DistributedDataParallel runs the whole loss in its forward
+    (whatever model methods the loss calls) and synchronises the tuner's gradients in backward."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, epoch: int) -> torch.Tensor:
+        return self.loss_fn(self.model, batch, epoch)
+
+
+def _batch_size(batch) -> int:
+    """Images in a (possibly nested) batch: the leading size of its first tensor."""
+    while not isinstance(batch, torch.Tensor):
+        batch = batch[0]
+    return len(batch)
 
 
 def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, epochs: int, lr: float,
@@ -160,7 +204,8 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
 
     `train` is a DataLoader, or a batch source called with the epoch (`SingleSampling`, `DualSampling`);
     `loss_fn(model, batch, epoch) -> loss`, with the batch already on the device. bf16 autocast on CUDA,
-    float32 on CPU. After every epoch the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
+    float32 on CPU. Under torchrun (`lptlib.dist`) the loss runs in DistributedDataParallel and each rank's mean
+    loss is weighted by its share of the global batch, so the update is the one-process update. After every epoch the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
     (ties: the later epoch); without a val split the last epoch is kept. A checkpoint (trainable state,
     optimizer, epoch, RNG states, selection state) is written after every epoch. `resume`: 'auto'
     continues from `checkpoint` when it exists and matches this run, 'never' starts over, a path must
@@ -197,6 +242,12 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
             _set_rng_state(ckpt["rng"])
             print(f"resumed from {source} after epoch {ckpt['epoch']}")
 
+    objective: nn.Module = _Objective(model, loss_fn)
+    if dist.world_size() > 1:
+        # find_unused_parameters: e.g. the group prompts no query picked in a step get no gradient
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
     for epoch in range(start, epochs):
         model.train()
         losses = []
@@ -205,14 +256,17 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, total, warmup, lr)
+            batch = to_device(batch, device)
             with autocast(device):
-                loss = loss_fn(model, to_device(batch, device), epoch)
+                loss = objective(batch, epoch)
+            weight, loss = dist.step_weight(_batch_size(batch), loss)
             check_finite(loss, epoch, i)
+            loss = loss * weight
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        row = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "loss": dist.mean_over_ranks(sum(losses) / len(losses)), "lr": opt.param_groups[0]["lr"]}
         if val_loader is not None:
             val, _ = evaluate(model, val_loader, device, shot_counts, convention, desc=f"{desc} val")
             row.update(val_overall=val["overall"], val_many=val["many"], val_medium=val["medium"], val_few=val["few"])

@@ -17,7 +17,7 @@ from lptlib.engine import FitResult, fit, predict
 from lptlib.losses import AGCL, matching_loss
 from lptlib.models.backbones import Backbone
 from lptlib.models.lpt import LPT
-from lptlib.utils import default_device
+from lptlib.utils import default_device, read_safetensors, save_safetensors
 
 
 def build_lpt(backbone: Backbone, num_classes: int, cfg: Config, stage: int, adapter: bool = False) -> LPT:
@@ -72,29 +72,18 @@ def train_stage(model: LPT, data: LTData, cfg: Config, checkpoint: Path | None, 
 
 def save_stage1(model: LPT, path: str | Path) -> Path:
     """Stage 1's shared prompts and head as safetensors, with the backbone name and shapes as metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": model.backbone.name, "prompt_length": str(model.tuner["shared_prompts"].length),
             "num_classes": str(model.tuner["head"].weight.shape[0])}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.stage1_state().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return save_safetensors(model.stage1_state(), path, meta)
 
 
 def load_stage1(model: LPT, path: str | Path) -> None:
     """Load a stage-1 file into a stage-2 model; another backbone, prompt length or class list is an error."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage-1 checkpoint {path} does not exist; run stage 1 first "
                                 "(`dvc repro lpt_stage1`)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state, meta = read_safetensors(path, what="stage-1 checkpoint")
     if meta.get("backbone") != model.backbone.name:
         raise ValueError(f"stage-1 checkpoint {path} was trained on backbone {meta.get('backbone')!r}, "
                          f"this run uses {model.backbone.name!r}")

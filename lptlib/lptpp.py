@@ -33,7 +33,7 @@ from lptlib.metrics import shot_accuracy
 from lptlib.models.backbones import create_backbone
 from lptlib.models.heads import text_head_weights
 from lptlib.models.lpt import LPT
-from lptlib.utils import default_device, progress
+from lptlib.utils import default_device, progress, read_safetensors, save_safetensors
 
 SPLITS = ("train", "val", "test")
 
@@ -60,30 +60,19 @@ def _file_digest(path: Path) -> str:
 
 def save_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> Path:
     """The expert's trainable state (safetensors) with its backbone, phase and class list as metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": model.backbone.name, "phase": str(phase), "classnames": json.dumps(list(data.classnames)),
             "dataset": data.name}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.tuner.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return save_safetensors(model.tuner.state_dict(), path, meta)
 
 
 def load_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> None:
     """Load the phase-`phase` state of an expert into `model`; a missing file, another backbone, another class
     list or label order is an error naming the file."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ExpertError(f"expert checkpoint {path} does not exist; run LPT++ phase {phase} first "
                           f"(`dvc repro lptpp_phase{phase}`)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state, meta = read_safetensors(path, ExpertError, "expert checkpoint")
     if meta.get("backbone") != model.backbone.name:
         raise ExpertError(f"expert checkpoint {path} was trained on backbone {meta.get('backbone')!r}, this expert "
                           f"uses {model.backbone.name!r}")
@@ -145,15 +134,10 @@ def build_cache(model: LPT, role: str, data: LTData, cfg: Config, path: str | Pa
     An existing cache is reused when it was built from the same expert file; one built from another dataset
     split is an error naming the file.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     path, expert_file = Path(path), Path(expert_file)
     signature, digest = data_signature(data), _file_digest(expert_file)
     if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, meta = read_safetensors(path, ExpertError, "expert cache")
         if json.loads(meta.get("data", "{}")) != signature:
             raise ExpertError(f"cache {path} was built from another dataset split ({meta.get('data')}) than this run "
                               f"({json.dumps(signature)}); delete it to rebuild it from the experts")
@@ -170,16 +154,13 @@ def build_cache(model: LPT, role: str, data: LTData, cfg: Config, path: str | Pa
         ds = getattr(data, split)
         if ds is None:
             continue
-        loader = make_loader(ds.with_transform(test_tf), batch_size)
+        loader = make_loader(ds.with_transform(test_tf), batch_size, num_workers=cfg.data.num_workers)
         out, labels = predict(lambda x: torch.cat([(o := model.forward_all(x))["features"], scale * o["cosine"]], 1),
                               loader, device, desc=f"cache {role} {split}")
         d = out.shape[1] - data.num_classes
         tensors.update({f"{split}.features": out[:, :d].contiguous(), f"{split}.logits": out[:, d:].contiguous(),
                         f"{split}.labels": labels.contiguous()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"data": json.dumps(signature), "expert": digest, "role": role})
-    tmp.replace(path)
+    save_safetensors(tensors, path, {"data": json.dumps(signature), "expert": digest, "role": role})
     return _unpack(tensors)
 
 

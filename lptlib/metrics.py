@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 SHOT_GROUPS = ("many", "medium", "few")
+CONFUSION_MAX_CLASSES = 100  # shot_accuracy stores the confusion counts up to this many classes (report figure)
 _THRESHOLDS = {  # (is_many, is_few) given the count n
     "decoupling": (lambda n: n > 100, lambda n: n < 20),
     "oltr": (lambda n: n >= 100, lambda n: n <= 20),
@@ -59,7 +60,8 @@ def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike,
 
     Returns `overall` (fraction of correct samples; equal to the class mean on the balanced test sets
     of every benchmark here), `class_mean`, `many`, `medium`, `few` (class means within each
-    group), the group sizes `n_many` / `n_medium` / `n_few`, and `per_class` (a list).
+    group), the group sizes `n_many` / `n_medium` / `n_few`, `per_class` (a list) and, for up to
+    `CONFUSION_MAX_CLASSES` classes, `confusion` (counts; rows = true class, columns = predicted class).
     """
     counts = _np(train_counts)
     acc = per_class_accuracy(preds, labels, len(counts))
@@ -73,6 +75,8 @@ def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike,
     for g in SHOT_GROUPS:
         out[f"n_{g}"] = int((groups == g).sum())
     out["per_class"] = acc.tolist()
+    if len(counts) <= CONFUSION_MAX_CLASSES:
+        out["confusion"] = confusion_matrix(p, y, len(counts), normalize=False).astype(np.int64).tolist()
     return out
 
 

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from lptlib.data.datasets import ImageDataset  # noqa: E402
+from lptlib.dist import is_main  # noqa: E402
 from lptlib.metrics import SHOT_GROUPS  # noqa: E402
 
 GROUP_COLORS = dict(zip(SHOT_GROUPS, sns.color_palette("deep", 3)))
@@ -25,7 +26,10 @@ def set_style() -> None:
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save `fig` (PNG by the suffix); in a distributed run only rank 0 writes."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
@@ -196,5 +200,44 @@ def plot_gate_weights(gates: dict[str, dict[str, float]], title: str = "MoE gate
     ax.set_xlabel("")
     ax.set_ylabel("mean gate weight (test)")
     ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def plot_per_class_vs_count(counts: Sequence[int], per_class: dict[str, Sequence[float]],
+                            groups: Sequence[str] | None = None, title: str = "") -> plt.Figure:
+    """Test accuracy (%) of every class against its training count (log x), one marker series per method;
+    the background is shaded by shot group when `groups` (per class) is given."""
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    if groups is not None:
+        groups = np.asarray(groups)
+        for g in SHOT_GROUPS:
+            sel = counts[groups == g]
+            if len(sel):
+                ax.axvspan(sel.min() * 0.85, sel.max() * 1.15, color=GROUP_COLORS[g], alpha=0.08, lw=0)
+    for (name, acc), marker in zip(per_class.items(), "osD^v<>"):
+        acc = 100 * np.asarray(acc, dtype=float)
+        order = np.argsort(counts)
+        ax.plot(counts[order], acc[order], marker=marker, ms=5, lw=1, alpha=0.85, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.set_title(title)
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, classnames: Sequence[str], title: str = "") -> plt.Figure:
+    """A row-normalised confusion matrix (rows = true class) as a heat map, classes in the given order."""
+    n = len(classnames)
+    size = min(12.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    sns.heatmap(100 * cm, ax=ax, cmap="viridis", vmin=0, vmax=100, square=True, annot=n <= 12, fmt=".0f",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "% of the true class"},
+                xticklabels=list(classnames) if n <= 40 else False, yticklabels=list(classnames) if n <= 40 else False)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (most frequent first)")
     ax.set_title(title)
     return fig

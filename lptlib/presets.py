@@ -1,8 +1,9 @@
 """Presets: switch params.yaml between the offline miniature and the paper-scale benchmarks.
 
-A preset file `presets/<name>.yaml` holds whole params.yaml sections; applying it replaces those
-sections (comments kept), applies `--set key=value` overrides, validates the result and only then
-writes params.yaml. Then `dvc repro` runs the pipeline on it.
+A preset file `presets/<name>.yaml` holds whole params.yaml sections, each with every key; applying it
+replaces those sections (comments kept), applies `--set key=value` overrides, validates the result and only
+then writes params.yaml. Then `dvc repro` runs the pipeline on it. The paper-scale presets hold the data,
+the backbones and every training section, each value commented with its source.
 
     python -m lptlib.presets --list
     python -m lptlib.presets places_lt --set data.root=/data/places365 --set data.split_dir=/data/Places_LT
@@ -12,15 +13,17 @@ writes params.yaml. Then `dvc repro` runs the pipeline on it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ruamel.yaml import YAML
 
-from lptlib.config import ConfigError, parse
+from lptlib.config import Config, ConfigError, parse
 from lptlib.paths import repo_root
 
 
@@ -42,6 +45,39 @@ def _set_dotted(doc: Any, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def missing_keys(cls: type, values: Any, path: str) -> list[str]:
+    """Dotted keys of dataclass `cls` (recursively) that the mapping `values` does not hold. A preset replaces
+    whole params.yaml sections, so a key it leaves out would silently fall back to the code default instead of
+    the value params.yaml documents; presets must spell every key out. (Types and values are `parse`'s job.)"""
+    if not dataclasses.is_dataclass(cls) or not isinstance(values, dict):
+        return []
+    hints = typing.get_type_hints(cls)
+    missing = []
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}"
+        if f.name not in values:
+            missing.append(key)
+        else:
+            missing += missing_keys(hints[f.name], values[f.name], key)
+    return missing
+
+
+def check_preset(name: str, sections: Any, source: Path | str = "") -> None:
+    """A preset file holds a mapping of params.yaml sections, each complete (every key of the section)."""
+    where = f"preset {name!r}" + (f" ({source})" if source else "")
+    if not isinstance(sections, dict):
+        raise ConfigError(f"{where}: expected a mapping of params.yaml sections, got {type(sections).__name__}")
+    hints = typing.get_type_hints(Config)
+    for section, value in sections.items():
+        if section not in hints:
+            continue  # parse() names an unknown section
+        missing = missing_keys(hints[section], value, section)
+        if missing:
+            more = f" ... ({len(missing)} in all)" if len(missing) > 8 else ""
+            raise ConfigError(f"{where}: section {section!r} lacks {', '.join(missing[:8])}{more}; a preset replaces "
+                              "the whole section, so it must give every key (copy the section from params.yaml)")
+
+
 def apply_preset(name: str, overrides: list[str] = (), params: Path | None = None, root: Path | None = None,
                  write: bool = True) -> dict:
     """Merge preset `name` and `key=value` overrides into params.yaml; validate; write it. Returns the plain dict."""
@@ -53,13 +89,20 @@ def apply_preset(name: str, overrides: list[str] = (), params: Path | None = Non
     rt = YAML()
     rt.preserve_quotes = True
     doc = rt.load(params.read_text())
-    for section, value in rt.load(preset_file.read_text()).items():
+    preset = rt.load(preset_file.read_text())
+    check_preset(name, preset, preset_file)
+    for section, value in preset.items():
         doc[section] = value
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. data.root=/data/places365")
         key, raw = item.split("=", 1)
-        _set_dotted(doc, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({type(e).__name__}); quote it, "
+                              f"e.g. --set '{key}=\"{raw}\"'") from None
+        _set_dotted(doc, key.strip(), value)
     buf = io.StringIO()
     rt.dump(doc, buf)
     text = buf.getvalue()

@@ -5,6 +5,7 @@ with the loss and TEA's training-only parts, select on val, test once, and time 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -40,8 +41,13 @@ def check_member(peft: str, loss: str, variant: str) -> None:
             raise ConfigError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
 
 
+#: a class "name" that is an identifier: a WordNet id (ImageNet folders) or a number (iNaturalist folders)
+_ID_NAME = re.compile(r"n\d{8}|\d+")
+
+
 def check_classnames(classnames: list[str] | None, num_classes: int) -> None:
-    """The text-initialised head needs one real name per class, in label order."""
+    """The text-initialised head needs one real name per class, in label order (not empty, not a 'class N'
+    placeholder, not an id such as the WordNet ids ImageNet's folders are named by)."""
     fix = "give them with data.classnames_file (one name per line, in label order)"
     if not classnames:
         raise ConfigError(f"the text-initialised head needs the class names and the dataset has none; {fix}")
@@ -51,12 +57,19 @@ def check_classnames(classnames: list[str] | None, num_classes: int) -> None:
     if blank:
         raise ConfigError(f"class names missing for labels {blank[:5]}{' ...' if len(blank) > 5 else ''} "
                           f"(empty or a 'class N' placeholder); {fix}")
+    ids = [i for i, n in enumerate(classnames) if _ID_NAME.fullmatch(str(n).strip())]
+    if ids:  # the image-folder names of ImageNet (WordNet ids) and iNaturalist (category ids) are not names
+        raise ConfigError(f"class names for labels {ids[:5]}{' ...' if len(ids) > 5 else ''} are ids, not names "
+                          f"(e.g. {str(classnames[ids[0]]).strip()!r}: a WordNet or numeric category id, as the image "
+                          f"folders are named); {fix}")
 
 
 @torch.no_grad()
-def class_mean_weights(backbone: Backbone, dataset, num_classes: int, batch_size: int = 512) -> torch.Tensor:
+def class_mean_weights(backbone: Backbone, dataset, num_classes: int, batch_size: int = 512,
+                       num_workers: int = 0) -> torch.Tensor:
     """(C, D) normalised per-class means of the frozen CLS features (LIFT's head init for visual-only ViTs)."""
-    feats, labels = predict(backbone, make_loader(dataset, batch_size), default_device(), desc="class means")
+    feats, labels = predict(backbone, make_loader(dataset, batch_size, num_workers=num_workers), default_device(),
+                            desc="class means")
     sums = torch.zeros(num_classes, feats.shape[1]).index_add_(0, labels, nn.functional.normalize(feats, dim=-1))
     return nn.functional.normalize(sums, dim=-1)
 
@@ -80,7 +93,8 @@ def build_model(backbone: Backbone, data: LTData, cfg: Config, peft: str) -> PEF
         head.weight.data.copy_(text_head_weights(backbone, data.classnames, t.templates))
     elif t.head_init == "class_mean":
         _, test_tf = build_transforms(cfg.data, backbone.normalization)
-        head.weight.data.copy_(class_mean_weights(backbone, data.train.with_transform(test_tf), data.num_classes))
+        head.weight.data.copy_(class_mean_weights(backbone, data.train.with_transform(test_tf), data.num_classes,
+                                                     num_workers=cfg.data.num_workers))
     return model
 
 
@@ -179,7 +193,7 @@ def load_members(metrics_dir: str | Path, matrix) -> "pd.DataFrame":
     rows = []
     for n in names:
         row = json.loads((metrics_dir / f"{n}.json").read_text())[n]
-        rows.append({"member": n, **{k: v for k, v in row.items() if k != "per_class"}})
+        rows.append({"member": n, **{k: v for k, v in row.items() if k not in ("per_class", "confusion")}})
     return pd.DataFrame(rows).set_index("member")
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm.std import tqdm
 
+from lptlib.dist import is_main
+
 T = TypeVar("T")
 
 
@@ -38,8 +40,11 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, **
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    """Write via a temporary file and rename, so a crash never leaves a half-written file.
+    In a distributed run only rank 0 writes."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -50,6 +55,46 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+METADATA_KEY = "lptlib"  # safetensors metadata is stored as one sorted JSON string under this key
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Save tensors (made contiguous, on the CPU) as a safetensors file with string metadata, atomically
+    (temporary file + rename). The metadata is one sorted JSON string: safetensors writes several metadata keys
+    in an order that changes from process to process, which would make identical states different files (and
+    DVC re-run every stage downstream). In a distributed run only rank 0 writes."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not is_main():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, error: type[Exception] = ValueError,
+                     what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file written by `save_safetensors` (or with plain metadata);
+    a damaged file raises `error` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise error(f"{what} {path} is not a readable safetensors file ({e}); delete it and re-run the stage "
+                    "that writes it") from None
+    if METADATA_KEY in meta:
+        meta = json.loads(meta[METADATA_KEY])
+    return tensors, meta
 
 
 def _jsonable(obj: Any) -> Any:
@@ -87,4 +132,7 @@ def git_revision(root: str | os.PathLike | None = None) -> str | None:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available (under torchrun: this process's GPU, LOCAL_RANK), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")

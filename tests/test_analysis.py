@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 
 from lptlib.analysis import distance_ratio, knn_accuracy, lda_projection
-from lptlib.config import ConfigError, parse
 from lptlib.models.heads import CosineHead, build_head
 
 
@@ -57,28 +56,3 @@ def test_cosine_head_is_scaled_cosine():
     torch.testing.assert_close(head(f), expected)
     assert head.cosine(f).abs().max() <= 1.0 + 1e-6
     assert isinstance(build_head("linear", 4, 3), torch.nn.Linear)
-    with pytest.raises(ValueError, match="cosine"):
-        build_head("mlp", 4, 3)
-
-
-@pytest.mark.parametrize("section,message", [
-    ({"prompt_length": -1}, r"vpt_study\.prompt_length: must be >= 0, got -1"),
-    ({"samplings": ["square_root"]}, r"vpt_study\.samplings: 'square_root' is not one of: instance_balanced"),
-    ({"prompt_form": "prefix"}, r"vpt_study\.prompt_form: 'prefix' is not one of: kv, concat"),
-    ({"vpt_deep": {"epochs": -2}}, r"vpt_study\.vpt_deep\.epochs: must be >= 0"),
-    ({"backbone": "audio"}, r"vpt_study\.backbone: 'audio' is not one of: visual, vision_language"),
-])
-def test_vpt_study_bad_parameters(section, message):
-    with pytest.raises(ConfigError, match=message):
-        parse(vpt_study=section)
-
-
-@pytest.mark.parametrize("section,message", [
-    ({"top_k": 21}, r"lpt\.top_k: 21 keys cannot be picked from a pool of 20"),
-    ({"share_blocks": -1}, r"lpt\.share_blocks: must be >= 0"),
-    ({"agcl": {"class_balanced": [0.0]}}, r"lpt\.agcl\.class_balanced: expected a list of 2 values"),
-    ({"stage2": {"epochs": -1}}, r"lpt\.stage2\.epochs: must be >= 0"),
-])
-def test_lpt_bad_parameters(section, message):
-    with pytest.raises(ConfigError, match=message):
-        parse(lpt=section)

@@ -1,10 +1,7 @@
-import pickle
-
 import open_clip
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 
 from lptlib.config import BackboneConfig, parse
 from lptlib.models import Backbone, WeightsError, create_backbone, load_weight_file, save_weights
@@ -72,59 +69,13 @@ def test_backbone_is_frozen_and_stays_in_eval(vit_file):
     assert not any(p.requires_grad for p in b.parameters())
     b.train()
     assert not b.training and not any(m.training for m in b.modules())
-    with pytest.raises(TypeError, match="visual-only"):
-        b.encode_text(["x"])
 
 
-def test_strict_loading_names_missing_and_unexpected_keys(vit_file, clip_file, tmp_path):
-    _, vit_path = vit_file
-    with pytest.raises(WeightsError) as e:  # a vit-mini file given as clip-mini
-        create_backbone(BackboneConfig("clip-mini", str(vit_path)))
-    msg = str(e.value)
-    assert "missing keys: ln_final.bias" in msg and "unexpected keys: blocks.0.attn.proj.bias" in msg
-    assert "(152 in all)" in msg
-
-    state = load_weight_file(vit_path)
-    state.pop("blocks.3.attn.qkv.weight")
-    state["blocks.0.extra"] = torch.zeros(1)
-    save_file(state, str(tmp_path / "edited.safetensors"))
-    with pytest.raises(WeightsError, match=r"missing keys: blocks\.3\.attn\.qkv\.weight[\s\S]*unexpected keys: blocks\.0\.extra"):
-        create_backbone(BackboneConfig("vit-mini", str(tmp_path / "edited.safetensors")))
-
-
-def test_strict_loading_names_shape_mismatches(vit_file, tmp_path):
-    state = load_weight_file(vit_file[1])
-    state["pos_embed"] = torch.zeros(1, 50, 128)
-    torch.save(state, tmp_path / "wrong.pth")
-    with pytest.raises(WeightsError, match=r"shape mismatches: pos_embed \(1, 50, 128\) vs model \(1, 17, 128\)"):
-        create_backbone(BackboneConfig("vit-mini", str(tmp_path / "wrong.pth")))
-
-
-def test_torch_files_are_read_without_unpickling_objects(vit_file, tmp_path):
+def test_wrapped_torch_checkpoints_are_unwrapped(vit_file, tmp_path):
     state = load_weight_file(vit_file[1])
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")  # wrapped checkpoint: unwrapped
     b = create_backbone(BackboneConfig("vit-mini", str(tmp_path / "ckpt.pth")))
-    assert b.depth == 12
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("code ran",))
-
-    with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"x": Evil()}, f)
-    with pytest.raises(WeightsError, match="cannot be read safely"):
-        load_weight_file(tmp_path / "evil.pth")
-    torch.save({"x": [1, 2]}, tmp_path / "notensor.pth")
-    with pytest.raises(WeightsError, match="mapping of parameter names to tensors"):
-        load_weight_file(tmp_path / "notensor.pth")
-    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    with pytest.raises(WeightsError, match="not a readable safetensors"):
-        load_weight_file(tmp_path / "bad.safetensors")
-
-
-def test_missing_weight_file_names_it_and_the_fix(tmp_path):
-    with pytest.raises(WeightsError, match=r"nothing\.safetensors does not exist.*dvc repro pretrain"):
-        create_backbone(BackboneConfig("vit-mini", str(tmp_path / "nothing.safetensors")))
+    assert b.depth == 12  # (pickled objects, files without tensors, damaged files: tests/test_reliability.py)
 
 
 def test_paper_scale_local_files_load_strictly(tmp_path):
@@ -140,18 +91,6 @@ def test_paper_scale_local_files_load_strictly(tmp_path):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(b(x), model.forward_head(model.forward_features(x), pre_logits=True))
-
-
-def test_hub_failures_are_clear(monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(WeightsError, match=r"timm weights 'vit_base_patch16_224\.augreg_in21k'.*set weights to its path"):
-        create_backbone(BackboneConfig("timm:vit_base_patch16_224.augreg_in21k", "hub"))
-    monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(WeightsError, match=r"open_clip weights ViT-B-16/openai"):
-        create_backbone(BackboneConfig("open_clip:ViT-B-16", "hub", "openai"))
 
 
 def test_openai_tag_uses_quick_gelu(monkeypatch):

@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lptlib import config
 from lptlib.config import parse
-from lptlib.data import (FASHION_MNIST_COARSE, DataError, Normalization, build_data, build_transforms,
-                         find_fashion_mnist, read_idx, read_split_file)
+from lptlib.data import (FASHION_MNIST_COARSE, Normalization, build_data, build_transforms, find_fashion_mnist,
+                         read_idx)
 from lptlib.data import datasets as ds
 
 
@@ -107,29 +106,6 @@ def config_counts(n_max, imbalance):
     return lt_counts(n_max, imbalance, 10)
 
 
-def test_missing_fashion_mnist_lists_every_path_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
-    monkeypatch.setenv("LPTLIB_DATA", str(tmp_path / "env"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(DataError) as e:
-        find_fashion_mnist(str(tmp_path / "configured"))
-    msg = str(e.value)
-    for looked in (tmp_path / "configured", tmp_path / "env" / "fashion-mnist", tmp_path / "debian"):
-        assert str(looked) in msg
-    assert "apt-get install dataset-fashion-mnist" in msg and "data.download" in msg
-
-
-def test_read_idx_rejects_bad_files(tmp_path):
-    bad = tmp_path / "x-idx3-ubyte"
-    bad.write_bytes(b"\x00\x00\x09\x03" + b"\x00" * 12)
-    with pytest.raises(DataError, match="magic"):
-        read_idx(bad)
-    short = tmp_path / "short-idx1-ubyte"
-    short.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 3)
-    with pytest.raises(DataError, match=r"shape \(10,\) but the file holds 3 bytes"):
-        read_idx(short)
-
-
 # ----------------------------------------------------------------------------- CIFAR-100-LT
 def fake_cifar100(root, per_class):
     base = root / "cifar-100-python"
@@ -161,11 +137,6 @@ def test_cifar100_lt_builder(tmp_path, monkeypatch):
 def config_lt(n_max, imb):
     from lptlib.data import lt_counts
     return lt_counts(n_max, imb, 100)
-
-
-def test_cifar100_missing_names_the_folder(tmp_path):
-    with pytest.raises(DataError, match="cifar-100-python"):
-        build_data(parse(data={"name": "cifar100_lt", "root": str(tmp_path)}).data)
 
 
 # -------------------------------------------------------------------------------- OLTR files
@@ -215,36 +186,11 @@ def test_inat_has_no_val_split_and_json_keeps_category_ids(tmp_path):
     assert lt.train.targets.tolist() == [7]
 
 
-def test_malformed_split_line_names_file_and_line(tmp_path):
-    f = tmp_path / "Places_LT_train.txt"
-    f.write_text("train/a/1.jpg 0\n\ntrain/a/2.jpg\n")
-    with pytest.raises(DataError, match=r"Places_LT_train\.txt:3: expected '<relative/path> <label>'"):
-        read_split_file(f)
-    f.write_text("train/a/1.jpg zero\n")
-    with pytest.raises(DataError, match=r":1:"):
-        read_split_file(f)
-
-
-def test_wrong_image_root_fails_before_training(tmp_path):
-    _, splits = make_oltr(tmp_path)
-    with pytest.raises(DataError, match=r"data\.root .* must be the folder the split-file paths are relative to"):
-        build_data(parse(data={"name": "places_lt", "root": str(tmp_path / "elsewhere"),
-                               "split_dir": str(splits)}).data)
-
-
-def test_missing_split_file(tmp_path):
-    with pytest.raises(DataError, match="ImageNet_LT_train.txt does not exist"):
-        build_data(parse(data={"name": "imagenet_lt", "root": str(tmp_path), "split_dir": str(tmp_path)}).data)
-
-
 def test_classnames_file(tmp_path):
     root, splits = make_oltr(tmp_path)
     names = tmp_path / "names.txt"
-    names.write_text("air field\nalley way\n")
-    kw = {"name": "places_lt", "root": str(root), "split_dir": str(splits), "classnames_file": str(names)}
-    with pytest.raises(DataError, match="has 2 names; the dataset has 3 classes"):
-        build_data(parse(data=kw).data)
     names.write_text("air field\nalley way\nbakery shop\n")
+    kw = {"name": "places_lt", "root": str(root), "split_dir": str(splits), "classnames_file": str(names)}
     assert build_data(parse(data=kw).data).classnames[2] == "bakery shop"
 
 
@@ -258,5 +204,3 @@ def test_transforms_follow_the_backbone():
     np.testing.assert_allclose(x[:, 0, 0].numpy(), [(1 - m) / s for m, s in zip(norm.mean, norm.std)], rtol=1e-5)
     assert test_tf.transforms[0].size == 256 and "BICUBIC" in str(test_tf.transforms[0].interpolation)
     assert train_tf(img).shape == (3, 224, 224)
-    with pytest.raises(ValueError, match="bicubic"):
-        Normalization((0.5,) * 3, (0.5,) * 3, "lanczos5")

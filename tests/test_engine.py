@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from lptlib.config import BackboneConfig, parse
 from lptlib.data import ArrayDataset, ClassAwareSampler, Normalization, build_transforms, make_loader
-from lptlib.engine import CheckpointError, NonFiniteLossError, fit
+from lptlib.engine import fit
 from lptlib.models import create_backbone
 from lptlib.models.peft import PEFTClassifier
 
@@ -86,34 +86,11 @@ def test_no_val_split_selects_the_last_epoch():
     assert result.best_epoch == 2 and result.val is None
 
 
-def test_resume_errors(tmp_path):
+def test_auto_resume_with_a_mismatching_checkpoint_starts_over(tmp_path):
+    """'auto' with a checkpoint of another run starts over instead of failing (a path given to `resume` fails:
+    the table of tests/test_reliability.py)."""
     train, val, test = loaders()
-    with pytest.raises(CheckpointError, match="does not exist"):
-        fit(model(), train, val, test, ce, resume=str(tmp_path / "missing.pt"), **KW)
     fit(model(), train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="never", **{**KW, "epochs": 1})
-    with pytest.raises(CheckpointError, match=r"another configuration: lr: checkpoint 0\.05 vs now 0\.1"):
-        fit(model(), train, val, test, ce, resume=str(tmp_path / "c.pt"), **{**KW, "epochs": 1, "lr": 0.1})
     other = PEFTClassifier(model().backbone, 3, prompt_length=5)
-    with pytest.raises(CheckpointError, match="trainable tensors"):
-        fit(other, train, val, test, ce, resume=str(tmp_path / "c.pt"), **{**KW, "epochs": 1})
-    # 'auto' with a mismatching checkpoint starts over instead of failing
     result = fit(other, train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="auto", **{**KW, "epochs": 1})
     assert result.resumed_from_epoch is None
-
-
-def test_non_finite_loss_stops_the_run():
-    train, val, test = loaders()
-    with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
-        fit(model(), train, val, test, lambda m, batch, e: m(batch[0]).sum() * float("nan"), resume="never", **KW)
-
-
-def test_checkpoint_of_a_run_that_started_elsewhere_is_not_continued(tmp_path):
-    train, val, test = loaders()
-    fit(model(), train, val, test, ce, checkpoint=tmp_path / "d.pt", resume="never", **{**KW, "epochs": 1})
-    other_start = model()
-    with torch.no_grad():
-        other_start.tuner["prompts"].prompts.add_(1.0)  # e.g. another stage-1 state loaded before stage 2
-    with pytest.raises(CheckpointError, match="initial_state"):
-        fit(other_start, train, val, test, ce, resume=str(tmp_path / "d.pt"), **{**KW, "epochs": 1})
-    resumed = fit(model(), train, val, test, ce, checkpoint=tmp_path / "d.pt", resume="auto", **{**KW, "epochs": 1})
-    assert resumed.resumed_from_epoch == 0

@@ -110,12 +110,6 @@ def test_registry():
         z, y = batch(7)
         assert torch.isfinite(loss(z, y))
     assert build_loss("agcl", COUNTS).takes_cosine and not build_loss("la", COUNTS).takes_cosine
-    with pytest.raises(ValueError, match="agcl"):
-        build_loss("ldam", COUNTS)
-    with pytest.raises(ValueError, match="class counts"):
-        build_loss("la")
-    with pytest.raises(ValueError, match="at least one"):
-        build_loss("bs", [3, 0])
 
 
 def test_matching_loss():

@@ -75,21 +75,3 @@ def test_vit_b16_parameter_count():
     prompts_and_keys = sum(p.numel() for n, p in model.tuner.named_parameters() if not n.startswith("head."))
     assert prompts_and_keys == 1_029_120
     assert sum(p.numel() for p in model.tuner.parameters()) == 1_029_120 + 768 * 365
-
-
-@pytest.mark.parametrize("kw,message", [
-    (dict(top_k=21), r"lpt\.top_k must be between 1 and lpt\.pool_size \(20\)"),
-    (dict(share_blocks=12), r"lpt\.share_blocks \(K\) must be in \[0, 11\]"),
-])
-def test_bad_lpt_arguments(backbone, kw, message):
-    with pytest.raises(ValueError, match=message):
-        LPT(backbone, 10, stage=2, **kw)
-
-
-def test_stage1_checkpoint_of_another_model_is_refused(backbone):
-    state = LPT(backbone, 10, stage=1, prompt_length=5).stage1_state()
-    with pytest.raises(ValueError, match=r"shared_prompts\.prompts: \(12, 5, 128\) vs this model's \(12, 10, 128\)"):
-        LPT(backbone, 10, stage=2).load_stage1_state(state)
-    state = LPT(backbone, 7, stage=1).stage1_state()
-    with pytest.raises(ValueError, match=r"head\.weight"):
-        LPT(backbone, 10, stage=2).load_stage1_state(state)

@@ -1,5 +1,5 @@
 """LPT++ (our reading, METHODS §8): the prompts + adapters module (LPT with adapters on), expert checkpoints and
-caches with their errors, and the MoE scorer against a direct computation."""
+caches, and the MoE scorer against a direct computation (their errors: tests/test_reliability.py)."""
 
 import copy
 
@@ -9,7 +9,7 @@ import torch
 
 from lptlib import config
 from lptlib.config import BackboneConfig
-from lptlib.lptpp import (ExpertCache, ExpertError, MoEScorer, build_cache, build_expert, evaluate_rows,
+from lptlib.lptpp import (ExpertCache, MoEScorer, build_cache, build_expert, evaluate_rows,
                           gate_weights_by_group, load_expert, save_expert, train_scorer)
 from lptlib.models import create_backbone
 from lptlib.models.lpt import LPT
@@ -43,8 +43,6 @@ def test_adapters_start_as_lpt_and_freeze_in_stage_2(backbone):
     stage2 = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4)
     assert not any(p.requires_grad for p in stage2.tuner["adapters"].parameters())
     assert any(k.startswith("adapters.") for k in stage2.stage1_state())
-    with pytest.raises(ValueError, match="adapters on in one and off in the other"):
-        LPT(backbone, 5, stage=2, prompt_length=3, pool_size=4).load_stage1_state(lptpp.stage1_state())
 
 
 def test_block_k_reuse_holds_with_adapters(backbone):
@@ -57,7 +55,9 @@ def test_block_k_reuse_holds_with_adapters(backbone):
     assert torch.equal(a["topk"], b["topk"])
 
 
-def test_expert_files_check_backbone_classes_and_phase(tmp_path, tiny_lt):
+def test_expert_files_round_trip(tmp_path, tiny_lt):
+    """A phase-1 expert file loads into the phase-2 expert (a file of another backbone, class list or phase, or a
+    missing one: the table of tests/test_reliability.py)."""
     cfg = config.parse(backbones=RANDOM, lpt={"pool_size": 4, "prompt_length": 2})
     data = tiny_lt()
     expert = build_expert("vision_language", data, cfg, phase=1)
@@ -65,15 +65,6 @@ def test_expert_files_check_backbone_classes_and_phase(tmp_path, tiny_lt):
     phase2 = build_expert("vision_language", data, cfg, phase=2)
     load_expert(phase2, path, data, phase=1)
     torch.testing.assert_close(phase2.tuner["head"].weight, expert.tuner["head"].weight)
-    with pytest.raises(ExpertError, match=r"missing.safetensors does not exist; run LPT\+\+ phase 1"):
-        load_expert(phase2, tmp_path / "missing.safetensors", data, phase=1)
-    with pytest.raises(ExpertError, match="another class list or label order"):
-        load_expert(phase2, path, tiny_lt(("trouser", "t-shirt", "bag")), phase=1)
-    with pytest.raises(ExpertError, match="is from phase 1, expected phase 2"):
-        load_expert(phase2, path, data, phase=2)
-    visual = build_expert("visual", data, cfg, phase=2)
-    with pytest.raises(ExpertError, match="trained on backbone 'clip-mini', this expert uses 'vit-mini'"):
-        load_expert(visual, path, data, phase=1)
 
 
 def test_cache_is_built_once_and_checked(tmp_path, tiny_lt):
@@ -92,9 +83,7 @@ def test_cache_is_built_once_and_checked(tmp_path, tiny_lt):
     broken = copy.deepcopy(model)
     broken.forward_all = None  # a second call must not run the expert
     again = build_cache(broken, "visual", data, cfg, tmp_path / "cache.safetensors", expert_file)
-    assert torch.equal(again.logits["test"], cache.logits["test"])
-    with pytest.raises(ExpertError, match="cache.safetensors was built from another dataset split"):
-        build_cache(model, "visual", tiny_lt(counts=(12, 5, 2)), cfg, tmp_path / "cache.safetensors", expert_file)
+    assert torch.equal(again.logits["test"], cache.logits["test"])  # (a cache of another split: test_reliability)
 
 
 def test_moe_scorer_equals_the_mixture_formula():
@@ -147,17 +136,3 @@ def test_scorer_learns_which_expert_to_trust(tiny_lt):
     y = caches["a"].labels["test"]
     per_class = [(avg[y == k] == k).float().mean().item() for k in range(3)]
     assert rows["uniform average"]["class_mean"] == pytest.approx(np.mean(per_class))
-
-
-def test_scorer_rejects_caches_with_different_labels():
-    caches = _synthetic_caches()
-    other = _synthetic_caches(n_per_class=(60, 21, 7))
-    with pytest.raises(ExpertError, match="different train labels"):
-        train_scorer([caches["a"], other["b"]], config.parse())
-
-
-def test_bad_lptpp_config():
-    with pytest.raises(config.ConfigError, match="lptpp.experts: 'text' is not one of"):
-        config.parse(lptpp={"experts": ["visual", "text"]})
-    with pytest.raises(config.ConfigError, match="repeats"):
-        config.parse(lptpp={"experts": ["visual", "visual"]})

@@ -80,10 +80,6 @@ def test_02_and_03_lpt_stages(tmp_path):
     assert len(m2["key_usage"]) == 4 and sum(m2["key_usage"]) == 2 * 100  # top-2 picks of 100 test images
     assert 0 <= m2["key_usage_entropy"] <= 1 and 0 <= m2["overall"] <= 1
     assert (tmp_path / "s2" / "out" / "figures" / "key_usage.png").is_file()
-    with pytest.raises(pm.PapermillExecutionError, match="trained on backbone 'vit-mini', this run uses 'clip-mini'"):
-        run("03_lpt_stage2", tmp_path / "s3", stage1_path=str(stage1),
-            **{**common, "backbones": {"vision_language": {"name": "clip-mini", "weights": "random"}},
-               "lpt": {**common["lpt"], "backbone": "vision_language"}})
 
 
 @pytest.mark.notebook
@@ -99,7 +95,9 @@ def test_04_tea_members_and_report(tmp_path):
                 loss="agcl", variant=variant, metrics_path=str(members / f"lora-agcl-{variant}.json"))
         row = m[f"lora-agcl-{variant}"]
         assert row["trainable_params"] == 12 * 2 * 2 * 4 * 128 + 10 * 128  # LoRA on q and v + the head
-        assert row["latency_ms_per_image"] > 0 and 0 <= row["few"] <= 1 and row["tea"] == variant
+        assert 0 <= row["few"] <= 1 and row["tea"] == variant and not any("latency" in k for k in row)
+        timing = json.loads((tmp_path / variant / "out" / "latency.json").read_text())  # timings stay out of metrics
+        assert timing["latency_ms_per_image"] > 0 and timing["device"] == "cpu"
     report = run("04_tea_report", tmp_path / "report", data={"max_test_per_class": 10}, backbones=clip, tea=tea,
                  members_dir=str(members))
     assert set(report["members"]) == {"lora-agcl-none", "lora-agcl-pea_pg_tec"}
@@ -108,9 +106,6 @@ def test_04_tea_members_and_report(tmp_path):
     assert report["tea_few_gain"] == {"lora-agcl-pea_pg_tec": pytest.approx(few)}
     figs = {p.name for p in (tmp_path / "report" / "out" / "figures").iterdir()}
     assert figs == {"tea_gains.png", "shot_accuracy.png"}
-    with pytest.raises(pm.PapermillExecutionError, match="no metrics for 1 matrix member.*lora-ce-none"):
-        run("04_tea_report", tmp_path / "report2", data={"max_test_per_class": 10}, backbones=clip,
-            tea={**tea, "matrix": {"peft": ["lora"], "loss": ["ce"], "tea": ["none"]}}, members_dir=str(members))
 
 
 @pytest.mark.notebook
@@ -135,7 +130,8 @@ def test_05_lptpp_three_phases(tmp_path):
     m3 = run("05_lptpp", tmp_path / "run3", phase=3, **{**common, "metrics_path": str(tmp_path / "lptpp.json")},
              fig_dir=str(tmp_path / "fig3"), out_dir=str(tmp_path / "p3"))
     assert set(m3["rows"]) == {"expert: visual", "expert: vision_language", "uniform average", "MoE scorer"}
-    assert set(m3["gate_weights"]) == {"many", "medium", "few"} and m3["scorer_train_seconds"] > 0
+    assert set(m3["gate_weights"]) == {"many", "medium", "few"} and "scorer_train_seconds" not in m3
+    assert all(len(r["confusion"]) == 10 for r in m3["rows"].values())
     assert 0 < m3["params"]["percent_of_backbones"] < 100
     assert {p.name for p in (tmp_path / "fig3").iterdir()} == {"shot_accuracy.png", "gate_weights.png"}
     assert {p.name for p in (tmp_path / "cache").iterdir()} == {"visual.safetensors", "vision_language.safetensors"}
@@ -143,9 +139,9 @@ def test_05_lptpp_three_phases(tmp_path):
 
 @pytest.mark.notebook
 def test_bad_parameters_fail_before_any_work(tmp_path):
+    """A notebook's first code validates its parameters before it writes anything: the ConfigError surfaces
+    through papermill and no config.yaml is left behind. (Every other bad input, without papermill: the table of
+    tests/test_reliability.py.)"""
     with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 0, got -3"):
         run("00_pretrain", tmp_path, pretrain={"vit_mini": {"epochs": -3}})
-    assert not (tmp_path / "out" / "config.yaml").exists()
-    with pytest.raises(pm.PapermillExecutionError, match="unknown PEFT method 'ssf'"):  # the others: test_tea.py
-        run("04_tea", tmp_path, peft="ssf")
     assert not (tmp_path / "out" / "config.yaml").exists()

@@ -9,7 +9,6 @@ import torch
 
 from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
-from lptlib.models.blocks import run_blocks, tuned_block
 from lptlib.models.heads import ZeroShotCLIP, text_head_weights, zero_shot_weights
 from lptlib.models.peft import AdaptFormer, LoRA, PEFTClassifier, adapter_bottleneck, count_trainable
 
@@ -123,13 +122,6 @@ def test_adapter_bottleneck_rule():
     assert AdaptFormer(128, 4).up.weight.abs().sum() == 0
 
 
-def test_unsupported_blocks_are_named():
-    with pytest.raises(NotImplementedError, match="adapters and LoRA.*Identity"):
-        tuned_block(torch.nn.Identity(), torch.zeros(1, 2, 8), adapter=AdaptFormer(8, 2))
-    with pytest.raises(ValueError, match="unknown prompt form"):
-        run_blocks([torch.nn.Identity()], torch.zeros(1, 2, 8), form="prefix")
-
-
 def test_text_head_is_zero_shot_mapped_through_the_projection():
     torch.manual_seed(0)
     clip = create_backbone(BackboneConfig("clip-mini", "random"))
@@ -147,5 +139,3 @@ def test_text_head_is_zero_shot_mapped_through_the_projection():
         logits = ZeroShotCLIP(clip, names, templates)(x)
         ref = torch.nn.functional.normalize(clip.project(clip(x)), dim=-1) @ zs.T
     torch.testing.assert_close(logits, ref)
-    with pytest.raises(TypeError, match="visual-only"):
-        text_head_weights(create_backbone(BackboneConfig("vit-mini", "random")), names, templates)

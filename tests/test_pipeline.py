@@ -80,3 +80,8 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     assert (clone / "figures" / "tea" / "tea_gains.png").is_file()
     lptpp = json.loads((clone / "metrics" / "lptpp.json").read_text())
     assert "MoE scorer" in lptpp["rows"] and (clone / "figures" / "lptpp" / "phase3" / "gate_weights.png").is_file()
+    report = json.loads((clone / "metrics" / "report.json").read_text())
+    assert {"lpt_stage2", "tea/lora-la-pea_pg_tec", "lptpp/MoE scorer"} <= set(report["rows"])
+    assert {p.name for p in (clone / "figures" / "report").iterdir()} == {
+        "shot_accuracy.png", "per_class_vs_count.png", "confusion.png"}
+    assert "report" in dag and "metrics/report.json" in sh("dvc", "metrics", "show", cwd=clone)

@@ -4,7 +4,7 @@ import torch
 from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
 from lptlib.models.peft import PEFTClassifier, count_trainable
-from lptlib.models.blocks import run_blocks, tuned_block
+from lptlib.models.blocks import run_blocks
 from lptlib.models.prompts import DeepPrompts
 
 
@@ -70,13 +70,3 @@ def test_vpt_initialisation_bound():
     p = DeepPrompts(12, 10, 768, patch_size=16).prompts
     bound = (6 / (3 * 16 * 16 + 768)) ** 0.5
     assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound
-
-
-def test_bad_prompt_arguments():
-    with pytest.raises(ValueError, match=">= 0"):
-        DeepPrompts(12, -1, 8)
-    block = torch.nn.Identity()
-    with pytest.raises(ValueError, match="unknown prompt form"):
-        tuned_block(block, torch.zeros(1, 2, 3), torch.zeros(1, 1, 3), "prefix")
-    with pytest.raises(NotImplementedError, match="concat"):
-        tuned_block(block, torch.zeros(1, 2, 3), torch.zeros(1, 1, 3), "kv")

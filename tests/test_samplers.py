@@ -1,10 +1,8 @@
 import numpy as np
-import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from lptlib.data import (ClassAwareSampler, InfiniteLoader, ShuffleSampler, dual_sampling, make_loader,
-                         make_sampler)
+from lptlib.data import ClassAwareSampler, InfiniteLoader, ShuffleSampler, dual_sampling, make_loader
 
 LABELS = np.repeat(np.arange(5), [100, 40, 10, 4, 1])  # long-tailed: 155 items
 
@@ -44,11 +42,6 @@ def test_shuffle_sampler_is_a_permutation_per_epoch():
     s.set_epoch(1)
     b = list(s)
     assert sorted(a) == sorted(b) == list(range(10)) and a != b
-
-
-def test_make_sampler_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="class_balanced"):
-        make_sampler("square_root", LABELS)
 
 
 def _loader(sampler, batch=8):

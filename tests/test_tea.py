@@ -1,12 +1,13 @@
 """TEA (our reading, METHODS §7): PEA, the probability gate and TEC against reference computations; training-only
-(the trained model predicts through the plain PEFT modules); bad member names, gate values and class names."""
+(the trained model predicts through the plain PEFT modules). Bad member names, gate values and class names: the
+table of tests/test_reliability.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lptlib import config
-from lptlib.config import BackboneConfig, ConfigError
+from lptlib.config import BackboneConfig
 from lptlib.losses import AGCL
 from lptlib.models import create_backbone
 from lptlib.models.peft import count_trainable
@@ -20,17 +21,12 @@ def test_variants_switch_components():
     assert variant_parts("pea") == (True, False, False)
     assert variant_parts("pea_pg") == (True, True, False)
     assert variant_parts("pea_pg_tec") == (True, True, True)
-    with pytest.raises(ValueError, match="unknown TEA variant 'tec'.*pea_pg_tec"):
-        variant_parts("tec")
 
 
 def test_gate_probabilities():
     g = gate_probabilities([500, 50, 5], gate_max=0.5)
     torch.testing.assert_close(g, torch.tensor([0.0, 0.25, 0.5]))
     assert torch.equal(gate_probabilities([7, 7], 1.0), torch.zeros(2))
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match=r"\[0, 1\]"):
-            gate_probabilities([5, 1], bad)
 
 
 def test_patch_semantics_matches_a_loop():
@@ -142,34 +138,12 @@ def test_agcl_objective_takes_cosines(clip):
     assert (cb.gamma_pos, cb.gamma_neg) == (0.0, 4.0)
 
 
-def test_bad_member_names_and_class_names(clip, tiny_lt):
+def test_member_names_and_the_class_mean_head(tiny_lt):
+    """Member names as DVC's matrix joins them; a visual-only backbone takes LIFT's class-mean head. (The bad
+    names, class names and head inits: the table of tests/test_reliability.py.)"""
     check_member("lora", "bs", "pea_pg")
+    check_classnames(["a", "b", "c"], 3)
     assert member_name("lora", "bs", "pea_pg") == "lora-bs-pea_pg"
-    for args, word in ((("prefix", "ce", "none"), "PEFT method"), (("lora", "ldam", "none"), "loss"),
-                       (("lora", "ce", "pg"), "TEA variant")):
-        with pytest.raises(ConfigError, match=f"unknown {word}"):
-            check_member(*args)
-    with pytest.raises(ConfigError, match="2 class names for 3 classes.*classnames_file"):
-        check_classnames(["a", "b"], 3)
-    with pytest.raises(ConfigError, match=r"missing for labels \[1\]"):
-        check_classnames(["a", "class 1", "c"], 3)
-    with pytest.raises(ConfigError, match="missing for labels"):
-        build_model(clip, tiny_lt(("a", " ", "c")), config.parse(), "lora")
     vit = create_backbone(BackboneConfig("vit-mini", "random"))
-    with pytest.raises(ConfigError, match="vision-language"):
-        build_model(vit, tiny_lt(), config.parse(), "lora")
     model = build_model(vit, tiny_lt(), config.parse(tea={"head_init": "class_mean"}), "adaptformer")
     torch.testing.assert_close(model.tuner["head"].weight.norm(dim=1), torch.ones(3))
-
-
-@pytest.mark.parametrize("section, message", [
-    ({"gate_max": 1.5}, r"tea.gate_max: a probability, must be in \[0, 1\]"),
-    ({"gate_max": -0.5}, r"tea.gate_max"),
-    ({"matrix": {"peft": ["vpt_deep", "ssf"]}}, "tea.matrix.peft: 'ssf' is not one of"),
-    ({"matrix": {"loss": ["ce", "ce"]}}, "repeats"),
-    ({"matrix": {"tea": ["pea_tec"]}}, "tea.matrix.tea: 'pea_tec'"),
-    ({"templates": ["a photo"]}, "no '{name}' placeholder"),
-])
-def test_bad_tea_config(section, message):
-    with pytest.raises(ConfigError, match=message):
-        config.parse(tea=section)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lptlib.config import SAMPLING_MODES
+from lptlib.dist import ShardedSampler, rank, world_size
 
 
 class ShuffleSampler(Sampler[int]):
@@ -86,7 +87,14 @@ def make_sampler(mode: str, labels: np.ndarray, seed: int = 0, num_samples_cls: 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None = None,
                 num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with a given sampler (None: sequential order, for evaluation)."""
+    """A DataLoader with a given sampler (None: sequential order, for evaluation).
+
+    In a distributed run a training sampler is sharded per global batch (`lptlib.dist.ShardedSampler`) and the
+    loader yields this rank's `batch_size / world` share of each global batch.
+    """
+    if sampler is not None and world_size() > 1:
+        sampler = ShardedSampler(sampler, batch_size, rank(), world_size())
+        batch_size = sampler.local_batch_size()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=num_workers > 0)

@@ -25,6 +25,7 @@ from lptlib.config import MINIATURE_BACKBONES, BackboneConfig, backbone_family
 from lptlib.data.transforms import Normalization
 from lptlib.models.miniature import MINIATURE_ARCHS
 from lptlib.paths import resolve
+from lptlib.utils import save_safetensors
 
 
 class WeightsError(RuntimeError):
@@ -261,14 +262,7 @@ def create_backbone(cfg: BackboneConfig) -> Backbone:
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save a state dict as safetensors, atomically (the format `create_backbone` reads)."""
-    from safetensors.torch import save_file
-
-    path = resolve(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return save_safetensors(model.state_dict(), resolve(path))
 
 
 __all__ = ["Backbone", "WeightsError", "create_backbone", "load_weight_file", "load_strict", "save_weights",
