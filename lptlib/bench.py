@@ -134,20 +134,15 @@ def lpt_reuse(device: torch.device, batch_size: int, repeats: int, warmup: int, 
     batch = tuple((torch.randn(batch_size, 3, size, size, device=device),
                    torch.randint(0, 100, (batch_size,), device=device)) for _ in range(2))
     model = LPT(backbone, 100, stage=2, prompt_length=prompt_length).to(device).train()
-    params = [p for p in model.tuner.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-3)
 
-    def step_fn(reuse: bool) -> Callable[[], None]:
-        def step() -> None:
-            model.reuse_block_k = reuse
-            with autocast(device):
-                loss = loss_fn(model, batch, 0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
+    def with_reuse(reuse: bool) -> Callable:
+        def loss(m: LPT, b, epoch: int) -> torch.Tensor:
+            m.reuse_block_k = reuse
+            return loss_fn(m, b, epoch)
+        return loss
 
-    medians = time_steps({"official (2 full passes)": step_fn(False), "block-K reuse": step_fn(True)},
+    medians = time_steps({"official (2 full passes)": _train_step(model, with_reuse(False), batch, device),
+                          "block-K reuse": _train_step(model, with_reuse(True), batch, device)},
                          repeats, warmup, device)
     base = medians["official (2 full passes)"]
     return {k: {"seconds": v, "ratio": v / base} for k, v in medians.items()}
