@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: repro test lab preset strip clean-venv
+.PHONY: repro test lint lab strip clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,24 +16,21 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
-# `make repro PRESET=places_lt SET="data.root=... data.split_dir=..."` switches params.yaml first.
+# Paper scale: write `preset: <name>` and your data paths into params.yaml (docs/paper-scale.md), then `make repro`.
 repro: $(STAMP)
-ifdef PRESET
-	$(BIN)/python -m lptlib.presets $(PRESET) $(foreach s,$(SET),--set $(s))
-endif
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-test: $(STAMP)
+test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): lint and formatting of the package, tests and notebooks
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 lab: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/jupyter lab notebooks
-
-# Switch params.yaml to a paper-scale preset, e.g.
-#   make preset PRESET=places_lt SET="data.root=/data/places365 data.split_dir=/data/Places_LT"
-preset: $(STAMP)
-	$(BIN)/python -m lptlib.presets $(PRESET) $(foreach s,$(SET),--set $(s))
 
 strip: $(STAMP)
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb

@@ -81,6 +81,7 @@ def _train_step(model: nn.Module, loss_fn: Callable, batch, device: torch.device
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -100,8 +101,14 @@ def time_steps(steps: dict[str, Callable[[], None]], repeats: int, warmup: int, 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def prompt_overhead(device: torch.device, batch_size: int, repeats: int, warmup: int, prompt_length: int,
-                    arch: str = "vit_base_patch16_224") -> dict:
+def prompt_overhead(
+    device: torch.device,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    prompt_length: int,
+    arch: str = "vit_base_patch16_224",
+) -> dict:
     torch.manual_seed(0)
     backbone = create_backbone(BackboneConfig(f"timm:{arch}", "random")).to(device)
     size = backbone.image_size
@@ -113,14 +120,24 @@ def prompt_overhead(device: torch.device, batch_size: int, repeats: int, warmup:
         "VPT-deep concat": PEFTClassifier(backbone, 100, prompt_length, prompt_form="concat"),
     }
 
-    medians = time_steps({k: _train_step(m.to(device).train(), _cross_entropy, (x, y), device)
-                          for k, m in models.items()}, repeats, warmup, device)
+    medians = time_steps(
+        {k: _train_step(m.to(device).train(), _cross_entropy, (x, y), device) for k, m in models.items()},
+        repeats,
+        warmup,
+        device,
+    )
     base = medians["frozen (activation grads)"]
     return {k: {"seconds": v, "ratio": v / base} for k, v in medians.items()}
 
 
-def lpt_reuse(device: torch.device, batch_size: int, repeats: int, warmup: int, prompt_length: int,
-              arch: str = "vit_base_patch16_224") -> dict:
+def lpt_reuse(
+    device: torch.device,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    prompt_length: int,
+    arch: str = "vit_base_patch16_224",
+) -> dict:
     from lptlib.losses import AGCL
     from lptlib.lpt import dual_sampling_loss
     from lptlib.models.lpt import LPT
@@ -129,27 +146,47 @@ def lpt_reuse(device: torch.device, batch_size: int, repeats: int, warmup: int, 
     backbone = create_backbone(BackboneConfig(f"timm:{arch}", "random")).to(device)
     size = backbone.image_size
     counts = torch.randint(5, 500, (100,)).tolist()
-    loss_fn = dual_sampling_loss(AGCL(counts).to(device), AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
-                                 epochs=10, eta=0.5, match_weight=0.5)
-    batch = tuple((torch.randn(batch_size, 3, size, size, device=device),
-                   torch.randint(0, 100, (batch_size,), device=device)) for _ in range(2))
+    loss_fn = dual_sampling_loss(
+        AGCL(counts).to(device),
+        AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
+        epochs=10,
+        eta=0.5,
+        match_weight=0.5,
+    )
+    batch = tuple(
+        (torch.randn(batch_size, 3, size, size, device=device), torch.randint(0, 100, (batch_size,), device=device))
+        for _ in range(2)
+    )
     model = LPT(backbone, 100, stage=2, prompt_length=prompt_length).to(device).train()
 
     def with_reuse(reuse: bool) -> Callable:
         def loss(m: LPT, b, epoch: int) -> torch.Tensor:
             m.reuse_block_k = reuse
             return loss_fn(m, b, epoch)
+
         return loss
 
-    medians = time_steps({"official (2 full passes)": _train_step(model, with_reuse(False), batch, device),
-                          "block-K reuse": _train_step(model, with_reuse(True), batch, device)},
-                         repeats, warmup, device)
+    medians = time_steps(
+        {
+            "official (2 full passes)": _train_step(model, with_reuse(False), batch, device),
+            "block-K reuse": _train_step(model, with_reuse(True), batch, device),
+        },
+        repeats,
+        warmup,
+        device,
+    )
     base = medians["official (2 full passes)"]
     return {k: {"seconds": v, "ratio": v / base} for k, v in medians.items()}
 
 
-def tea_overhead(device: torch.device, batch_size: int, repeats: int, warmup: int, prompt_length: int,
-                 arch: str = "open_clip:ViT-B-16") -> dict:
+def tea_overhead(
+    device: torch.device,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    prompt_length: int,
+    arch: str = "open_clip:ViT-B-16",
+) -> dict:
     """Per PEFT method: inference of a TEA-trained model / the plain model, and a TEA training step / a plain one."""
     from lptlib import config
     from lptlib.models.peft import count_trainable
@@ -167,11 +204,22 @@ def tea_overhead(device: torch.device, batch_size: int, repeats: int, warmup: in
         models, steps = {}, {}
         for variant in ("none", "pea_pg_tec"):
             torch.manual_seed(1)
-            model = PEFTClassifier(backbone, classes, prompt_length=prompt_length if peft == "vpt_deep" else 0,
-                                   adapter=peft == "adaptformer", lora_rank=4 if peft == "lora" else 0,
-                                   head="cosine", cosine_scale=25.0).to(device).train()
-            objective = tea_objective(build_objective("la", counts, cfg).to(device),
-                                      build_tea(counts, cfg, variant).to(device))
+            model = (
+                PEFTClassifier(
+                    backbone,
+                    classes,
+                    prompt_length=prompt_length if peft == "vpt_deep" else 0,
+                    adapter=peft == "adaptformer",
+                    lora_rank=4 if peft == "lora" else 0,
+                    head="cosine",
+                    cosine_scale=25.0,
+                )
+                .to(device)
+                .train()
+            )
+            objective = tea_objective(
+                build_objective("la", counts, cfg).to(device), build_tea(counts, cfg, variant).to(device)
+            )
             models[variant], steps[variant] = model, _train_step(model, objective, (x, y), device)
         if count_trainable(models["none"]) != count_trainable(models["pea_pg_tec"]):
             raise AssertionError("TEA changed the parameter count")
@@ -181,14 +229,20 @@ def tea_overhead(device: torch.device, batch_size: int, repeats: int, warmup: in
             def run() -> None:
                 with torch.no_grad(), autocast(device):
                     model(x)
+
             return run
+
         for m in models.values():
             m.eval()
-        infer_t = time_steps({"plain": infer(models["none"]), "TEA": infer(models["pea_pg_tec"])}, 3 * repeats,
-                             warmup, device)
+        infer_t = time_steps(
+            {"plain": infer(models["none"]), "TEA": infer(models["pea_pg_tec"])}, 3 * repeats, warmup, device
+        )
         params = count_trainable(models["none"])
         results[f"{peft} inference plain"] = {"seconds": infer_t["plain"], "ratio": 1.0}
-        results[f"{peft} inference TEA-trained"] = {"seconds": infer_t["TEA"], "ratio": infer_t["TEA"] / infer_t["plain"]}
+        results[f"{peft} inference TEA-trained"] = {
+            "seconds": infer_t["TEA"],
+            "ratio": infer_t["TEA"] / infer_t["plain"],
+        }
         results[f"{peft} train step plain"] = {"seconds": train["plain"], "ratio": 1.0}
         results[f"{peft} train step TEA"] = {"seconds": train["TEA"], "ratio": train["TEA"] / train["plain"]}
         print(f"  {peft}: {params:,} trainable parameters with and without TEA")
@@ -204,11 +258,18 @@ def _peak_memory(step: Callable[[], None], device: torch.device) -> float | None
     torch.cuda.reset_peak_memory_stats(device)
     step()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def training_throughput(device: torch.device, batch_size: int, repeats: int, warmup: int, prompt_length: int,
-                        arch: str = "timm:vit_base_patch16_224", clip_arch: str = "open_clip:ViT-B-16") -> dict:
+def training_throughput(
+    device: torch.device,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    prompt_length: int,
+    arch: str = "timm:vit_base_patch16_224",
+    clip_arch: str = "open_clip:ViT-B-16",
+) -> dict:
     """Training images per second of VPT-deep, LPT stage 2, TEA and LPT++ phase 1, each divided by the frozen
     backbone's forward + backward-through-activations throughput on the same backbone (ratio <= 1 is the cost of
     the method); peak memory per step on CUDA. LPT and LPT++ steps take a class-balanced and an
@@ -227,67 +288,123 @@ def training_throughput(device: torch.device, batch_size: int, repeats: int, war
 
     def images(backbone):
         size = backbone.image_size
-        return (torch.randn(batch_size, 3, size, size, device=device),
-                torch.randint(0, classes, (batch_size,), device=device))
+        return (
+            torch.randn(batch_size, 3, size, size, device=device),
+            torch.randint(0, classes, (batch_size,), device=device),
+        )
 
-    dual = dual_sampling_loss(AGCL(counts).to(device), AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
-                              epochs=10, eta=0.5, match_weight=0.5)
+    dual = dual_sampling_loss(
+        AGCL(counts).to(device),
+        AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
+        epochs=10,
+        eta=0.5,
+        match_weight=0.5,
+    )
     cfg = config.parse(tea={"prompt_length": prompt_length})
-    tea_loss = tea_objective(build_objective("la", counts, cfg).to(device),
-                             build_tea(counts, cfg, "pea_pg_tec").to(device))
+    tea_loss = tea_objective(
+        build_objective("la", counts, cfg).to(device), build_tea(counts, cfg, "pea_pg_tec").to(device)
+    )
     vb, cb = images(visual), images(clip)
     dual_batch = (vb, images(visual))
     torch.manual_seed(1)
     # name: (backbone of the baseline, images per step, step)
     runs = {
-        "frozen ViT (activation grads)": ("visual", batch_size,
-                                          _train_step(FrozenWithActivationGrad(visual, classes).to(device).train(),
-                                                      _cross_entropy, vb, device)),
-        "VPT-deep": ("visual", batch_size, _train_step(
-            PEFTClassifier(visual, classes, prompt_length).to(device).train(), _cross_entropy, vb, device)),
-        "LPT stage 2": ("visual", 2 * batch_size, _train_step(
-            LPT(visual, classes, stage=2, prompt_length=prompt_length).to(device).train(), dual, dual_batch, device)),
-        "LPT++ phase 1": ("visual", 2 * batch_size, _train_step(
-            LPT(visual, classes, stage=1, prompt_length=prompt_length, adapter=True).to(device).train(), dual,
-            dual_batch, device)),
-        "frozen CLIP (activation grads)": ("clip", batch_size, _train_step(
-            FrozenWithActivationGrad(clip, classes).to(device).train(), _cross_entropy, cb, device)),
-        "TEA (AdaptFormer, PEA+PG+TEC)": ("clip", batch_size, _train_step(
-            PEFTClassifier(clip, classes, adapter=True, head="cosine", cosine_scale=25.0).to(device).train(),
-            tea_loss, cb, device)),
+        "frozen ViT (activation grads)": (
+            "visual",
+            batch_size,
+            _train_step(FrozenWithActivationGrad(visual, classes).to(device).train(), _cross_entropy, vb, device),
+        ),
+        "VPT-deep": (
+            "visual",
+            batch_size,
+            _train_step(PEFTClassifier(visual, classes, prompt_length).to(device).train(), _cross_entropy, vb, device),
+        ),
+        "LPT stage 2": (
+            "visual",
+            2 * batch_size,
+            _train_step(
+                LPT(visual, classes, stage=2, prompt_length=prompt_length).to(device).train(), dual, dual_batch, device
+            ),
+        ),
+        "LPT++ phase 1": (
+            "visual",
+            2 * batch_size,
+            _train_step(
+                LPT(visual, classes, stage=1, prompt_length=prompt_length, adapter=True).to(device).train(),
+                dual,
+                dual_batch,
+                device,
+            ),
+        ),
+        "frozen CLIP (activation grads)": (
+            "clip",
+            batch_size,
+            _train_step(FrozenWithActivationGrad(clip, classes).to(device).train(), _cross_entropy, cb, device),
+        ),
+        "TEA (AdaptFormer, PEA+PG+TEC)": (
+            "clip",
+            batch_size,
+            _train_step(
+                PEFTClassifier(clip, classes, adapter=True, head="cosine", cosine_scale=25.0).to(device).train(),
+                tea_loss,
+                cb,
+                device,
+            ),
+        ),
     }
     memory = {name: _peak_memory(step, device) for name, (_, _, step) in runs.items()}
     medians = time_steps({name: step for name, (_, _, step) in runs.items()}, repeats, warmup, device)
     rate = {name: n / medians[name] for name, (_, n, _) in runs.items()}
     base = {"visual": rate["frozen ViT (activation grads)"], "clip": rate["frozen CLIP (activation grads)"]}
-    return {name: {"seconds": medians[name], "images_per_second": rate[name], "ratio": rate[name] / base[which],
-                   "peak_memory_gib": memory[name]} for name, (which, _, _) in runs.items()}
+    return {
+        name: {
+            "seconds": medians[name],
+            "images_per_second": rate[name],
+            "ratio": rate[name] / base[which],
+            "peak_memory_gib": memory[name],
+        }
+        for name, (which, _, _) in runs.items()
+    }
 
 
-BENCHMARKS = {"prompt-overhead": (prompt_overhead, 8, 64), "lpt-reuse": (lpt_reuse, 4, 32),
-              "tea-overhead": (tea_overhead, 8, 64), "training-throughput": (training_throughput, 4, 64)}
+BENCHMARKS = {
+    "prompt-overhead": (prompt_overhead, 8, 64),
+    "lpt-reuse": (lpt_reuse, 4, 32),
+    "tea-overhead": (tea_overhead, 8, 64),
+    "training-throughput": (training_throughput, 4, 64),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lptlib.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m lptlib.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("benchmark", choices=list(BENCHMARKS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="default: 8 on CPU, 64 on CUDA (lpt-reuse: per branch, 4 on CPU, 32 on CUDA)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: 8 on CPU, 64 on CUDA (lpt-reuse: per branch, 4 on CPU, 32 on CUDA)",
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--prompt-length", type=int, default=10)
-    ap.add_argument("--arch", default=None, help="architecture with random weights (default: timm "
-                    "vit_base_patch16_224; tea-overhead: open_clip:ViT-B-16)")
+    ap.add_argument(
+        "--arch",
+        default=None,
+        help="architecture with random weights (default: timm vit_base_patch16_224; tea-overhead: open_clip:ViT-B-16)",
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     fn, cpu_batch, gpu_batch = BENCHMARKS[args.benchmark]
     batch = args.batch_size or (gpu_batch if device.type == "cuda" else cpu_batch)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     precision = "bf16 autocast" if device.type == "cuda" else "float32"
-    print(f"{args.benchmark}: {args.arch or 'default architecture'}, batch {batch}, l_p {args.prompt_length}, "
-          f"{where}, {precision}, median of {args.repeats} interleaved steps")
+    print(
+        f"{args.benchmark}: {args.arch or 'default architecture'}, batch {batch}, l_p {args.prompt_length}, "
+        f"{where}, {precision}, median of {args.repeats} interleaved steps"
+    )
     if args.arch is not None:
         results = fn(device, batch, args.repeats, args.warmup, args.prompt_length, args.arch)
     else:

@@ -1,23 +1,32 @@
-"""Typed, validated parameters: one dataclass per `params.yaml` section.
+"""Typed, validated parameters: one pydantic model per `params.yaml` section.
 
-Every notebook turns its papermill parameters into a `Config` with `parse(...)` before it reads
-any data. An unknown key, a wrong type, a value out of range or an unknown dataset/backbone name
-raises `ConfigError` naming the key (as a dotted path) and what is allowed.
-The resolved config is written next to each stage's outputs with `save_resolved`.
+The configuration of a run is composed in one place, `compose`:
+
+    code defaults  <-  presets/<preset>.yaml (an overlay)  <-  the keys in params.yaml  <-  per-run overrides
+
+Defaults are the offline miniature. A preset names only what differs from the defaults, and is merged at load
+time; nothing rewrites `params.yaml`. `params.yaml` holds `preset: <name>` and the user's own keys. Overrides
+are a mapping (nested or dotted keys: papermill `-y`) or `key=value` strings (`--set`); `dvc exp run -S`
+edits `params.yaml` itself. An unknown key (with a "did you mean"), a wrong type, a value out of range or a
+broken cross-field rule raises `ConfigError` naming the dotted key, before any data is read.
+
+    python -m lptlib.config show [--preset NAME] [--set key=value ...]   # the resolved configuration
+    python -m lptlib.config check                                        # validate params.yaml
+    python -m lptlib.config docs                                         # regenerate docs/parameters.md
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import copy
 import difflib
-import math
-import types
-import typing
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from lptlib.utils import atomic_write_bytes, git_revision
 
@@ -26,50 +35,79 @@ class ConfigError(ValueError):
     """A parameter is wrong; the message names the dotted key and the fix."""
 
 
-def _opt(default: Any = None, *, help: str = "", min: float | None = None, max: float | None = None,
-         choices: tuple | None = None, default_factory: Any = None) -> Any:
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+class Section(BaseModel):
+    """A params.yaml section: unknown keys refused, immutable, finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _templates_ok(templates: Sequence[str]) -> Sequence[str]:
+    if not templates:
+        raise ValueError("give at least one template")
+    for t in templates:
+        if "{name}" not in t:
+            raise ValueError(f"template {t!r} has no '{{name}}' placeholder")
+    return templates
+
+
+def _distinct(values: Sequence[str], what: str) -> Sequence[str]:
+    if not values:
+        raise ValueError(f"give at least one {what}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{list(values)} repeats a{'n' if what[0] in 'aeiou' else ''} {what}")
+    return values
 
 
 # ----------------------------------------------------------------------------------------- data
 MINIATURE_DATASET = "fashion_mnist_lt"
 DATASETS = (MINIATURE_DATASET, "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
 SHOT_CONVENTIONS = ("decoupling", "oltr", "lpt")
+Dataset = Literal["fashion_mnist_lt", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018"]
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = _opt(MINIATURE_DATASET, choices=DATASETS, help="dataset")
-    root: str | None = _opt(None, help="image folder (paper scale) or a folder with the Fashion-MNIST idx "
-                                       "files; null: the default places")
-    split_dir: str | None = _opt(None, help="folder with the OLTR split files (places_lt, imagenet_lt, inat2018)")
-    classnames_file: str | None = _opt(None, help="one class name per line, in label order (overrides the "
-                                                  "names the dataset provides)")
-    download: bool = _opt(False, help="let torchvision download Fashion-MNIST / CIFAR-100 (needs a network)")
-    imbalance: float = _opt(100.0, min=1.0, help="imbalance factor n_max / n_min (fashion_mnist_lt, cifar100_lt)")
-    n_max: int = _opt(500, min=1, help="images of the head class (fashion_mnist_lt, cifar100_lt)")
-    val_per_class: int = _opt(20, min=0, help="balanced val images per class (fashion_mnist_lt)")
-    split_seed: int = _opt(0, min=0, help="seed of the pool / long-tail subsampling")
-    image_size: int = _opt(28, min=1, help="network input side in pixels")
-    crop_scale: tuple[float, float] = _opt((0.7, 1.0), help="RandomResizedCrop scale range for training")
-    test_resize_ratio: float = _opt(1.0, min=1.0, help="test: resize to image_size * ratio, then centre-crop")
-    shot_convention: str = _opt("decoupling", choices=SHOT_CONVENTIONS, help="many/medium/few thresholds")
-    max_test_per_class: int | None = _opt(None, min=1, help="smoke tests only: cap the test set per class")
-    num_workers: int = _opt(0, min=0, help="DataLoader worker processes")
+class DataConfig(Section):
+    name: Dataset = Field(MINIATURE_DATASET, description="dataset")
+    root: str | None = Field(
+        None,
+        description="image folder (paper scale) or a folder with the Fashion-MNIST idx files; null: the default places",
+    )
+    split_dir: str | None = Field(
+        None, description="folder with the OLTR split files (places_lt, imagenet_lt, inat2018)"
+    )
+    classnames_file: str | None = Field(
+        None, description="one class name per line, in label order (overrides the names the dataset provides)"
+    )
+    download: StrictBool = Field(
+        False, description="let torchvision download Fashion-MNIST / CIFAR-100 (needs a network)"
+    )
+    imbalance: float = Field(
+        100.0, ge=1.0, description="imbalance factor n_max / n_min (fashion_mnist_lt, cifar100_lt)"
+    )
+    n_max: int = Field(500, ge=1, description="images of the head class (fashion_mnist_lt, cifar100_lt)")
+    val_per_class: int = Field(20, ge=0, description="balanced val images per class (fashion_mnist_lt)")
+    split_seed: int = Field(0, ge=0, description="seed of the pool / long-tail subsampling")
+    image_size: int = Field(28, ge=1, description="network input side in pixels")
+    crop_scale: tuple[float, float] = Field((0.7, 1.0), description="RandomResizedCrop scale range for training")
+    test_resize_ratio: float = Field(1.0, ge=1.0, description="test: resize to image_size * ratio, then centre-crop")
+    shot_convention: Literal["decoupling", "oltr", "lpt"] = Field(
+        "decoupling", description="many/medium/few thresholds"
+    )
+    max_test_per_class: int | None = Field(None, ge=1, description="smoke tests only: cap the test set per class")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
-    def check(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _rules(self) -> DataConfig:
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
-            raise ConfigError(f"{path}.crop_scale: need 0 < min <= max <= 1, got {list(self.crop_scale)}")
-        if self.name != MINIATURE_DATASET and self.root is None and not (
-                self.name == "cifar100_lt" and self.download):
-            raise ConfigError(f"{path}.root: {self.name} needs the folder holding its images; set it "
-                              f"(e.g. `make preset PRESET={self.name} SET=\"data.root=/path\"`)")
+            raise _KeyError("crop_scale", f"need 0 < min <= max <= 1, got {list(self.crop_scale)}")
+        if self.name != MINIATURE_DATASET and self.root is None and not (self.name == "cifar100_lt" and self.download):
+            raise _KeyError(
+                "root",
+                f"{self.name} needs the folder holding its images; set it in params.yaml (data: {{root: /path}})",
+            )
         if self.name in ("places_lt", "imagenet_lt", "inat2018") and self.split_dir is None:
-            raise ConfigError(f"{path}.split_dir: {self.name} needs the folder with its OLTR split files")
+            raise _KeyError("split_dir", f"{self.name} needs the folder with its OLTR split files")
+        return self
 
 
 # ------------------------------------------------------------------------------------ backbones
@@ -83,98 +121,118 @@ def backbone_family(name: str) -> str:
         return MINIATURE_BACKBONES[name]
     family = name.split(":", 1)[0]
     if ":" not in name or family not in BACKBONE_FAMILIES:
-        raise ConfigError(f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_BACKBONES)}) "
-                          "or 'timm:<model>.<tag>' (e.g. timm:vit_base_patch16_224.augreg_in21k) "
-                          "or 'open_clip:<model>' (e.g. open_clip:ViT-B-16)")
+        raise ConfigError(
+            f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_BACKBONES)}) "
+            "or 'timm:<model>.<tag>' (e.g. timm:vit_base_patch16_224.augreg_in21k) "
+            "or 'open_clip:<model>' (e.g. open_clip:ViT-B-16)"
+        )
     return family
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    name: str = _opt("vit-mini", help="vit-mini | clip-mini | timm:<model>.<tag> | open_clip:<model>")
-    weights: str = _opt("random", help="a local weight file | 'hub' (download by tag) | 'random'")
-    tag: str | None = _opt(None, help="open_clip pretrained tag (e.g. openai), used with weights: hub")
+class BackboneConfig(Section):
+    name: str = Field("vit-mini", description="vit-mini | clip-mini | timm:<model>.<tag> | open_clip:<model>")
+    weights: str = Field("random", description="a local weight file | 'hub' (download by tag) | 'random'")
+    tag: str | None = Field(None, description="open_clip pretrained tag (e.g. openai), used with weights: hub")
 
-    def check(self, path: str) -> None:
+    def __init__(self, name: str = "vit-mini", weights: str = "random", tag: str | None = None, **kw: Any):
+        super().__init__(name=name, weights=weights, tag=tag, **kw)
+
+    @model_validator(mode="after")
+    def _rules(self) -> BackboneConfig:
         try:
             family = backbone_family(self.name)
         except ConfigError as e:
-            raise ConfigError(f"{path}.name: {e}") from None
+            raise _KeyError("name", str(e)) from None
         if self.name in MINIATURE_BACKBONES and self.weights == "hub":
-            raise ConfigError(f"{path}.weights: {self.name} is pretrained by this pipeline (00_pretrain), "
-                              "not downloadable; give its weight file")
+            raise _KeyError(
+                "weights",
+                f"{self.name} is pretrained by this pipeline (00_pretrain), not downloadable; give its weight file",
+            )
         if family == "open_clip" and self.weights == "hub" and not self.tag:
-            raise ConfigError(f"{path}.tag: open_clip weights from the hub need a pretrained tag (e.g. openai)")
-        if self.name in MINIATURE_BACKBONES:
-            return
-        model = self.name.split(":", 1)[1]
-        if family == "timm":
-            import timm
-
-            arch = model.split(".", 1)[0]
-            if not timm.is_model(arch):
-                close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-                raise ConfigError(f"{path}.name: timm has no model {arch!r}; close names: {', '.join(close) or '-'} "
-                                  "(timm.list_models() lists all)")
-            if self.weights == "hub":
-                if "." not in model:
-                    raise ConfigError(f"{path}.name: give the full timm tag, e.g. "
-                                      "timm:vit_base_patch16_224.augreg_in21k (an untagged name resolves to "
-                                      "different weights across timm versions)")
-                if model not in timm.list_pretrained(model):
-                    tags = timm.list_pretrained(arch + ".*")
-                    raise ConfigError(f"{path}.name: timm has no pretrained tag {model!r}; "
-                                      f"tags of {arch}: {', '.join(tags) or 'none'}")
-        else:
-            import open_clip
-
-            if model not in open_clip.list_models():
-                close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
-                raise ConfigError(f"{path}.name: open_clip has no model {model!r}; close names: "
-                                  f"{', '.join(close) or '-'} (open_clip.list_models() lists all)")
-            if self.weights == "hub" and self.tag not in open_clip.list_pretrained_tags_by_model(model):
-                raise ConfigError(f"{path}.tag: open_clip has no tag {self.tag!r} for {model}; tags: "
-                                  f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}")
+            raise _KeyError("tag", "open_clip weights from the hub need a pretrained tag (e.g. openai)")
+        if self.name not in MINIATURE_BACKBONES:
+            _check_hub_name(self, family)
+        return self
 
 
-@dataclass(frozen=True)
-class BackbonesConfig:
-    visual: BackboneConfig = _opt(default_factory=lambda: BackboneConfig(
-        "vit-mini", "outputs/pretrain/vit-mini.safetensors"), help="visual-only backbone")
-    vision_language: BackboneConfig = _opt(default_factory=lambda: BackboneConfig(
-        "clip-mini", "outputs/pretrain/clip-mini.safetensors"), help="vision-language backbone")
+def _check_hub_name(b: BackboneConfig, family: str) -> None:
+    model = b.name.split(":", 1)[1]
+    if family == "timm":
+        import timm
+
+        arch = model.split(".", 1)[0]
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+            raise _KeyError(
+                "name",
+                f"timm has no model {arch!r}; close names: {', '.join(close) or '-'} (timm.list_models() lists all)",
+            )
+        if b.weights == "hub":
+            if "." not in model:
+                raise _KeyError(
+                    "name",
+                    "give the full timm tag, e.g. timm:vit_base_patch16_224.augreg_in21k (an "
+                    "untagged name resolves to different weights across timm versions)",
+                )
+            if model not in timm.list_pretrained(model):
+                tags = timm.list_pretrained(arch + ".*")
+                raise _KeyError(
+                    "name", f"timm has no pretrained tag {model!r}; tags of {arch}: {', '.join(tags) or 'none'}"
+                )
+    else:
+        import open_clip
+
+        if model not in open_clip.list_models():
+            close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
+            raise _KeyError(
+                "name",
+                f"open_clip has no model {model!r}; close names: {', '.join(close) or '-'} "
+                "(open_clip.list_models() lists all)",
+            )
+        if b.weights == "hub" and b.tag not in open_clip.list_pretrained_tags_by_model(model):
+            raise _KeyError(
+                "tag",
+                f"open_clip has no tag {b.tag!r} for {model}; tags: "
+                f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}",
+            )
+
+
+class BackbonesConfig(Section):
+    visual: BackboneConfig = Field(
+        BackboneConfig("vit-mini", "outputs/pretrain/vit-mini.safetensors"), description="visual-only backbone"
+    )
+    vision_language: BackboneConfig = Field(
+        BackboneConfig("clip-mini", "outputs/pretrain/clip-mini.safetensors"), description="vision-language backbone"
+    )
 
 
 # ------------------------------------------------------------------------------------- pretrain
-@dataclass(frozen=True)
-class PretrainRunConfig:
-    epochs: int = _opt(2, min=0, help="passes over the source pool")
-    batch_size: int = _opt(256, min=1, help="images per step")
-    lr: float = _opt(1e-3, min=0.0, help="AdamW peak learning rate")
-    weight_decay: float = _opt(0.05, min=0.0, help="AdamW weight decay")
-    warmup_steps: int = _opt(50, min=0, help="linear warm-up steps, then cosine decay to 0")
-    max_images: int | None = _opt(None, min=1, help="smoke tests only: cap the source pool")
+class PretrainRunConfig(Section):
+    epochs: int = Field(2, ge=0, description="passes over the source pool")
+    batch_size: int = Field(256, ge=1, description="images per step")
+    lr: float = Field(1e-3, ge=0.0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps, then cosine decay to 0")
+    max_images: int | None = Field(None, ge=1, description="smoke tests only: cap the source pool")
 
 
-DEFAULT_TEMPLATES = ("a photo of a {name}.", "a picture of a {name}.", "a black and white photo of a {name}.",
-                     "a product photo of a {name}.", "an image of a {name}.")
+DEFAULT_TEMPLATES = (
+    "a photo of a {name}.",
+    "a picture of a {name}.",
+    "a black and white photo of a {name}.",
+    "a product photo of a {name}.",
+    "an image of a {name}.",
+)
+Templates = tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    vit_mini: PretrainRunConfig = _opt(default_factory=PretrainRunConfig, help="vit-mini, 4 coarse labels")
-    clip_mini: PretrainRunConfig = _opt(default_factory=PretrainRunConfig, help="clip-mini, contrastive")
-    caption_templates: tuple[str, ...] = _opt(DEFAULT_TEMPLATES, help="captions of the contrastive pretraining")
-    zero_shot_templates: tuple[str, ...] = _opt(("a photo of a {name}.",), help="prompts of the zero-shot classifier")
+class PretrainConfig(Section):
+    vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
+    clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
+    caption_templates: Templates = Field(DEFAULT_TEMPLATES, description="captions of the contrastive pretraining")
+    zero_shot_templates: Templates = Field(("a photo of a {name}.",), description="prompts of the zero-shot classifier")
 
-    def check(self, path: str) -> None:
-        for key in ("caption_templates", "zero_shot_templates"):
-            templates = getattr(self, key)
-            if not templates:
-                raise ConfigError(f"{path}.{key}: give at least one template")
-            for t in templates:
-                if "{name}" not in t:
-                    raise ConfigError(f"{path}.{key}: template {t!r} has no '{{name}}' placeholder")
+    _templates = field_validator("caption_templates", "zero_shot_templates")(_templates_ok)
 
 
 # ---------------------------------------------------------------------------------- PEFT training
@@ -182,75 +240,106 @@ SAMPLING_MODES = ("instance_balanced", "class_balanced")
 PROMPT_FORMS = ("kv", "concat")
 HEADS = ("linear", "cosine")
 BACKBONE_ROLES = ("visual", "vision_language")
-RESUME_HELP = "'auto' (continue a matching checkpoint of this stage), 'never', or a checkpoint path"
+Sampling = Literal["instance_balanced", "class_balanced"]
+PromptForm = Literal["kv", "concat"]
+Role = Literal["visual", "vision_language"]
+RESUME_HELP = (
+    "'auto' (continue this stage's checkpoint when its fingerprint matches), 'never', or the path of a "
+    "checkpoint to continue (its fingerprint must match)"
+)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = _opt(20, min=1, help="training epochs (an epoch = as many images as the train set holds)")
-    batch_size: int = _opt(64, min=1, help="images per step")
-    lr: float = _opt(0.05, min=0.0, help="SGD peak learning rate (warm-up, then cosine decay per step)")
-    weight_decay: float = _opt(1e-4, min=0.0, help="SGD weight decay")
-    momentum: float = _opt(0.9, min=0.0, max=1.0, help="SGD momentum")
-    warmup_epochs: float = _opt(1.0, min=0.0, help="linear warm-up length in epochs")
-    eval_batch_size: int = _opt(512, min=1, help="images per evaluation batch")
+def _resume_ok(value: str) -> str:
+    """'auto', 'never' or the path of an existing checkpoint (relative to the repository root)."""
+    if value in ("auto", "never"):
+        return value
+    from lptlib.paths import resolve
+
+    if not resolve(value).is_file():
+        close = difflib.get_close_matches(value, ("auto", "never"), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{value!r} is neither 'auto', 'never' nor an existing checkpoint file{hint}")
+    return value
 
 
-@dataclass(frozen=True)
-class VPTStudyConfig:
-    backbone: str = _opt("visual", choices=BACKBONE_ROLES, help="which `backbones` entry is studied")
-    prompt_length: int = _opt(10, min=0, help="VPT-deep prompt tokens per block (l_p)")
-    prompt_form: str = _opt("kv", choices=PROMPT_FORMS, help="kv: prompts in keys/values only (LPT eq. 1); "
-                                                          "concat: concatenate and strip (same outputs)")
-    head: str = _opt("linear", choices=HEADS, help="classifier on the final CLS feature")
-    cosine_scale: float = _opt(20.0, min=0.0, help="scale s of a cosine head")
-    samplings: tuple[str, ...] = _opt(SAMPLING_MODES, help="Table 1 columns: instance_balanced, class_balanced")
-    linear_probe: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=2.0), help="linear probing")
-    vpt_deep: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=1.0), help="VPT-deep prompt tuning")
-    knn_k: int = _opt(10, min=1, help="k of the cosine k-NN accuracy (Table 2)")
-    feature_images_per_class: int = _opt(100, min=2, help="images per class whose features LDA and Table 2 use")
-    resume: str = _opt("auto", help=RESUME_HELP)
+Resume = Annotated[str, Field(description=RESUME_HELP)]
 
-    def check(self, path: str) -> None:
-        for mode in self.samplings:
-            if mode not in SAMPLING_MODES:
-                raise ConfigError(f"{path}.samplings: {mode!r} is not one of: {', '.join(SAMPLING_MODES)}")
-        if not self.samplings:
-            raise ConfigError(f"{path}.samplings: give at least one sampling mode")
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1, description="training epochs (an epoch = as many images as the train set holds)")
+    batch_size: int = Field(64, ge=1, description="images per step")
+    lr: float = Field(0.05, ge=0.0, description="SGD peak learning rate (warm-up, then cosine decay per step)")
+    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
+    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length in epochs")
+    eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch")
+
+
+class VPTStudyConfig(Section):
+    backbone: Role = Field("visual", description="which `backbones` entry is studied")
+    prompt_length: int = Field(10, ge=0, description="VPT-deep prompt tokens per block (l_p)")
+    prompt_form: PromptForm = Field(
+        "kv", description="kv: prompts in keys/values only (LPT eq. 1); concat: concatenate and strip (same outputs)"
+    )
+    head: Literal["linear", "cosine"] = Field("linear", description="classifier on the final CLS feature")
+    cosine_scale: float = Field(20.0, ge=0.0, description="scale s of a cosine head")
+    samplings: tuple[Sampling, ...] = Field(
+        SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
+    )
+    # SGD, warm-up then cosine decay per step. Miniature learning rates chosen on the val split (instance-balanced
+    # runs): linear probe from {0.05, 0.5, 2.0}, VPT-deep from {0.05, 0.2, 0.5, 1.0, 2.0}.
+    linear_probe: TrainConfig = Field(TrainConfig(lr=2.0), description="linear probing")
+    vpt_deep: TrainConfig = Field(TrainConfig(lr=1.0), description="VPT-deep prompt tuning")
+    knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
+    feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(_resume_ok)
+
+    @field_validator("samplings")
+    @classmethod
+    def _samplings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _distinct(v, "sampling mode")
 
 
 # ------------------------------------------------------------------------------------------- LPT
-@dataclass(frozen=True)
-class AGCLConfig:
-    alpha: float = _opt(0.5, min=0.0, help="Gaussian cloud size (noise_mul)")
-    margin: float = _opt(0.1, help="additive margin on the target cosine")
-    scale: float = _opt(20.0, min=0.0, help="logit scale s")
-    smoothing: float = _opt(0.1, min=0.0, max=1.0, help="label smoothing")
-    class_balanced: tuple[float, float] = _opt((0.0, 4.0), help="(lambda+, lambda-) of the class-balanced branch")
-    instance_balanced: tuple[float, float] = _opt((0.5, 8.0), help="(lambda+, lambda-) of the instance branch")
+class AGCLConfig(Section):
+    alpha: float = Field(0.5, ge=0.0, description="Gaussian cloud size (noise_mul)")
+    margin: float = Field(0.1, description="additive margin on the target cosine")
+    scale: float = Field(20.0, ge=0.0, description="logit scale s")
+    smoothing: float = Field(0.1, ge=0.0, le=1.0, description="label smoothing")
+    class_balanced: tuple[float, float] = Field(
+        (0.0, 4.0), description="(lambda+, lambda-) of the class-balanced branch"
+    )
+    instance_balanced: tuple[float, float] = Field((0.5, 8.0), description="(lambda+, lambda-) of the instance branch")
 
 
-@dataclass(frozen=True)
-class LPTConfig:
-    backbone: str = _opt("visual", choices=BACKBONE_ROLES, help="which `backbones` entry LPT tunes")
-    prompt_length: int = _opt(10, min=0, help="l_p: shared prompts per block, and group prompts per block")
-    prompt_form: str = _opt("kv", choices=PROMPT_FORMS, help="kv (LPT eq. 1) | concat")
-    cosine_scale: float = _opt(20.0, min=0.0, help="s of the cosine head at prediction (A-GCL has its own)")
-    head_dropout: float = _opt(0.1, min=0.0, max=1.0, help="dropout before the cosine head")
-    num_samples_cls: int = _opt(4, min=1, help="class-aware sampler: images per visited class")
-    eta: float = _opt(0.5, min=0.0, help="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
-    agcl: AGCLConfig = _opt(default_factory=AGCLConfig, help="A-GCL loss")
-    pool_size: int = _opt(20, min=1, help="m: entries of the group prompt pool")
-    top_k: int = _opt(2, min=1, help="k: keys picked per image")
-    share_blocks: int = _opt(6, min=0, help="K: blocks 1..K use the shared prompts only")
-    match_weight: float = _opt(0.5, min=0.0, help="weight of the key-query matching term")
-    stage1: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=0.5, weight_decay=0.01), help="stage 1")
-    stage2: TrainConfig = _opt(default_factory=lambda: TrainConfig(lr=0.05, weight_decay=0.01), help="stage 2")
-    resume: str = _opt("auto", help=RESUME_HELP)
+class LPTConfig(Section):
+    backbone: Role = Field("visual", description="which `backbones` entry LPT tunes")
+    prompt_length: int = Field(10, ge=0, description="l_p: shared prompts per block, and group prompts per block")
+    prompt_form: PromptForm = Field("kv", description="kv (LPT eq. 1) | concat")
+    cosine_scale: float = Field(20.0, ge=0.0, description="s of the cosine head at prediction (A-GCL has its own)")
+    head_dropout: float = Field(0.1, ge=0.0, le=1.0, description="dropout before the cosine head")
+    num_samples_cls: int = Field(4, ge=1, description="class-aware sampler: images per visited class")
+    eta: float = Field(0.5, ge=0.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
+    agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
+    pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
+    top_k: int = Field(2, ge=1, description="k: keys picked per image")
+    share_blocks: int = Field(6, ge=0, description="K: blocks 1..K use the shared prompts only")
+    match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
+    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). Miniature learning rates chosen on the val
+    # split: stage 1 from {0.05, 0.5, 2.0} (10 epochs), stage 2 from {0.05, 0.5}. batch_size is per branch.
+    stage1: TrainConfig = Field(TrainConfig(lr=0.5, weight_decay=0.01), description="stage 1")
+    stage2: TrainConfig = Field(TrainConfig(lr=0.05, weight_decay=0.01), description="stage 2")
+    resume: Resume = "auto"
 
-    def check(self, path: str) -> None:
+    _resume = field_validator("resume")(_resume_ok)
+
+    @model_validator(mode="after")
+    def _rules(self) -> LPTConfig:
         if self.top_k > self.pool_size:
-            raise ConfigError(f"{path}.top_k: {self.top_k} keys cannot be picked from a pool of {self.pool_size}")
+            raise _KeyError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
+        return self
 
 
 # ------------------------------------------------------------------------------------------- TEA
@@ -259,264 +348,347 @@ TEA_LOSSES = ("ce", "la", "bs", "agcl")
 TEA_VARIANTS = ("none", "pea", "pea_pg", "pea_pg_tec")
 
 
-@dataclass(frozen=True)
-class TEAMatrixConfig:
-    peft: tuple[str, ...] = _opt(PEFT_METHODS, help="PEFT methods of the DVC matrix stage `tea`")
-    loss: tuple[str, ...] = _opt(("ce", "la"), help="losses of the matrix (all: ce, la, bs, agcl)")
-    tea: tuple[str, ...] = _opt(("none", "pea_pg_tec"), help="TEA variants of the matrix (all: none, pea, pea_pg, "
-                                                          "pea_pg_tec)")
+class TEAMatrixConfig(Section):
+    peft: tuple[Literal["vpt_deep", "adaptformer", "lora"], ...] = Field(
+        PEFT_METHODS, description="PEFT methods of the DVC matrix stage `tea`"
+    )
+    loss: tuple[Literal["ce", "la", "bs", "agcl"], ...] = Field(
+        ("ce", "la"), description="losses of the matrix (all: ce, la, bs, agcl)"
+    )
+    tea: tuple[Literal["none", "pea", "pea_pg", "pea_pg_tec"], ...] = Field(
+        ("none", "pea_pg_tec"), description="TEA variants of the matrix (all: none, pea, pea_pg, pea_pg_tec)"
+    )
 
-    def check(self, path: str) -> None:
-        for key, allowed in (("peft", PEFT_METHODS), ("loss", TEA_LOSSES), ("tea", TEA_VARIANTS)):
-            values = getattr(self, key)
-            if not values:
-                raise ConfigError(f"{path}.{key}: give at least one value ({', '.join(allowed)})")
-            for v in values:
-                if v not in allowed:
-                    raise ConfigError(f"{path}.{key}: {v!r} is not one of: {', '.join(allowed)}")
-            if len(set(values)) != len(values):
-                raise ConfigError(f"{path}.{key}: {list(values)} repeats a value")
+    @field_validator("peft", "loss", "tea")
+    @classmethod
+    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _distinct(v, "value")
 
 
-@dataclass(frozen=True)
-class TEAConfig:
-    backbone: str = _opt("vision_language", choices=BACKBONE_ROLES, help="which `backbones` entry is tuned")
-    templates: tuple[str, ...] = _opt(("a photo of a {name}.",), help="prompts of the text-initialised head and "
-                                                                       "of the zero-shot classifier")
-    cosine_scale: float = _opt(25.0, min=0.0, help="s of the cosine head (LIFT / TEA: 25)")
-    head_init: str = _opt("text", choices=("text", "class_mean", "random"), help="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random")
-    sampling: str = _opt("instance_balanced", choices=SAMPLING_MODES, help="training sampler (LIFT: instance)")
-    prompt_length: int = _opt(10, min=1, help="vpt_deep: prompt tokens per block")
-    prompt_form: str = _opt("kv", choices=PROMPT_FORMS, help="vpt_deep: kv | concat")
-    bottleneck: int | None = _opt(None, min=1, help="adaptformer: bottleneck width; null: "
-                                                    "max(1, 2^floor(log2(C / 24)))")
-    lora_rank: int = _opt(4, min=1, help="lora: rank r of the q and v updates")
-    la_tau: float = _opt(1.0, min=0.0, help="la: tau of the logit adjustment")
-    agcl: AGCLConfig = _opt(default_factory=lambda: AGCLConfig(scale=25.0),
-                            help="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`")
-    temperature: float = _opt(0.1, min=1e-6, help="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)")
-    mix: float = _opt(0.5, min=0.0, max=1.0, help="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
-    gate_max: float = _opt(0.5, help="PG: g_max, the augmentation probability of the rarest class ([0, 1])")
-    tec_weight: float = _opt(1.0, min=0.0, help="TEC: weight lambda_tec of the consistency loss")
-    vpt_deep: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=5, lr=0.1), help="vpt_deep schedule")
-    adaptformer: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=5, lr=0.01),
-                                    help="adaptformer schedule")
-    lora: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=5, lr=0.05), help="lora schedule")
-    latency_batches: int = _opt(20, min=1, help="batches of the inference-latency measurement")
-    matrix: TEAMatrixConfig = _opt(default_factory=TEAMatrixConfig, help="the members of the DVC matrix stage")
-    resume: str = _opt("auto", help=RESUME_HELP)
+class TEAConfig(Section):
+    backbone: Role = Field("vision_language", description="which `backbones` entry is tuned")
+    templates: Templates = Field(
+        ("a photo of a {name}.",), description="prompts of the text-initialised head and of the zero-shot classifier"
+    )
+    cosine_scale: float = Field(25.0, ge=0.0, description="s of the cosine head (LIFT / TEA: 25)")
+    head_init: Literal["text", "class_mean", "random"] = Field(
+        "text", description="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random"
+    )
+    sampling: Sampling = Field("instance_balanced", description="training sampler (LIFT: instance)")
+    prompt_length: int = Field(10, ge=1, description="vpt_deep: prompt tokens per block")
+    prompt_form: PromptForm = Field("kv", description="vpt_deep: kv | concat")
+    bottleneck: int | None = Field(
+        None,
+        ge=1,
+        description="adaptformer: bottleneck width; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
+    )
+    lora_rank: int = Field(4, ge=1, description="lora: rank r of the q and v updates")
+    la_tau: float = Field(1.0, ge=0.0, description="la: tau of the logit adjustment")
+    agcl: AGCLConfig = Field(
+        AGCLConfig(scale=25.0), description="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`"
+    )
+    temperature: float = Field(
+        0.1, ge=1e-6, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
+    )
+    mix: float = Field(0.5, ge=0.0, le=1.0, description="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
+    gate_max: float = Field(
+        0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
+    )
+    tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
+    # One schedule per PEFT method. Miniature learning rates chosen on the val split (LA, no TEA, 10 epochs; the
+    # selected epochs were 1-4, so 5 epochs run): vpt_deep from {0.1, 0.5}, adaptformer from {0.01, 0.05, 0.2},
+    # lora from {0.05, 0.2}.
+    vpt_deep: TrainConfig = Field(TrainConfig(epochs=5, lr=0.1), description="vpt_deep schedule")
+    adaptformer: TrainConfig = Field(TrainConfig(epochs=5, lr=0.01), description="adaptformer schedule")
+    lora: TrainConfig = Field(TrainConfig(epochs=5, lr=0.05), description="lora schedule")
+    latency_batches: int = Field(20, ge=1, description="batches of the inference-latency measurement")
+    matrix: TEAMatrixConfig = Field(TEAMatrixConfig(), description="the members of the DVC matrix stage")
+    resume: Resume = "auto"
 
-    def check(self, path: str) -> None:
-        if not 0.0 <= self.gate_max <= 1.0:
-            raise ConfigError(f"{path}.gate_max: a probability, must be in [0, 1], got {self.gate_max}")
-        if not self.templates:
-            raise ConfigError(f"{path}.templates: give at least one template")
-        for t in self.templates:
-            if "{name}" not in t:
-                raise ConfigError(f"{path}.templates: template {t!r} has no '{{name}}' placeholder")
+    _resume = field_validator("resume")(_resume_ok)
+    _templates = field_validator("templates")(_templates_ok)
 
 
 # ----------------------------------------------------------------------------------------- LPT++
-@dataclass(frozen=True)
-class ScorerConfig:
-    hidden: int = _opt(64, min=1, help="hidden width of the MoE scorer's MLP")
-    epochs: int = _opt(30, min=0, help="passes over the cached train features")
-    batch_size: int = _opt(128, min=1, help="cached samples per step (class-balanced sampling)")
-    lr: float = _opt(1e-3, min=0.0, help="AdamW learning rate")
-    weight_decay: float = _opt(1e-4, min=0.0, help="AdamW weight decay")
+class ScorerConfig(Section):
+    hidden: int = Field(64, ge=1, description="hidden width of the MoE scorer's MLP")
+    epochs: int = Field(30, ge=1, description="passes over the cached train features")
+    batch_size: int = Field(128, ge=1, description="cached samples per step (class-balanced sampling)")
+    lr: float = Field(1e-3, ge=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
 
 
-@dataclass(frozen=True)
-class LPTPPConfig:
-    experts: tuple[str, ...] = _opt(BACKBONE_ROLES, help="`backbones` entries used as experts: visual, "
-                                                        "vision_language")
-    bottleneck: int | None = _opt(None, min=1, help="adapter bottleneck; null: max(1, 2^floor(log2(C / 24)))")
-    templates: tuple[str, ...] = _opt(("a photo of a {name}.",), help="text-initialised head of the "
-                                                                       "vision-language expert")
-    phase1: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=10, lr=0.1, weight_decay=0.01),
-                               help="phase 1: shared prompts + adapters + head")
-    phase2: TrainConfig = _opt(default_factory=lambda: TrainConfig(epochs=10, lr=0.05, weight_decay=0.01),
-                               help="phase 2: group prompts + keys + head")
-    scorer: ScorerConfig = _opt(default_factory=ScorerConfig, help="phase 3: the MoE scorer")
-    resume: str = _opt("auto", help=RESUME_HELP)
+class LPTPPConfig(Section):
+    experts: tuple[Role, ...] = Field(
+        BACKBONE_ROLES, description="`backbones` entries used as experts: visual, vision_language"
+    )
+    bottleneck: int | None = Field(
+        None, ge=1, description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width"
+    )
+    templates: Templates = Field(
+        ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
+    )
+    phase1: TrainConfig = Field(
+        TrainConfig(epochs=10, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
+    )
+    phase2: TrainConfig = Field(
+        TrainConfig(epochs=10, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
+    )
+    scorer: ScorerConfig = Field(ScorerConfig(), description="phase 3: the MoE scorer")
+    resume: Resume = "auto"
 
-    def check(self, path: str) -> None:
-        if not self.experts:
-            raise ConfigError(f"{path}.experts: give at least one expert ({', '.join(BACKBONE_ROLES)})")
-        for e in self.experts:
-            if e not in BACKBONE_ROLES:
-                raise ConfigError(f"{path}.experts: {e!r} is not one of: {', '.join(BACKBONE_ROLES)}")
-        if len(set(self.experts)) != len(self.experts):
-            raise ConfigError(f"{path}.experts: {list(self.experts)} repeats an expert")
-        for t in self.templates:
-            if "{name}" not in t:
-                raise ConfigError(f"{path}.templates: template {t!r} has no '{{name}}' placeholder")
+    _resume = field_validator("resume")(_resume_ok)
+    _templates = field_validator("templates")(_templates_ok)
+
+    @field_validator("experts")
+    @classmethod
+    def _experts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _distinct(v, "expert")
 
 
 # --------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class Config:
-    """All sections of params.yaml. Sections a notebook does not pass keep their defaults."""
+class Config(Section):
+    """All sections of params.yaml, resolved (defaults <- preset <- params.yaml <- overrides)."""
 
-    seed: int = _opt(0, min=0, help="seed of training randomness")
-    preset: str = _opt("miniature", help="name of the preset params.yaml was made from (lptlib.presets)")
-    data: DataConfig = _opt(default_factory=DataConfig)
-    backbones: BackbonesConfig = _opt(default_factory=BackbonesConfig)
-    pretrain: PretrainConfig = _opt(default_factory=PretrainConfig)
-    vpt_study: VPTStudyConfig = _opt(default_factory=VPTStudyConfig)
-    lpt: LPTConfig = _opt(default_factory=LPTConfig)
-    tea: TEAConfig = _opt(default_factory=TEAConfig)
-    lptpp: LPTPPConfig = _opt(default_factory=LPTPPConfig)
-
-
-SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+    seed: int = Field(0, ge=0, description="seed of training randomness")
+    preset: str = Field("miniature", description="the overlay in presets/<name>.yaml merged over the defaults")
+    data: DataConfig = Field(DataConfig(), description="the dataset")
+    backbones: BackbonesConfig = Field(BackbonesConfig(), description="the two foundation models")
+    pretrain: PretrainConfig = Field(PretrainConfig(), description="the miniature's pretraining")
+    vpt_study: VPTStudyConfig = Field(VPTStudyConfig(), description="the preliminary VPT study")
+    lpt: LPTConfig = Field(LPTConfig(), description="LPT")
+    tea: TEAConfig = Field(TEAConfig(), description="TEA on CLIP PEFT")
+    lptpp: LPTPPConfig = Field(LPTPPConfig(), description="LPT++")
 
 
-# ------------------------------------------------------------------------------------ validator
-def _type_name(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin in (list, tuple):
-        return "list"
-    if origin is Literal:
-        return " | ".join(map(repr, get_args(tp)))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+SECTIONS = tuple(Config.model_fields)
+DEFAULT_PRESET = "miniature"
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp`; return it in the dataclass's representation."""
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
+# ------------------------------------------------------------------------------ errors, dotted keys
+class _KeyError(ValueError):
+    """Raised inside a validator: names the key (relative to the model) that breaks a cross-field rule."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}\x00{message}")
+
+
+def _describe_value(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}"
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model class reached by following `loc` (field names) from `Config`, or None."""
+    model: Any = Config
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {len(value)}")
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a bug in this module, not user input
+        model = fields[part].annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _check_resume(value: str, path: str) -> None:
-    """'auto', 'never' or the path of an existing checkpoint (relative to the repository root)."""
-    if value in ("auto", "never"):
-        return
-    from lptlib.paths import resolve
-
-    if not resolve(value).is_file():
-        close = difflib.get_close_matches(value, ("auto", "never"), n=1)
+def _message(err: dict) -> str:
+    loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith(("function-", "tuple["))]
+    kind, given, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{path}: {value!r} is neither 'auto', 'never' nor an existing checkpoint file{hint}")
+        if len(loc) == 1:
+            return f"{key}: unknown params.yaml section{hint}; allowed: {', '.join(allowed)}"
+        return f"{key}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    if kind == "value_error":
+        text = str(ctx.get("error", err["msg"]))
+        if "\x00" in text:
+            sub, text = text.split("\x00", 1)
+            key = f"{key}.{sub}" if key else sub
+        return f"{key}: {text}"
+    expected = {
+        "float_type": "a number",
+        "float_parsing": "a number",
+        "int_type": "an integer",
+        "int_parsing": "an integer",
+        "int_from_float": "an integer",
+        "bool_type": "true or false",
+        "bool_parsing": "true or false",
+        "string_type": "a string",
+        "tuple_type": "a list",
+        "list_type": "a list",
+        "model_type": "a mapping of keys",
+        "model_attributes_type": "a mapping of keys",
+        "dict_type": "a mapping of keys",
+    }.get(kind)
+    if expected:
+        return f"{key}: expected {expected}, got {_describe_value(given)}"
+    if kind == "greater_than_equal":
+        return f"{key}: must be >= {ctx['ge']}, got {given}"
+    if kind == "less_than_equal":
+        return f"{key}: must be <= {ctx['le']}, got {given}"
+    if kind == "literal_error":
+        allowed = ctx["expected"].replace("'", "").replace(" or ", ", ")
+        return f"{key}: {given!r} is not one of: {allowed}"
+    if kind == "finite_number":
+        return f"{key}: expected a finite number, got {given}"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"{key.rsplit('[', 1)[0]}: too few values (position {loc[-1]} is missing)"
+    if kind in ("too_short", "too_long"):
+        return (
+            f"{key}: expected a list of {ctx.get('min_length', ctx.get('max_length'))} values, got "
+            f"{ctx.get('actual_length')}"
+        )
+    return f"{key}: {err['msg']}"
 
 
-def _field_default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+def _validate(values: dict, origin: Mapping[str, str] | None = None) -> Config:
+    try:
+        return Config.model_validate(values)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        message = _message(err)
+        where = origin.get(message.split(":", 1)[0]) if origin else None
+        raise ConfigError(message + (f" (set by {where})" if where else "")) from None
 
 
-def _build(cls: type, values: Any, path: str, base: Any = None) -> Any:
-    """Build `cls` from a mapping; keys not given keep `base`'s values (or the field defaults)."""
-    if dataclasses.is_dataclass(values) and isinstance(values, cls):
-        return values
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(values).__name__} {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = [k for k in values if k not in fields]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(str(k), fields, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{path}.{k}: unknown key{hint}; allowed keys: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in values:
-            continue
-        sub = f"{path}.{name}" if path else name
-        if dataclasses.is_dataclass(hints[name]):
-            nested_base = getattr(base, name) if base is not None else _field_default(f)
-            value = _build(hints[name], values[name], sub, base=nested_base)
-        else:
-            value = _convert(hints[name], values[name], sub)
-        meta = f.metadata
-        if name == "resume":
-            _check_resume(value, sub)
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{sub}: {value!r} is not one of: {', '.join(map(str, meta['choices']))}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if meta.get("min") is not None and value < meta["min"]:
-                raise ConfigError(f"{sub}: must be >= {meta['min']}, got {value}")
-            if meta.get("max") is not None and value > meta["max"]:
-                raise ConfigError(f"{sub}: must be <= {meta['max']}, got {value}")
-        kwargs[name] = value
-    obj = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
-    if hasattr(obj, "check"):
-        obj.check(path)
-    return obj
+# ----------------------------------------------------------------------------------- composition
+def _expand_dotted(values: Mapping, where: str) -> dict:
+    """{'lpt.stage1.lr': 0.1} -> {'lpt': {'stage1': {'lr': 0.1}}}; nested mappings are expanded too."""
+    out: dict = {}
+    for raw_key, value in values.items():
+        parts = str(raw_key).split(".")
+        if not all(parts):
+            raise ConfigError(f"{where}: {raw_key!r} is not a key (empty part)")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {raw_key!r} goes through {part!r}, which is not a section")
+        value = _expand_dotted(value, where) if isinstance(value, Mapping) else value
+        if isinstance(node.get(parts[-1]), dict) and isinstance(value, dict):
+            value = _merge(node[parts[-1]], value)
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: Any, overlay: Any) -> Any:
+    """Deep merge of plain data: mappings merge key by key, anything else (lists included) replaces."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for k, v in overlay.items():
+            merged[k] = _merge(base[k], v) if k in base else v
+        return merged
+    return copy.deepcopy(overlay)
+
+
+def _leaf_keys(values: Any, prefix: str = "") -> list[str]:
+    if isinstance(values, dict):
+        return [k for key, v in values.items() for k in _leaf_keys(v, f"{prefix}{key}.")] or [prefix[:-1]]
+    return [prefix[:-1]]
+
+
+def parse_sets(items: Sequence[str]) -> dict:
+    """`key=value` strings (dotted keys, YAML values) as a dotted mapping."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. data.root=/data/places365")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({type(e).__name__}); quote it, "
+                f"e.g. --set '{key}=\"{raw}\"'"
+            ) from None
+    return out
+
+
+def presets_dir(root: Path | None = None) -> Path:
+    from lptlib.paths import repo_root
+
+    return (root or repo_root()) / "presets"
+
+
+def list_presets(root: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in presets_dir(root).glob("*.yaml"))
+
+
+def load_preset(name: str, root: Path | None = None) -> dict:
+    """The overlay of `presets/<name>.yaml` (empty for the defaults' own preset)."""
+    path = presets_dir(root) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(list_presets(root))}")
+    overlay = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{path}: a preset is a mapping of params.yaml sections, got {type(overlay).__name__}")
+    if "preset" in overlay:
+        raise ConfigError(f"{path}: a preset must not name `preset` (params.yaml chooses it)")
+    return _expand_dotted(overlay, str(path))
+
+
+def compose(
+    params: Mapping | None = None, overrides: Mapping | Sequence[str] | None = None, root: Path | None = None
+) -> Config:
+    """The resolved configuration: code defaults <- preset overlay <- `params` <- `overrides`.
+
+    `params`: the params.yaml sections (a section given as null counts as empty); `overrides`: a mapping (nested
+    or dotted keys) or `key=value` strings. The preset is `overrides`' or `params`' `preset` key (default:
+    miniature)."""
+    if params is not None and not isinstance(params, Mapping):
+        raise ConfigError(f"params: expected a mapping of params.yaml sections, got {_describe_value(params)}")
+    layers = {"params.yaml": _expand_dotted({k: v for k, v in (params or {}).items() if v is not None}, "params.yaml")}
+    if overrides:
+        sets = parse_sets(overrides) if not isinstance(overrides, Mapping) else overrides
+        layers["overrides"] = _expand_dotted(sets, "overrides")
+    preset = layers.get("overrides", {}).get("preset", layers["params.yaml"].get("preset", DEFAULT_PRESET))
+    if not isinstance(preset, str):
+        raise ConfigError(f"preset: expected a preset name, got {_describe_value(preset)}")
+    overlay = load_preset(preset, root)
+    merged, origin = Config().model_dump(), {k: f"preset {preset}" for k in _leaf_keys(overlay)}
+    for layer in (overlay, *layers.values()):
+        merged = _merge(merged, layer)
+    return _validate(merged, origin)
 
 
 def parse(**sections: Any) -> Config:
-    """Validate the given params.yaml sections (papermill parameters) into a `Config`.
+    """Validate params.yaml sections (e.g. a notebook's papermill parameters) into a `Config`.
 
-    Example: `cfg = parse(seed=seed, data=data, backbones=backbones)`.
-    """
-    unknown = [k for k in sections if k not in SECTIONS]
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown params.yaml section; allowed: {', '.join(SECTIONS)}")
-    return _build(Config, {k: v for k, v in sections.items() if v is not None}, "")
+    Example: `cfg = parse(seed=seed, data=data, backbones=backbones)`; `preset=` picks the overlay."""
+    return compose(sections)
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a whole params file."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+def load(path: str | Path, overrides: Mapping | Sequence[str] | None = None) -> Config:
+    """Read and validate a params file (with its preset and `overrides`)."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return parse(**values)
+    return compose(values, overrides, root=path.resolve().parent)
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass config as plain YAML-able data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """A config (or section) as plain YAML-able data (tuples become lists)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump()
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
+
+
+def without_resume(cfg: Config) -> dict:
+    """The resolved config as plain data minus every `resume` key: what a run's results depend on."""
+
+    def strip(d: Any) -> Any:
+        return {k: strip(v) for k, v in d.items() if k != "resume"} if isinstance(d, dict) else d
+
+    return strip(to_dict(cfg))
 
 
 def save_resolved(cfg: Config, path: str | Path, **extra: Any) -> Path:
@@ -525,14 +697,87 @@ def save_resolved(cfg: Config, path: str | Path, **extra: Any) -> Path:
     return atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) rows of every parameter: the reference table of the README."""
+def describe(model: type[BaseModel] = Config, prefix: str = "", base: Any = None) -> list[tuple[str, str, str]]:
+    """(key, default, help) rows of every parameter: the reference table of docs/parameters.md."""
+    base = base if base is not None else model()
     rows = []
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        default = _field_default(f)
-        if dataclasses.is_dataclass(default):
-            rows += describe(type(default), key + ".")
+    for name, f in model.model_fields.items():
+        value = getattr(base, name)
+        if isinstance(value, BaseModel):
+            rows += describe(type(value), f"{prefix}{name}.", value)
         else:
-            rows.append((key, repr(to_dict(default)), f.metadata.get("help", "")))
+            rows.append(
+                (
+                    f"{prefix}{name}",
+                    yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix("...").strip(),
+                    f.description or "",
+                )
+            )
     return rows
+
+
+DOCS_BEGIN = "<!-- parameters:begin (generated by python -m lptlib.config docs; do not edit) -->"
+DOCS_END = "<!-- parameters:end -->"
+
+
+def parameters_table() -> str:
+    rows = ["| key | default (the miniature) | meaning |", "|---|---|---|"]
+    rows += [f"| `{k}` | `{v}` | {h.replace('|', '&#124;')} |" for k, v, h in describe()]
+    return "\n".join(rows)
+
+
+def render_docs(text: str) -> str:
+    """`text` with the generated parameter table between the markers."""
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise ConfigError(f"the parameters document lacks the markers {DOCS_BEGIN!r} ... {DOCS_END!r}")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    return f"{head}{DOCS_BEGIN}\n\n{parameters_table()}\n\n{DOCS_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m lptlib.config", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("command", choices=("show", "check", "docs", "presets"))
+    ap.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
+    ap.add_argument("--preset", default=None, help="preview another preset")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter (dotted key, YAML value)",
+    )
+    args = ap.parse_args(argv)
+    from lptlib.paths import repo_root
+
+    root = repo_root()
+    try:
+        if args.command == "presets":
+            print("\n".join(list_presets(root)))
+            return 0
+        if args.command == "docs":
+            path = root / "docs" / "parameters.md"
+            new = render_docs(path.read_text())
+            if new != path.read_text():
+                path.write_text(new)
+            print(f"wrote {path}")
+            return 0
+        sets = parse_sets(args.sets)
+        if args.preset:
+            sets["preset"] = args.preset
+        cfg = load(args.params or root / "params.yaml", sets)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "show":
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    else:
+        print(f"ok: preset {cfg.preset!r}, {len(describe())} parameters valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

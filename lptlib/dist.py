@@ -96,8 +96,10 @@ class ShardedSampler(Sampler[int]):
 
     def __init__(self, base: Sampler[int], batch_size: int, rank_: int, world: int):
         if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes; choose a batch "
-                             f"size that is a multiple of {world}")
+            raise ValueError(
+                f"batch size {batch_size} is not divisible by the {world} processes; choose a batch "
+                f"size that is a multiple of {world}"
+            )
         self.base, self.batch_size, self.rank, self.world = base, batch_size, rank_, world
 
     def set_epoch(self, epoch: int) -> None:
@@ -161,7 +163,6 @@ def mean_over_ranks(value: float) -> float:
     """The mean of a Python number over the ranks (the value itself in a one-process run)."""
     if not is_distributed():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64,
-                     device="cuda" if torch.cuda.is_available() else "cpu")
+    t = torch.tensor([float(value)], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
     dist.all_reduce(t)
     return t.item() / world_size()

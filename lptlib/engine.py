@@ -19,10 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from lptlib import dist
-
 from lptlib.data.samplers import SingleSampling
 from lptlib.metrics import shot_accuracy
-from lptlib.utils import atomic_write_bytes, default_device, progress
+from lptlib.utils import atomic_write_bytes, code_digest, default_device, progress
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
@@ -48,26 +47,34 @@ class NonFiniteLossError(FloatingPointError):
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
     """Stop the run at once on a NaN/inf loss, naming where it happened."""
     if not torch.isfinite(loss).all():
-        raise NonFiniteLossError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}; lower the learning "
-                                 "rate or check the inputs (the last checkpoint is kept)")
+        raise NonFiniteLossError(
+            f"non-finite loss {loss.item()} at epoch {epoch}, step {step}; lower the learning "
+            "rate or check the inputs (the last checkpoint is kept)"
+        )
 
 
 def _rank_share(loader: DataLoader) -> DataLoader:
     """This rank's contiguous share of a sequential loader's dataset, same batch size and workers."""
     start, stop = dist.shard_bounds(len(loader.dataset))
-    return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+    return DataLoader(
+        Subset(loader.dataset, range(start, stop)),
+        batch_size=loader.batch_size,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+    )
 
 
 @torch.no_grad()
-def predict(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device: torch.device,
-            desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device: torch.device, desc: str = "predict"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply `fn` to every image batch; return (stacked float32 outputs on CPU, labels).
 
     In a distributed run a sequential DataLoader is split across the ranks and the outputs are gathered in
     order, so every rank returns the full result."""
-    sharded = (dist.world_size() > 1 and isinstance(batches, DataLoader)
-               and isinstance(batches.sampler, SequentialSampler))
+    sharded = (
+        dist.world_size() > 1 and isinstance(batches, DataLoader) and isinstance(batches.sampler, SequentialSampler)
+    )
     if sharded:
         batches = _rank_share(batches)
     outputs, labels = [], []
@@ -100,16 +107,31 @@ class FitResult:
         """A metrics-file row: test accuracy by shot group (with per-class and the confusion counts when
         stored), trainable parameters,
         the selected epoch and its val accuracy."""
-        row = {k: self.test[k] for k in ("overall", "many", "medium", "few", "class_mean", "n_many", "n_medium",
-                                         "n_few", "per_class", "confusion") if k in self.test}
+        row = {
+            k: self.test[k]
+            for k in (
+                "overall",
+                "many",
+                "medium",
+                "few",
+                "class_mean",
+                "n_many",
+                "n_medium",
+                "n_few",
+                "per_class",
+                "confusion",
+            )
+            if k in self.test
+        }
         row.update(trainable_params=trainable_params, best_epoch=self.best_epoch)
         if self.val is not None:
             row["val_overall"] = self.val["overall"]
         return row
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, shot_counts, convention: str = "decoupling",
-             desc: str = "evaluate") -> tuple[dict, torch.Tensor]:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, shot_counts, convention: str = "decoupling", desc: str = "evaluate"
+) -> tuple[dict, torch.Tensor]:
     """shot_accuracy of `model`'s argmax predictions on `loader`; returns (metrics, predictions)."""
     model.eval()
     logits, labels = predict(model, loader, device, desc=desc)
@@ -141,12 +163,34 @@ def state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def run_settings(cfg, data, **run) -> dict:
+    """What identifies a run besides its code and its model's starting state: the full resolved config (minus the
+    `resume` keys, so `resume: <path>` can continue a run), the data signature (split sizes, label and image
+    digests) and the run's own keys (e.g. which Table-1 row)."""
+    from lptlib.config import without_resume
+
+    return {"config": without_resume(cfg), "data": data.signature(), **run}
+
+
 def fingerprint(model: nn.Module, settings: dict) -> dict:
-    """What a checkpoint must match to be resumed: the run's settings, the trainable tensors' shapes, and the
-    digest of the model's starting state (frozen backbone weights + initial trainable state, e.g. a loaded
-    stage-1 state), so a checkpoint of a run that started elsewhere is never continued."""
-    return {"settings": {**settings, "initial_state": state_digest(model)},
-            "shapes": {k: list(v.shape) for k, v in model.tuner.state_dict().items()}}
+    """What a checkpoint must match to be resumed: the digest of the code (`lptlib` sources and notebooks), the
+    run's settings (see `run_settings`), the schedule, the trainable tensors' shapes and the digest of the
+    model's starting state (frozen backbone weights + initial trainable state, e.g. a loaded stage-1 state)."""
+    return {
+        "settings": {"code": code_digest(), **settings, "initial_state": state_digest(model)},
+        "shapes": {k: list(v.shape) for k, v in model.tuner.state_dict().items()},
+    }
+
+
+def _differences(found, expected, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        return [
+            d
+            for k in sorted(set(found) | set(expected), key=str)
+            for d in _differences(found.get(k), expected.get(k), f"{prefix}{k}.")
+        ]
+    return [] if found == expected else [prefix.rstrip(".")]
 
 
 def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
@@ -156,16 +200,18 @@ def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... on a damaged file
-        raise CheckpointError(f"checkpoint {path} is damaged or not a training checkpoint of this project "
-                              f"({type(e).__name__}); delete it or set resume: never to start over") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a training checkpoint of this project "
+            f"({type(e).__name__}); delete it or set resume: never to start over"
+        ) from None
     found = ckpt.get("fingerprint", {}) if isinstance(ckpt, dict) else {}
     if found != expected:
-        diffs = [f"{k}: checkpoint {found.get('settings', {}).get(k)!r} vs now {v!r}"
-                 for k, v in expected["settings"].items() if found.get("settings", {}).get(k) != v]
-        if found.get("shapes") != expected["shapes"]:
-            diffs.append(f"trainable tensors: checkpoint {found.get('shapes')} vs now {expected['shapes']}")
-        raise CheckpointError(f"checkpoint {path} is from another configuration: " + "; ".join(diffs)
-                              + " (resume: auto starts over in that case; resume: never always does)")
+        diffs = _differences(found, expected)
+        shown = ", ".join(d.removeprefix("settings.") for d in diffs[:6]) + (" ..." if len(diffs) > 6 else "")
+        raise CheckpointError(
+            f"checkpoint {path} was made by other code, settings or data (differs in: {shown}); "
+            "resume: auto starts over in that case, resume: never always does"
+        )
     return ckpt
 
 
@@ -195,11 +241,27 @@ def _batch_size(batch) -> int:
     return len(batch)
 
 
-def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, epochs: int, lr: float,
-        weight_decay: float, momentum: float, warmup_epochs: float, shot_counts, convention: str = "decoupling",
-        device: torch.device | None = None, checkpoint: str | os.PathLike | None = None,
-        resume: str = "auto", settings: dict | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None, desc: str = "train") -> FitResult:
+def fit(
+    model: nn.Module,
+    train,
+    val_loader,
+    test_loader,
+    loss_fn: Callable,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    warmup_epochs: float,
+    shot_counts,
+    convention: str = "decoupling",
+    device: torch.device | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str = "auto",
+    settings: dict | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    desc: str = "train",
+) -> FitResult:
     """Train `model.tuner` with SGD (momentum, weight decay), linear warm-up then cosine decay per step.
 
     `train` is a DataLoader, or a batch source called with the epoch (`SingleSampling`, `DualSampling`);
@@ -219,9 +281,18 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
         train = SingleSampling(train)
     steps_per_epoch = len(train)
     total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
-    expected = fingerprint(model, {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "momentum": momentum,
-                                   "warmup_epochs": warmup_epochs, "steps_per_epoch": steps_per_epoch,
-                                   **(settings or {})})
+    expected = fingerprint(
+        model,
+        {
+            "epochs": epochs,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "warmup_epochs": warmup_epochs,
+            "steps_per_epoch": steps_per_epoch,
+            **(settings or {}),
+        },
+    )
     start, history, best, resumed = 0, [], {"acc": -1.0, "epoch": -1, "state": None}, None
     source = None
     if resume not in ("auto", "never"):
@@ -246,7 +317,8 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
     if dist.world_size() > 1:
         # find_unused_parameters: e.g. the group prompts no query picked in a step get no gradient
         objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
 
     for epoch in range(start, epochs):
         model.train()
@@ -274,13 +346,25 @@ def fit(model: nn.Module, train, val_loader, test_loader, loss_fn: Callable, *, 
         else:
             score = float(epoch)  # no val split: the last epoch is selected
         if score >= best["acc"]:
-            best = {"acc": score, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.tuner.state_dict().items()}}
+            best = {
+                "acc": score,
+                "epoch": epoch,
+                "state": {k: v.detach().cpu().clone() for k, v in model.tuner.state_dict().items()},
+            }
         history.append(row)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, {"fingerprint": expected, "epoch": epoch, "tuner": model.tuner.state_dict(),
-                                          "optimizer": opt.state_dict(), "history": history, "best": best,
-                                          "rng": _rng_state()})
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "fingerprint": expected,
+                    "epoch": epoch,
+                    "tuner": model.tuner.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "history": history,
+                    "best": best,
+                    "rng": _rng_state(),
+                },
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 

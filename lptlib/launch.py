@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     positional = [i for i, a in enumerate(args) if not a.startswith("-")]
     if len(positional) < 2 or positional[:2] != [0, 1]:
-        print("usage: torchrun --nproc_per_node N -m lptlib.launch INPUT.ipynb OUTPUT.ipynb [papermill options]",
-              file=sys.stderr)
+        print(
+            "usage: torchrun --nproc_per_node N -m lptlib.launch INPUT.ipynb OUTPUT.ipynb [papermill options]",
+            file=sys.stderr,
+        )
         return 2
     if "WORLD_SIZE" not in os.environ:
         print("note: not under torchrun (WORLD_SIZE unset): running one process", file=sys.stderr)

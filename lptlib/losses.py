@@ -1,4 +1,4 @@
-"""Classification losses (one registry) and LPT's key-query matching term (METHODS §4).
+"""Classification losses (one registry) and LPT's key-query matching term (docs/methods.md#losses).
 
 Every loss is an `nn.Module` called as `loss(outputs, targets)`. CE, LA, BS and focal take logits;
 A-GCL takes the cosines c_ij in [-1, 1] of a cosine classifier and applies its scale itself
@@ -72,7 +72,7 @@ class Focal(nn.Module):
 
 
 class AGCL(nn.Module):
-    """A-GCL, LPT's asymmetric Gaussian-clouded logit loss, exactly as its code (METHODS §4):
+    """A-GCL, LPT's asymmetric Gaussian-clouded logit loss, exactly as its code (docs/methods.md#losses):
 
     mu_j = (log n_max - log n_j) / max_j'(log n_max - log n_j');  eps_ij ~ N(0, (1/3)^2) clipped to [-1, 1];
     c~_ij = c_ij - alpha |eps_ij| mu_j (all classes);  c^_iy = c~_iy - m;  z = s c^;  p = softmax(z);
@@ -83,8 +83,16 @@ class AGCL(nn.Module):
 
     takes_cosine = True
 
-    def __init__(self, class_counts: Sequence[int], alpha: float = 0.5, margin: float = 0.1, scale: float = 20.0,
-                 gamma_pos: float = 0.0, gamma_neg: float = 4.0, smoothing: float = 0.1):
+    def __init__(
+        self,
+        class_counts: Sequence[int],
+        alpha: float = 0.5,
+        margin: float = 0.1,
+        scale: float = 20.0,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 4.0,
+        smoothing: float = 0.1,
+    ):
         super().__init__()
         log_counts = _log_counts(class_counts)
         gap = log_counts.max() - log_counts

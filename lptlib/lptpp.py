@@ -1,4 +1,4 @@
-"""LPT++ (arXiv 2409.11323), **our reading** of its abstract (METHODS §8; the full text is not public).
+"""LPT++ (arXiv 2409.11323), **our reading** of its abstract (docs/methods.md#lpt-mixture-of-experts; the full text is not public).
 
 - The *universal long-tailed adaptation module* is LPT's shared + group prompts with AdaptFormer adapters in
   every block (`lptlib.models.lpt.LPT(adapter=True)`; LPT is the same code with adapters off).
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lptlib.config import Config
+from lptlib.config import Config, without_resume
 from lptlib.data import LTData, build_transforms, make_loader
 from lptlib.data.samplers import ClassAwareSampler
 from lptlib.engine import FitResult, predict
@@ -33,7 +33,7 @@ from lptlib.metrics import shot_accuracy
 from lptlib.models.backbones import create_backbone
 from lptlib.models.heads import text_head_weights
 from lptlib.models.lpt import LPT
-from lptlib.utils import default_device, progress, read_safetensors, save_safetensors
+from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors
 
 SPLITS = ("train", "val", "test")
 
@@ -60,8 +60,12 @@ def _file_digest(path: Path) -> str:
 
 def save_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> Path:
     """The expert's trainable state (safetensors) with its backbone, phase and class list as metadata."""
-    meta = {"backbone": model.backbone.name, "phase": str(phase), "classnames": json.dumps(list(data.classnames)),
-            "dataset": data.name}
+    meta = {
+        "backbone": model.backbone.name,
+        "phase": str(phase),
+        "classnames": json.dumps(list(data.classnames)),
+        "dataset": data.name,
+    }
     return save_safetensors(model.tuner.state_dict(), path, meta)
 
 
@@ -70,17 +74,22 @@ def load_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> None:
     list or label order is an error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ExpertError(f"expert checkpoint {path} does not exist; run LPT++ phase {phase} first "
-                          f"(`dvc repro lptpp_phase{phase}`)")
+        raise ExpertError(
+            f"expert checkpoint {path} does not exist; run LPT++ phase {phase} first (`dvc repro lptpp_phase{phase}`)"
+        )
     state, meta = read_safetensors(path, ExpertError, "expert checkpoint")
     if meta.get("backbone") != model.backbone.name:
-        raise ExpertError(f"expert checkpoint {path} was trained on backbone {meta.get('backbone')!r}, this expert "
-                          f"uses {model.backbone.name!r}")
+        raise ExpertError(
+            f"expert checkpoint {path} was trained on backbone {meta.get('backbone')!r}, this expert "
+            f"uses {model.backbone.name!r}"
+        )
     names = json.loads(meta.get("classnames", "null"))
     if names != list(data.classnames):
-        raise ExpertError(f"expert checkpoint {path} was trained on another class list or label order "
-                          f"({len(names or [])} classes: {(names or [])[:4]} ...) than this dataset "
-                          f"({data.num_classes}: {list(data.classnames)[:4]} ...); re-run its phases on this data")
+        raise ExpertError(
+            f"expert checkpoint {path} was trained on another class list or label order "
+            f"({len(names or [])} classes: {(names or [])[:4]} ...) than this dataset "
+            f"({data.num_classes}: {list(data.classnames)[:4]} ...); re-run its phases on this data"
+        )
     if meta.get("phase") != str(phase):
         raise ExpertError(f"expert checkpoint {path} is from phase {meta.get('phase')}, expected phase {phase}")
     if phase == 1:
@@ -92,8 +101,9 @@ def load_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> None:
             raise ExpertError(f"expert checkpoint {path} does not fit this expert: {e}") from None
 
 
-def train_phase(phase: int, role: str, data: LTData, cfg: Config, out_dir: str | Path,
-                phase1_dir: str | Path | None = None) -> tuple[LPT, FitResult]:
+def train_phase(
+    phase: int, role: str, data: LTData, cfg: Config, out_dir: str | Path, phase1_dir: str | Path | None = None
+) -> tuple[LPT, FitResult]:
     """Train one expert's phase 1 or 2 (phase 2 starts from `phase1_dir/<role>.safetensors`); saves
     `out_dir/<role>.safetensors` and per-epoch checkpoints under `out_dir/checkpoints/`."""
     model = build_expert(role, data, cfg, phase)
@@ -107,17 +117,6 @@ def train_phase(phase: int, role: str, data: LTData, cfg: Config, out_dir: str |
 
 
 # ------------------------------------------------------------------------------------------ phase 3
-def data_signature(data: LTData) -> dict[str, str]:
-    """Per split: the number of images and a digest of the labels (what a cache must have been built from)."""
-    sig = {"dataset": data.name}
-    for split in SPLITS:
-        ds = getattr(data, split)
-        if ds is not None:
-            labels = np.asarray(ds.targets, dtype=np.int64)
-            sig[split] = f"{len(labels)}:{hashlib.sha256(labels.tobytes()).hexdigest()[:16]}"
-    return sig
-
-
 @dataclass
 class ExpertCache:
     """One frozen expert's outputs per split: CLS features (N, D), logits s cos (N, C) and labels (N,)."""
@@ -127,24 +126,29 @@ class ExpertCache:
     labels: dict[str, torch.Tensor]
 
 
-def build_cache(model: LPT, role: str, data: LTData, cfg: Config, path: str | Path, expert_file: str | Path,
-                batch_size: int = 512) -> ExpertCache:
+def build_cache(
+    model: LPT, role: str, data: LTData, cfg: Config, path: str | Path, expert_file: str | Path, batch_size: int = 512
+) -> ExpertCache:
     """The expert's outputs on every split, computed once (test transforms, no augmentation) and kept in `path`.
 
-    An existing cache is reused when it was built from the same expert file; one built from another dataset
-    split is an error naming the file.
-    """
+    The cache is keyed like a checkpoint: the code digest, the resolved config, the data signature and the
+    expert file's digest. An existing cache is reused only when its key matches; otherwise it is rebuilt (the
+    reason is printed)."""
     path, expert_file = Path(path), Path(expert_file)
-    signature, digest = data_signature(data), _file_digest(expert_file)
+    key = {
+        "code": code_digest(),
+        "config": without_resume(cfg),
+        "data": data.signature(),
+        "expert": _file_digest(expert_file),
+    }
     if path.is_file():
         tensors, meta = read_safetensors(path, ExpertError, "expert cache")
-        if json.loads(meta.get("data", "{}")) != signature:
-            raise ExpertError(f"cache {path} was built from another dataset split ({meta.get('data')}) than this run "
-                              f"({json.dumps(signature)}); delete it to rebuild it from the experts")
-        if meta.get("expert") == digest:
+        found = json.loads(meta.get("key", "{}"))
+        if found == key:
             print(f"{role}: reusing the cache {path}")
             return _unpack(tensors)
-        print(f"{role}: {expert_file} changed since {path} was built; rebuilding the cache")
+        changed = [k for k in key if found.get(k) != key[k]]
+        print(f"{role}: the cache {path} was built from other {', '.join(changed)}; rebuilding it")
     device = default_device()
     model.to(device).eval()
     _, test_tf = build_transforms(cfg.data, model.backbone.normalization)
@@ -155,12 +159,21 @@ def build_cache(model: LPT, role: str, data: LTData, cfg: Config, path: str | Pa
         if ds is None:
             continue
         loader = make_loader(ds.with_transform(test_tf), batch_size, num_workers=cfg.data.num_workers)
-        out, labels = predict(lambda x: torch.cat([(o := model.forward_all(x))["features"], scale * o["cosine"]], 1),
-                              loader, device, desc=f"cache {role} {split}")
+        out, labels = predict(
+            lambda x: torch.cat([(o := model.forward_all(x))["features"], scale * o["cosine"]], 1),
+            loader,
+            device,
+            desc=f"cache {role} {split}",
+        )
         d = out.shape[1] - data.num_classes
-        tensors.update({f"{split}.features": out[:, :d].contiguous(), f"{split}.logits": out[:, d:].contiguous(),
-                        f"{split}.labels": labels.contiguous()})
-    save_safetensors(tensors, path, {"data": json.dumps(signature), "expert": digest, "role": role})
+        tensors.update(
+            {
+                f"{split}.features": out[:, :d].contiguous(),
+                f"{split}.logits": out[:, d:].contiguous(),
+                f"{split}.labels": labels.contiguous(),
+            }
+        )
+    save_safetensors(tensors, path, {"key": json.dumps(key, sort_keys=True), "role": role})
     return _unpack(tensors)
 
 
@@ -212,7 +225,7 @@ def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dic
         order = torch.as_tensor(list(sampler))
         losses = []
         for i in range(0, len(order), sc.batch_size):
-            idx = order[i:i + sc.batch_size]
+            idx = order[i : i + sc.batch_size]
             probs, _ = scorer([c.features["train"][idx] for c in caches], [c.logits["train"][idx] for c in caches])
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -233,8 +246,9 @@ def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dic
     return scorer, {"seconds": time.perf_counter() - start, "history": history}
 
 
-def evaluate_rows(caches: dict[str, ExpertCache], scorer: MoEScorer, data: LTData, convention: str,
-                  split: str = "test") -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+def evaluate_rows(
+    caches: dict[str, ExpertCache], scorer: MoEScorer, data: LTData, convention: str, split: str = "test"
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """shot_accuracy of each expert alone, the uniform average of their probabilities and the MoE scorer on
     `split`; and the scorer's gate weights per sample."""
     names = list(caches)
@@ -263,8 +277,9 @@ def gate_weights_by_group(gates: np.ndarray, labels: np.ndarray, groups: list[st
     return out
 
 
-def cache_all(roles: list[str], data: LTData, cfg: Config, phase2_dir: str | Path,
-              cache_dir: str | Path) -> tuple[dict[str, ExpertCache], dict[str, LPT]]:
+def cache_all(
+    roles: list[str], data: LTData, cfg: Config, phase2_dir: str | Path, cache_dir: str | Path
+) -> tuple[dict[str, ExpertCache], dict[str, LPT]]:
     """Load every phase-2 expert (checking class lists) and cache its outputs; returns caches and models."""
     caches, models = {}, {}
     for role in progress(roles, desc="experts"):

@@ -1,4 +1,4 @@
-"""Accuracy by shot group (METHODS §2): overall, many / medium / few and per class.
+"""Accuracy by shot group (docs/methods.md#metrics): overall, many / medium / few and per class.
 
 Groups are defined by *training* counts, with the convention a parameter:
 
@@ -54,8 +54,7 @@ def per_class_accuracy(preds: ArrayLike, labels: ArrayLike, num_classes: int) ->
         return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
 
 
-def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike,
-                  convention: str = "decoupling") -> dict:
+def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike, convention: str = "decoupling") -> dict:
     """Top-1 accuracy overall and per shot group, in [0, 1].
 
     Returns `overall` (fraction of correct samples; equal to the class mean on the balanced test sets
@@ -67,8 +66,10 @@ def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike,
     acc = per_class_accuracy(preds, labels, len(counts))
     groups = shot_groups(counts, convention)
     p, y = _np(preds), _np(labels)
-    out: dict = {"overall": float((p == y).mean()) if len(y) else float("nan"),
-                 "class_mean": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")}
+    out: dict = {
+        "overall": float((p == y).mean()) if len(y) else float("nan"),
+        "class_mean": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
+    }
     for g in SHOT_GROUPS:
         sel = (groups == g) & np.isfinite(acc)
         out[g] = float(acc[sel].mean()) if sel.any() else float("nan")
@@ -83,7 +84,7 @@ def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike,
 def confusion_matrix(preds: ArrayLike, labels: ArrayLike, num_classes: int, normalize: bool = True) -> np.ndarray:
     """Rows = true class, columns = predicted class; rows sum to 1 when `normalize`."""
     p, y = _np(preds).astype(np.int64), _np(labels).astype(np.int64)
-    cm = np.bincount(y * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes).astype(float)
+    cm = np.bincount(y * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes).astype(float)
     if normalize:
         cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)
     return cm

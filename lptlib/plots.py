@@ -35,8 +35,9 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Pat
     return path
 
 
-def plot_class_counts(counts: Sequence[int], groups: Sequence[str], classnames: Sequence[str] | None = None,
-                      title: str = "") -> plt.Figure:
+def plot_class_counts(
+    counts: Sequence[int], groups: Sequence[str], classnames: Sequence[str] | None = None, title: str = ""
+) -> plt.Figure:
     """Training images per class, head -> tail, log scale, coloured by shot group."""
     counts = np.asarray(counts)
     order = np.argsort(-counts, kind="stable")
@@ -57,12 +58,15 @@ def plot_class_counts(counts: Sequence[int], groups: Sequence[str], classnames: 
     return fig
 
 
-def plot_sample_grid(dataset: ImageDataset, classnames: Sequence[str], per_class: int = 8,
-                     max_classes: int = 10, seed: int = 0) -> plt.Figure:
+def plot_sample_grid(
+    dataset: ImageDataset, classnames: Sequence[str], per_class: int = 8, max_classes: int = 10, seed: int = 0
+) -> plt.Figure:
     """A row of training images per class (classes spread over the frequency range if there are many)."""
     rng = np.random.default_rng(seed)
     present = np.unique(dataset.targets)
-    classes = present if len(present) <= max_classes else present[np.linspace(0, len(present) - 1, max_classes).astype(int)]
+    classes = (
+        present if len(present) <= max_classes else present[np.linspace(0, len(present) - 1, max_classes).astype(int)]
+    )
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95), squeeze=False)
     for row, c in enumerate(classes):
         idx = np.flatnonzero(dataset.targets == c)
@@ -72,8 +76,15 @@ def plot_sample_grid(dataset: ImageDataset, classnames: Sequence[str], per_class
             ax.set_axis_off()
             if col < len(picks):
                 ax.imshow(np.asarray(dataset.load(int(picks[col]))))
-        axes[row, 0].text(-0.1, 0.5, f"{classnames[c]} ({len(idx)})", transform=axes[row, 0].transAxes,
-                          ha="right", va="center", fontsize=9)
+        axes[row, 0].text(
+            -0.1,
+            0.5,
+            f"{classnames[c]} ({len(idx)})",
+            transform=axes[row, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return fig
 
@@ -96,8 +107,13 @@ def plot_training_curves(history: Sequence[dict], smooth: int = 10) -> plt.Figur
 
 def plot_shot_bars(rows: dict[str, dict], title: str = "") -> plt.Figure:
     """Accuracy (%) overall / many / medium / few, one bar per row (method)."""
-    df = pd.DataFrame([{"row": name, "split": split, "accuracy": 100 * m[split]}
-                       for name, m in rows.items() for split in ("overall", *SHOT_GROUPS)])
+    df = pd.DataFrame(
+        [
+            {"row": name, "split": split, "accuracy": 100 * m[split]}
+            for name, m in rows.items()
+            for split in ("overall", *SHOT_GROUPS)
+        ]
+    )
     fig, ax = plt.subplots(figsize=(7.5, 3.4))
     sns.barplot(data=df, x="split", y="accuracy", hue="row", ax=ax)
     ax.set_xlabel("")
@@ -108,8 +124,12 @@ def plot_shot_bars(rows: dict[str, dict], title: str = "") -> plt.Figure:
     return fig
 
 
-def plot_lda(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], classnames: Sequence[str],
-             max_points: int = 3000, seed: int = 0) -> plt.Figure:
+def plot_lda(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    classnames: Sequence[str],
+    max_points: int = 3000,
+    seed: int = 0,
+) -> plt.Figure:
     """LDA scatter: one row per feature extractor, one column per domain; colour = class."""
     rows = list(panels)
     cols = list(dict.fromkeys(c for p in panels.values() for c in p))
@@ -124,8 +144,7 @@ def plot_lda(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], classn
                 continue
             pts, labels = panels[r][c]
             sel = rng.permutation(len(pts))[:max_points]
-            ax.scatter(pts[sel, 0], pts[sel, 1], s=4, c=[palette[int(y)] for y in labels[sel]], alpha=0.6,
-                       linewidths=0)
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=4, c=[palette[int(y)] for y in labels[sel]], alpha=0.6, linewidths=0)
             ax.set_title(f"{r} · {c}", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -176,15 +195,22 @@ def plot_tea_gains(gains: pd.DataFrame, title: str = "TEA's gain over the plain 
     rows = -(-len(settings) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharey=True, squeeze=False)
     for ax, setting in zip(axes.flat, settings):
-        sns.barplot(df[df["setting"] == setting], x="group", y="gain", hue="tea", ax=ax,
-                    order=["overall", "many", "medium", "few"], palette="crest")
+        sns.barplot(
+            df[df["setting"] == setting],
+            x="group",
+            y="gain",
+            hue="tea",
+            ax=ax,
+            order=["overall", "many", "medium", "few"],
+            palette="crest",
+        )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(setting)
         ax.set_xlabel("")
         ax.set_ylabel("accuracy gain (points)")
         if ax is not axes.flat[0] and ax.get_legend() is not None:
             ax.get_legend().remove()
-    for ax in list(axes.flat)[len(settings):]:
+    for ax in list(axes.flat)[len(settings) :]:
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
@@ -204,8 +230,9 @@ def plot_gate_weights(gates: dict[str, dict[str, float]], title: str = "MoE gate
     return fig
 
 
-def plot_per_class_vs_count(counts: Sequence[int], per_class: dict[str, Sequence[float]],
-                            groups: Sequence[str] | None = None, title: str = "") -> plt.Figure:
+def plot_per_class_vs_count(
+    counts: Sequence[int], per_class: dict[str, Sequence[float]], groups: Sequence[str] | None = None, title: str = ""
+) -> plt.Figure:
     """Test accuracy (%) of every class against its training count (log x), one marker series per method;
     the background is shaded by shot group when `groups` (per class) is given."""
     counts = np.asarray(counts)
@@ -234,9 +261,20 @@ def plot_confusion(cm: np.ndarray, classnames: Sequence[str], title: str = "") -
     n = len(classnames)
     size = min(12.0, 2.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    sns.heatmap(100 * cm, ax=ax, cmap="viridis", vmin=0, vmax=100, square=True, annot=n <= 12, fmt=".0f",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": "% of the true class"},
-                xticklabels=list(classnames) if n <= 40 else False, yticklabels=list(classnames) if n <= 40 else False)
+    sns.heatmap(
+        100 * cm,
+        ax=ax,
+        cmap="viridis",
+        vmin=0,
+        vmax=100,
+        square=True,
+        annot=n <= 12,
+        fmt=".0f",
+        annot_kws={"fontsize": 7},
+        cbar_kws={"label": "% of the true class"},
+        xticklabels=list(classnames) if n <= 40 else False,
+        yticklabels=list(classnames) if n <= 40 else False,
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (most frequent first)")
     ax.set_title(title)

@@ -1,4 +1,4 @@
-"""Pretraining the miniature foundation models on the source pool (METHODS §1.2).
+"""Pretraining the miniature foundation models on the source pool (docs/methods.md#the-offline-miniature).
 
 - `vit-mini`: supervised on the 4 coarse labels (tops; trousers + dress; footwear; bag), so the
   fine distinctions must be learned downstream, as IN21k features must be adapted to Places-LT.
@@ -58,12 +58,14 @@ def _optimizer(model: nn.Module, run: PretrainRunConfig) -> torch.optim.Optimize
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": run.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=run.lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=run.lr,
+        betas=(0.9, 0.98),
+    )
 
 
-def _train(model: nn.Module, loader, run: PretrainRunConfig, loss_fn, device: torch.device,
-           desc: str) -> list[dict]:
+def _train(model: nn.Module, loader, run: PretrainRunConfig, loss_fn, device: torch.device, desc: str) -> list[dict]:
     """The shared loop: AdamW, warm-up + cosine per step, bf16 autocast on CUDA, loss logged."""
     opt = _optimizer(model, run)
     total = run.epochs * len(loader)
@@ -81,8 +83,7 @@ def _train(model: nn.Module, loader, run: PretrainRunConfig, loss_fn, device: to
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append({"model": desc, "step": step, "epoch": epoch, "lr": lr,
-                            "loss": loss.item()})
+            history.append({"model": desc, "step": step, "epoch": epoch, "lr": lr, "loss": loss.item()})
             step += 1
     model.eval()
     return history
@@ -96,8 +97,13 @@ def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = N
     model = build_timm(VIT_MINI, num_classes=len(np.unique(FASHION_MNIST_COARSE))).to(device)
     train_tf, test_tf = build_transforms(cfg.data, normalization_of(model, "timm"))
     source = _capped(relabel(data.source, FASHION_MNIST_COARSE), run.max_images, cfg.seed).with_transform(train_tf)
-    loader = make_loader(source, run.batch_size, ShuffleSampler(len(source), cfg.seed), cfg.data.num_workers,
-                         drop_last=len(source) >= run.batch_size)
+    loader = make_loader(
+        source,
+        run.batch_size,
+        ShuffleSampler(len(source), cfg.seed),
+        cfg.data.num_workers,
+        drop_last=len(source) >= run.batch_size,
+    )
     start = time.perf_counter()
     history = _train(model, loader, run, lambda x, y: F.cross_entropy(model(x), y), device, "vit-mini")
     seconds = time.perf_counter() - start
@@ -108,14 +114,16 @@ def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = N
         if ds is None:
             continue
         ds = relabel(ds, FASHION_MNIST_COARSE).with_transform(test_tf)
-        logits, labels = predict(model, make_loader(ds, 512, num_workers=cfg.data.num_workers), device,
-                                 desc=f"vit-mini coarse {split}")
+        logits, labels = predict(
+            model, make_loader(ds, 512, num_workers=cfg.data.num_workers), device, desc=f"vit-mini coarse {split}"
+        )
         metrics[f"coarse_{split}_acc"] = (logits.argmax(1) == labels).float().mean().item()
     return PretrainResult(model, metrics, seconds, history)
 
 
-def unicl_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
-               logit_scale: torch.Tensor) -> torch.Tensor:
+def unicl_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric contrastive loss with label-aware targets (UniCL): pairs of the same class are positives.
 
     With all labels distinct the targets are the identity and this is CLIP's loss.
@@ -123,8 +131,10 @@ def unicl_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels
     logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
     positives = (labels[:, None] == labels[None, :]).float()
     targets = positives / positives.sum(1, keepdim=True)
-    return 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
-                  + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
+    return 0.5 * (
+        torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+        + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean()
+    )
 
 
 def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = None) -> PretrainResult:
@@ -141,8 +151,13 @@ def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = 
     captions = tokenizer([t.format(name=n) for n in data.classnames for t in templates]).to(device)
     train_tf, test_tf = build_transforms(cfg.data, normalization_of(model, "open_clip"))
     source = _capped(data.source, run.max_images, cfg.seed).with_transform(train_tf)
-    loader = make_loader(source, run.batch_size, ShuffleSampler(len(source), cfg.seed), cfg.data.num_workers,
-                         drop_last=len(source) >= run.batch_size)
+    loader = make_loader(
+        source,
+        run.batch_size,
+        ShuffleSampler(len(source), cfg.seed),
+        cfg.data.num_workers,
+        drop_last=len(source) >= run.batch_size,
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -156,17 +171,25 @@ def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = 
     seconds = time.perf_counter() - start
 
     with torch.no_grad(), autocast(device):
-        weights = zero_shot_weights(lambda t: model.encode_text(tokenizer(t).to(device)), data.classnames,
-                                    cfg.pretrain.zero_shot_templates).float()
-    metrics = {"train_images": len(source), "epochs": run.epochs, "params": sum(p.numel() for p in model.parameters()),
-               "logit_scale": model.logit_scale.exp().item()}
+        weights = zero_shot_weights(
+            lambda t: model.encode_text(tokenizer(t).to(device)), data.classnames, cfg.pretrain.zero_shot_templates
+        ).float()
+    metrics = {
+        "train_images": len(source),
+        "epochs": run.epochs,
+        "params": sum(p.numel() for p in model.parameters()),
+        "logit_scale": model.logit_scale.exp().item(),
+    }
     for split in ("val", "test"):
         ds = getattr(data, split)
         if ds is None:
             continue
-        feats, labels = predict(lambda x: F.normalize(model.encode_image(x), dim=-1),
-                                make_loader(ds.with_transform(test_tf), 512, num_workers=cfg.data.num_workers),
-                                device, desc=f"clip-mini zero-shot {split}")
+        feats, labels = predict(
+            lambda x: F.normalize(model.encode_image(x), dim=-1),
+            make_loader(ds.with_transform(test_tf), 512, num_workers=cfg.data.num_workers),
+            device,
+            desc=f"clip-mini zero-shot {split}",
+        )
         metrics[f"zero_shot_{split}_acc"] = ((feats @ weights.cpu().T).argmax(1) == labels).float().mean().item()
     return PretrainResult(model, metrics, seconds, history)
 
@@ -182,13 +205,16 @@ def run_pretraining(data: LTData, cfg: Config, device: torch.device | None = Non
     if data.source is None:
         names = [b.name for b in (cfg.backbones.visual, cfg.backbones.vision_language) if b.name in PRETRAINERS]
         if names:
-            raise ValueError(f"{', '.join(names)} are pretrained on the miniature's source pool, which "
-                             f"{data.name} does not have; use paper-scale backbones with it")
+            raise ValueError(
+                f"{', '.join(names)} are pretrained on the miniature's source pool, which "
+                f"{data.name} does not have; use paper-scale backbones with it"
+            )
     todo = {b.name: b for b in (cfg.backbones.visual, cfg.backbones.vision_language) if b.name in PRETRAINERS}
     for backbone in todo.values():  # check everything before any training
         if backbone.weights in ("hub", "random"):
-            raise ValueError(f"backbones: {backbone.name} needs a weight file path to be saved to, got "
-                             f"weights: {backbone.weights}")
+            raise ValueError(
+                f"backbones: {backbone.name} needs a weight file path to be saved to, got weights: {backbone.weights}"
+            )
     results: dict[str, PretrainResult] = {}
     for backbone in todo.values():
         result = PRETRAINERS[backbone.name](data, cfg, device)

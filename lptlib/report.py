@@ -90,8 +90,15 @@ def _row(name: str, stage: str, m: dict, params: int | None, note: str = "") -> 
     missing = [g for g in GROUPS if g not in m]
     if missing:
         raise ReportError(f"metrics of {name!r} (stage `{stage}`) lack {missing}; re-run `dvc repro {stage}`")
-    return Row(name, stage, *(float(m[g]) if m[g] is not None else float("nan") for g in GROUPS), params,
-               list(m.get("per_class", [])), m.get("confusion"), note)
+    return Row(
+        name,
+        stage,
+        *(float(m[g]) if m[g] is not None else float("nan") for g in GROUPS),
+        params,
+        list(m.get("per_class", [])),
+        m.get("confusion"),
+        note,
+    )
 
 
 def best_by_val(members: dict[str, dict], peft: str) -> str | None:
@@ -106,8 +113,14 @@ def best_by_val(members: dict[str, dict], peft: str) -> str | None:
 def plain_counterpart(members: dict[str, dict], name: str) -> str | None:
     """The member with the same PEFT method and loss as `name` but without TEA, when the matrix has it."""
     m = members[name]
-    return next((n for n, o in members.items()
-                 if o.get("peft") == m.get("peft") and o.get("loss") == m.get("loss") and o.get("tea") == "none"), None)
+    return next(
+        (
+            n
+            for n, o in members.items()
+            if o.get("peft") == m.get("peft") and o.get("loss") == m.get("loss") and o.get("tea") == "none"
+        ),
+        None,
+    )
 
 
 def collect(metrics_dir: str | Path = "metrics") -> Report:
@@ -183,17 +196,25 @@ def markdown_table(report: Report) -> str:
 
 def readme_block(report: Report) -> str:
     n = len(report.class_counts)
-    return "\n".join([
-        README_BEGIN, "",
-        f"Test accuracy (%) on `{report.dataset}` ({n} classes; many / medium / few by training count), "
-        "from `metrics/` (`dvc repro report`; figures in `figures/report/`).", "",
-        markdown_table(report), "", README_END])
+    return "\n".join(
+        [
+            README_BEGIN,
+            "",
+            f"Test accuracy (%) on `{report.dataset}` ({n} classes; many / medium / few by training count), "
+            "from `metrics/` (`dvc repro report`; figures in `figures/report/`).",
+            "",
+            markdown_table(report),
+            "",
+            README_END,
+        ]
+    )
 
 
 def _split(text: str, readme: Path) -> tuple[str, str, str]:
     if README_BEGIN not in text or README_END not in text:
-        raise ReportError(f"{readme} has no results markers; add the lines\n{README_BEGIN}\n{README_END}\n"
-                          "where the table belongs")
+        raise ReportError(
+            f"{readme} has no results markers; add the lines\n{README_BEGIN}\n{README_END}\nwhere the table belongs"
+        )
     head, rest = text.split(README_BEGIN, 1)
     block, tail = rest.split(README_END, 1)
     return head, README_BEGIN + block + README_END, tail
@@ -219,8 +240,9 @@ def readme_is_current(readme: str | Path, metrics_dir: str | Path = "metrics") -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lptlib.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m lptlib.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--readme", action="store_true", help="rewrite the README's results table")
     mode.add_argument("--check", action="store_true", help="exit 1 when the README's table is stale")
@@ -239,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ok, expected = readme_is_current(readme, metrics_dir)
             if not ok:
-                print(f"{readme}: the results table disagrees with {metrics_dir}; run `python -m lptlib.report "
-                      f"--readme` (expected:)\n{expected}", file=sys.stderr)
+                print(
+                    f"{readme}: the results table disagrees with {metrics_dir}; run `python -m lptlib.report "
+                    f"--readme` (expected:)\n{expected}",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"{readme}: results table matches {metrics_dir}")
     except ReportError as e:

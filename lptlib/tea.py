@@ -1,4 +1,4 @@
-"""TEA on CLIP PEFT (METHODS §3, §7; TEA is **our reading** of its abstract): one member of the ablation
+"""TEA on CLIP PEFT (docs/methods.md#backbones-and-peft-modules, docs/methods.md#tea; TEA is **our reading** of its abstract): one member of the ablation
 matrix {PEFT} x {loss} x {TEA variant} — build the PEFT model with a text-initialised cosine head, train it
 with the loss and TEA's training-only parts, select on val, test once, and time its inference."""
 
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lptlib.config import PEFT_METHODS, TEA_LOSSES, TEA_VARIANTS, Config, ConfigError, to_dict
+from lptlib.config import PEFT_METHODS, TEA_LOSSES, TEA_VARIANTS, Config, ConfigError
 from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
-from lptlib.engine import FitResult, autocast, fit, predict
+from lptlib.engine import FitResult, autocast, fit, predict, run_settings
 from lptlib.losses import build_loss
 from lptlib.models.backbones import Backbone
 from lptlib.models.heads import text_head_weights
@@ -35,8 +35,11 @@ def member_name(peft: str, loss: str, variant: str) -> str:
 
 def check_member(peft: str, loss: str, variant: str) -> None:
     """A clear error for an unknown PEFT method, loss or TEA variant (before anything is built)."""
-    for what, value, allowed in (("PEFT method", peft, PEFT_METHODS), ("loss", loss, TEA_LOSSES),
-                                 ("TEA variant", variant, TEA_VARIANTS)):
+    for what, value, allowed in (
+        ("PEFT method", peft, PEFT_METHODS),
+        ("loss", loss, TEA_LOSSES),
+        ("TEA variant", variant, TEA_VARIANTS),
+    ):
         if value not in allowed:
             raise ConfigError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
 
@@ -55,21 +58,27 @@ def check_classnames(classnames: list[str] | None, num_classes: int) -> None:
         raise ConfigError(f"{len(classnames)} class names for {num_classes} classes; {fix}")
     blank = [i for i, n in enumerate(classnames) if not str(n).strip() or str(n).strip() == f"class {i}"]
     if blank:
-        raise ConfigError(f"class names missing for labels {blank[:5]}{' ...' if len(blank) > 5 else ''} "
-                          f"(empty or a 'class N' placeholder); {fix}")
+        raise ConfigError(
+            f"class names missing for labels {blank[:5]}{' ...' if len(blank) > 5 else ''} "
+            f"(empty or a 'class N' placeholder); {fix}"
+        )
     ids = [i for i, n in enumerate(classnames) if _ID_NAME.fullmatch(str(n).strip())]
     if ids:  # the image-folder names of ImageNet (WordNet ids) and iNaturalist (category ids) are not names
-        raise ConfigError(f"class names for labels {ids[:5]}{' ...' if len(ids) > 5 else ''} are ids, not names "
-                          f"(e.g. {str(classnames[ids[0]]).strip()!r}: a WordNet or numeric category id, as the image "
-                          f"folders are named); {fix}")
+        raise ConfigError(
+            f"class names for labels {ids[:5]}{' ...' if len(ids) > 5 else ''} are ids, not names "
+            f"(e.g. {str(classnames[ids[0]]).strip()!r}: a WordNet or numeric category id, as the image "
+            f"folders are named); {fix}"
+        )
 
 
 @torch.no_grad()
-def class_mean_weights(backbone: Backbone, dataset, num_classes: int, batch_size: int = 512,
-                       num_workers: int = 0) -> torch.Tensor:
+def class_mean_weights(
+    backbone: Backbone, dataset, num_classes: int, batch_size: int = 512, num_workers: int = 0
+) -> torch.Tensor:
     """(C, D) normalised per-class means of the frozen CLS features (LIFT's head init for visual-only ViTs)."""
-    feats, labels = predict(backbone, make_loader(dataset, batch_size, num_workers=num_workers), default_device(),
-                            desc="class means")
+    feats, labels = predict(
+        backbone, make_loader(dataset, batch_size, num_workers=num_workers), default_device(), desc="class means"
+    )
     sums = torch.zeros(num_classes, feats.shape[1]).index_add_(0, labels, nn.functional.normalize(feats, dim=-1))
     return nn.functional.normalize(sums, dim=-1)
 
@@ -81,20 +90,32 @@ def build_model(backbone: Backbone, data: LTData, cfg: Config, peft: str) -> PEF
         raise ConfigError(f"unknown PEFT method {peft!r}; use one of {', '.join(PEFT_METHODS)}")
     if t.head_init == "text":
         if not backbone.is_vision_language:
-            raise ConfigError(f"tea.head_init: text needs a vision-language backbone; {backbone.name} is visual-only "
-                              "(use class_mean or random, or tea.backbone: vision_language)")
+            raise ConfigError(
+                f"tea.head_init: text needs a vision-language backbone; {backbone.name} is visual-only "
+                "(use class_mean or random, or tea.backbone: vision_language)"
+            )
         check_classnames(data.classnames, data.num_classes)
-    model = PEFTClassifier(backbone, data.num_classes,
-                           prompt_length=t.prompt_length if peft == "vpt_deep" else 0, prompt_form=t.prompt_form,
-                           adapter=peft == "adaptformer", bottleneck=t.bottleneck,
-                           lora_rank=t.lora_rank if peft == "lora" else 0, head="cosine", cosine_scale=t.cosine_scale)
+    model = PEFTClassifier(
+        backbone,
+        data.num_classes,
+        prompt_length=t.prompt_length if peft == "vpt_deep" else 0,
+        prompt_form=t.prompt_form,
+        adapter=peft == "adaptformer",
+        bottleneck=t.bottleneck,
+        lora_rank=t.lora_rank if peft == "lora" else 0,
+        head="cosine",
+        cosine_scale=t.cosine_scale,
+    )
     head = model.tuner["head"]
     if t.head_init == "text":
         head.weight.data.copy_(text_head_weights(backbone, data.classnames, t.templates))
     elif t.head_init == "class_mean":
         _, test_tf = build_transforms(cfg.data, backbone.normalization)
-        head.weight.data.copy_(class_mean_weights(backbone, data.train.with_transform(test_tf), data.num_classes,
-                                                     num_workers=cfg.data.num_workers))
+        head.weight.data.copy_(
+            class_mean_weights(
+                backbone, data.train.with_transform(test_tf), data.num_classes, num_workers=cfg.data.num_workers
+            )
+        )
     return model
 
 
@@ -106,13 +127,22 @@ def build_objective(loss: str, class_counts, cfg: Config) -> nn.Module:
     if loss == "agcl":
         a = t.agcl
         gamma_pos, gamma_neg = a.class_balanced if t.sampling == "class_balanced" else a.instance_balanced
-        return build_loss("agcl", class_counts, alpha=a.alpha, margin=a.margin, scale=a.scale, gamma_pos=gamma_pos,
-                          gamma_neg=gamma_neg, smoothing=a.smoothing)
+        return build_loss(
+            "agcl",
+            class_counts,
+            alpha=a.alpha,
+            margin=a.margin,
+            scale=a.scale,
+            gamma_pos=gamma_pos,
+            gamma_neg=gamma_neg,
+            smoothing=a.smoothing,
+        )
     return build_loss(loss, class_counts)
 
 
 def tea_objective(loss: nn.Module, tea: TEA):
     """loss_fn(model, (x, y), epoch): the classification loss on TEA's classifier input, plus TEC."""
+
     def loss_fn(model: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
         x, y = batch
         out = model.forward_features(x)
@@ -120,17 +150,20 @@ def tea_objective(loss: nn.Module, tea: TEA):
         features, tec = tea(out["cls"], out["patch"], y, head.weight)
         cosine = head.cosine(model.dropout(features))
         return loss(cosine if loss.takes_cosine else head.scale * cosine, y) + tec
+
     return loss_fn
 
 
 def build_tea(class_counts, cfg: Config, variant: str) -> TEA:
     t = cfg.tea
-    return TEA(class_counts, variant, temperature=t.temperature, mix=t.mix, gate_max=t.gate_max,
-               tec_weight=t.tec_weight)
+    return TEA(
+        class_counts, variant, temperature=t.temperature, mix=t.mix, gate_max=t.gate_max, tec_weight=t.tec_weight
+    )
 
 
-def train_member(model: PEFTClassifier, data: LTData, cfg: Config, peft: str, loss: str, variant: str,
-                 checkpoint: Path | None) -> FitResult:
+def train_member(
+    model: PEFTClassifier, data: LTData, cfg: Config, peft: str, loss: str, variant: str, checkpoint: Path | None
+) -> FitResult:
     """Train one matrix member with `tea.sampling`; selection on val, test once."""
     check_member(peft, loss, variant)
     t = cfg.tea
@@ -141,18 +174,30 @@ def train_member(model: PEFTClassifier, data: LTData, cfg: Config, peft: str, lo
     loader = make_loader(lt.train, train.batch_size, make_sampler(t.sampling, lt.train.targets, cfg.seed), workers)
     val, test = eval_loaders(lt, train.eval_batch_size, workers)
     objective = tea_objective(build_objective(loss, lt.train_counts, cfg), build_tea(lt.train_counts, cfg, variant))
-    settings = {k: v for k, v in to_dict(t).items() if k not in ("matrix", "resume", *PEFT_METHODS)}
-    return fit(model, loader, val, test, objective, epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay,
-               momentum=train.momentum, warmup_epochs=train.warmup_epochs, shot_counts=lt.shot_counts,
-               convention=cfg.data.shot_convention, checkpoint=checkpoint, resume=t.resume,
-               desc=member_name(peft, loss, variant),
-               settings={"member": member_name(peft, loss, variant), "seed": cfg.seed, "batch_size": train.batch_size,
-                         "tea": json.dumps(settings, sort_keys=True)})
+    return fit(
+        model,
+        loader,
+        val,
+        test,
+        objective,
+        epochs=train.epochs,
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        warmup_epochs=train.warmup_epochs,
+        shot_counts=lt.shot_counts,
+        convention=cfg.data.shot_convention,
+        checkpoint=checkpoint,
+        resume=t.resume,
+        desc=member_name(peft, loss, variant),
+        settings=run_settings(cfg, data, member=member_name(peft, loss, variant)),
+    )
 
 
 @torch.no_grad()
-def inference_latency(model: nn.Module, images: torch.Tensor, repeats: int = 20,
-                      device: torch.device | None = None) -> float:
+def inference_latency(
+    model: nn.Module, images: torch.Tensor, repeats: int = 20, device: torch.device | None = None
+) -> float:
     """Median milliseconds per image of `model(images)` over `repeats` timed calls, after two warm-up calls."""
     device = device or default_device()
     model.to(device).eval()
@@ -184,9 +229,11 @@ def load_members(metrics_dir: str | Path, matrix) -> "pd.DataFrame":
     names = [member_name(p, lo, v) for p in matrix.peft for lo in matrix.loss for v in matrix.tea]
     missing = [n for n in names if not (metrics_dir / f"{n}.json").is_file()]
     if missing:
-        raise FileNotFoundError(f"no metrics for {len(missing)} matrix member(s) in {metrics_dir}: "
-                                f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; run them first "
-                                "(`dvc repro tea`)")
+        raise FileNotFoundError(
+            f"no metrics for {len(missing)} matrix member(s) in {metrics_dir}: "
+            f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; run them first "
+            "(`dvc repro tea`)"
+        )
     stale = sorted(p.stem for p in metrics_dir.glob("*.json") if p.stem not in names)
     if stale:
         print(f"ignoring metrics of members not in tea.matrix: {', '.join(stale)}")
@@ -208,6 +255,7 @@ def tea_gains(members: "pd.DataFrame") -> "pd.DataFrame":
         if (r["peft"], r["loss"]) not in base.index:
             continue
         b = base.loc[(r["peft"], r["loss"])]
-        rows += [{"peft": r["peft"], "loss": r["loss"], "tea": r["tea"], "group": g, "gain": r[g] - b[g]}
-                 for g in GROUPS]
+        rows += [
+            {"peft": r["peft"], "loss": r["loss"], "tea": r["tea"], "group": g, "gain": r[g] - b[g]} for g in GROUPS
+        ]
     return pd.DataFrame(rows, columns=["peft", "loss", "tea", "group", "gain"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,7 +25,7 @@ T = TypeVar("T")
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seeds code that uses the global NumPy RNG)
     torch.manual_seed(seed)
 
 
@@ -35,8 +36,17 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, **
     """
     disable = os.environ.get("LPTLIB_PROGRESS", "1") == "0"
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, disable=disable, file=sys.stderr,
-                mininterval=0.5 if interactive else 15.0, dynamic_ncols=True, leave=True, **kwargs)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        disable=disable,
+        file=sys.stderr,
+        mininterval=0.5 if interactive else 15.0,
+        dynamic_ncols=True,
+        leave=True,
+        **kwargs,
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -60,8 +70,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 METADATA_KEY = "lptlib"  # safetensors metadata is stored as one sorted JSON string under this key
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                     metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
     """Save tensors (made contiguous, on the CPU) as a safetensors file with string metadata, atomically
     (temporary file + rename). The metadata is one sorted JSON string: safetensors writes several metadata keys
     in an order that changes from process to process, which would make identical states different files (and
@@ -79,8 +90,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     return path
 
 
-def read_safetensors(path: str | os.PathLike, error: type[Exception] = ValueError,
-                     what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "file"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file written by `save_safetensors` (or with plain metadata);
     a damaged file raises `error` naming it."""
     from safetensors import SafetensorError, safe_open
@@ -90,8 +102,9 @@ def read_safetensors(path: str | os.PathLike, error: type[Exception] = ValueErro
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise error(f"{what} {path} is not a readable safetensors file ({e}); delete it and re-run the stage "
-                    "that writes it") from None
+        raise error(
+            f"{what} {path} is not a readable safetensors file ({e}); delete it and re-run the stage that writes it"
+        ) from None
     if METADATA_KEY in meta:
         meta = json.loads(meta[METADATA_KEY])
     return tensors, meta
@@ -122,10 +135,16 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
 def git_revision(root: str | os.PathLike | None = None) -> str | None:
     """The current commit (with '-dirty' when the tree has changes), or None outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -136,3 +155,24 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return torch.device("cpu")
+
+
+def code_digest() -> str:
+    """SHA-256 of the code a result depends on: every file of the `lptlib` package that runs (its sources and
+    package data), and the code cells of the repository's notebooks. A checkpoint or cache made by other code
+    never matches."""
+    from lptlib.paths import repo_root
+
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes() + b"\0")
+    try:
+        notebooks = sorted((repo_root() / "notebooks").glob("*.ipynb"))
+    except FileNotFoundError:
+        notebooks = []
+    for nb in notebooks:
+        cells = json.loads(nb.read_text()).get("cells", [])
+        code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
+        h.update(f"{nb.name}\0{code}\0".encode())
+    return h.hexdigest()

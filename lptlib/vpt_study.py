@@ -1,4 +1,4 @@
-"""The preliminary VPT study (LPT Sec. 3; METHODS §5): linear probing vs VPT-deep, each with
+"""The preliminary VPT study (LPT Sec. 3; docs/methods.md#the-preliminary-vpt-study): linear probing vs VPT-deep, each with
 instance-balanced and class-balanced sampling (Table 1), and the features of the frozen vs the
 VPT-tuned backbone (LDA figure, Table 2)."""
 
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from lptlib.analysis import distance_ratio, knn_accuracy
-from lptlib.config import Config, TrainConfig
+from lptlib.config import Config, TrainConfig, to_dict
 from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
-from lptlib.engine import FitResult, fit, predict
+from lptlib.engine import FitResult, fit, predict, run_settings
 from lptlib.models.backbones import Backbone
 from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.utils import default_device
@@ -37,24 +37,46 @@ class Row:
         return self.result.row(count_trainable(self.model))
 
 
-def train_classifier(model: PEFTClassifier, data: LTData, sampling: str, train: TrainConfig, cfg: Config,
-                     checkpoint: Path | None, resume: str = "auto", desc: str = "train") -> FitResult:
+def train_classifier(
+    model: PEFTClassifier,
+    data: LTData,
+    sampling: str,
+    train: TrainConfig,
+    cfg: Config,
+    checkpoint: Path | None,
+    resume: str = "auto",
+    desc: str = "train",
+) -> FitResult:
     """Cross-entropy training of `model.tuner` with the given sampling; selection on val, test once."""
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
     lt = data.with_transforms(train_tf, test_tf)
     workers = cfg.data.num_workers
-    train_loader = make_loader(lt.train, train.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed),
-                               workers)
+    train_loader = make_loader(lt.train, train.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed), workers)
     val_loader, test_loader = eval_loaders(lt, train.eval_batch_size, workers)
+
     def cross_entropy(m: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
         return F.cross_entropy(m(batch[0]), batch[1])
 
-    return fit(model, train_loader, val_loader, test_loader, cross_entropy,
-               epochs=train.epochs, lr=train.lr, weight_decay=train.weight_decay, momentum=train.momentum,
-               warmup_epochs=train.warmup_epochs, shot_counts=lt.shot_counts, convention=cfg.data.shot_convention,
-               checkpoint=checkpoint, resume=resume, desc=desc,
-               settings={"sampling": sampling, "seed": cfg.seed, "batch_size": train.batch_size,
-                         "prompt_length": model.prompt_length, "prompt_form": model.prompt_form})
+    return fit(
+        model,
+        train_loader,
+        val_loader,
+        test_loader,
+        cross_entropy,
+        epochs=train.epochs,
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        warmup_epochs=train.warmup_epochs,
+        shot_counts=lt.shot_counts,
+        convention=cfg.data.shot_convention,
+        checkpoint=checkpoint,
+        resume=resume,
+        desc=desc,
+        settings=run_settings(
+            cfg, data, run=desc, sampling=sampling, schedule=to_dict(train), prompt_length=model.prompt_length
+        ),
+    )
 
 
 def run_table1(backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Path) -> dict[str, Row]:
@@ -65,12 +87,24 @@ def run_table1(backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Pa
         for sampling in study.samplings:
             name = row_name(method, sampling)
             torch.manual_seed(cfg.seed)
-            model = PEFTClassifier(backbone, data.num_classes,
-                                       prompt_length=study.prompt_length if method == "vpt_deep" else 0,
-                                       prompt_form=study.prompt_form, head=study.head,
-                                       cosine_scale=study.cosine_scale)
-            result = train_classifier(model, data, sampling, getattr(study, method), cfg,
-                                      checkpoint_dir / f"{name.replace('/', '-')}.pt", study.resume, desc=name)
+            model = PEFTClassifier(
+                backbone,
+                data.num_classes,
+                prompt_length=study.prompt_length if method == "vpt_deep" else 0,
+                prompt_form=study.prompt_form,
+                head=study.head,
+                cosine_scale=study.cosine_scale,
+            )
+            result = train_classifier(
+                model,
+                data,
+                sampling,
+                getattr(study, method),
+                cfg,
+                checkpoint_dir / f"{name.replace('/', '-')}.pt",
+                study.resume,
+                desc=name,
+            )
             rows[name] = Row(model, result)
     return rows
 
@@ -83,13 +117,22 @@ def feature_sample(dataset: ImageDataset, per_class: int, seed: int) -> ImageDat
 
 
 @torch.no_grad()
-def cls_features(model: PEFTClassifier | Backbone, dataset: ImageDataset, batch_size: int,
-                 num_workers: int = 0, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
+def cls_features(
+    model: PEFTClassifier | Backbone,
+    dataset: ImageDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    desc: str = "features",
+) -> tuple[np.ndarray, np.ndarray]:
     """Final CLS features (after the final norm) of `dataset` through `model`."""
     device = default_device()
     model.to(device).eval()
-    feats, labels = predict(lambda x: model.forward_features(x)["cls"], make_loader(dataset, batch_size, num_workers=num_workers),
-                            device, desc=desc)
+    feats, labels = predict(
+        lambda x: model.forward_features(x)["cls"],
+        make_loader(dataset, batch_size, num_workers=num_workers),
+        device,
+        desc=desc,
+    )
     return feats.numpy(), labels.numpy()
 
 
@@ -101,6 +144,11 @@ def feature_table(features: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
         test_f, test_y = sets["target_test"]
         bank_f, bank_y = sets["target_train"]
         stats = distance_ratio(test_f, test_y)
-        table[name] = {"R": stats["R"], "D": stats["D"], "gamma": stats["gamma"],
-                       "knn_acc": knn_accuracy(bank_f, bank_y, test_f, test_y, k), "knn_k": k}
+        table[name] = {
+            "R": stats["R"],
+            "D": stats["D"],
+            "gamma": stats["gamma"],
+            "knn_acc": knn_accuracy(bank_f, bank_y, test_f, test_y, k),
+            "knn_k": k,
+        }
     return table

@@ -33,8 +33,9 @@ def make_tiny_lt(names=("t-shirt", "trouser", "bag"), counts=(12, 4, 2), test_pe
     labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
     train = ArrayDataset(rng.integers(0, 255, (len(labels), 28, 28), dtype=np.uint8), labels)
     k = len(counts)
-    test = ArrayDataset(rng.integers(0, 255, (k * test_per_class, 28, 28), dtype=np.uint8),
-                        np.repeat(np.arange(k), test_per_class))
+    test = ArrayDataset(
+        rng.integers(0, 255, (k * test_per_class, 28, 28), dtype=np.uint8), np.repeat(np.arange(k), test_per_class)
+    )
     return LTData("fashion_mnist_lt", list(names), train, test, test)
 
 

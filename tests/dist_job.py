@@ -47,9 +47,18 @@ def tiny_data() -> LTData:
 def main(out: Path) -> None:
     vpt_study.build_transforms = lpt.build_transforms = deterministic_transforms
     run = {"epochs": 2, "batch_size": 8, "eval_batch_size": 5, "lr": 0.05, "warmup_epochs": 0.5}
-    cfg = parse(seed=0, vpt_study={"linear_probe": run, "vpt_deep": run, "prompt_length": 2},
-                lpt={"stage1": run, "stage2": run, "prompt_length": 2, "pool_size": 4, "head_dropout": 0.0,
-                     "agcl": {"alpha": 0.0}})  # no per-process random draws (dropout, A-GCL's Gaussian noise)
+    cfg = parse(
+        seed=0,
+        vpt_study={"linear_probe": run, "vpt_deep": run, "prompt_length": 2},
+        lpt={
+            "stage1": run,
+            "stage2": run,
+            "prompt_length": 2,
+            "pool_size": 4,
+            "head_dropout": 0.0,
+            "agcl": {"alpha": 0.0},
+        },
+    )  # no per-process random draws (dropout, A-GCL's Gaussian noise)
     seed_everything(cfg.seed)
     backbone = create_backbone(BackboneConfig("vit-mini", "random"))
     data = tiny_data()

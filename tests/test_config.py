@@ -1,11 +1,14 @@
-import dataclasses
+import itertools
 
+import pydantic
 import pytest
 import yaml
 
 from lptlib import config
 from lptlib.config import ConfigError, parse
-from lptlib.presets import apply_preset, list_presets
+
+PRESETS = ("miniature", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
+DATA_PATHS = ["data.root=/data/x", "data.split_dir=/data/splits"]
 
 
 def test_partial_sections_keep_the_other_defaults():
@@ -14,37 +17,64 @@ def test_partial_sections_keep_the_other_defaults():
     assert cfg.backbones.visual.weights == "outputs/pretrain/vit-mini.safetensors"
     assert cfg.data.imbalance == 10.0 and isinstance(cfg.data.imbalance, float)
     assert cfg.data.crop_scale == (0.7, 1.0)
+    # a nested section given in part keeps its parent's default for the rest (vpt_study.linear_probe.lr = 2.0)
+    assert parse(vpt_study={"linear_probe": {"epochs": 3}}).vpt_study.linear_probe.lr == 2.0
 
 
 def test_params_yaml_is_accepted_and_is_the_miniature(root):
     cfg = config.load(root / "params.yaml")
-    assert cfg.data.name == config.MINIATURE_DATASET
+    assert cfg.data.name == config.MINIATURE_DATASET and cfg.preset == "miniature"
     assert cfg.backbones.visual.name == "vit-mini" and cfg.backbones.vision_language.name == "clip-mini"
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    assert set(raw) == set(config.SECTIONS)  # every section documented in params.yaml
+    assert set(raw) == set(config.SECTIONS)  # every section present (DVC tracks them), most of them empty
+    assert cfg == config.Config(), "the committed params.yaml names only values equal to the defaults"
 
 
-def test_params_yaml_restates_the_code_defaults(root):
-    """params.yaml is the miniature default: it must agree with the dataclass defaults it documents."""
-    assert config.load(root / "params.yaml") == config.Config()
+def test_dotted_keys_and_set_strings_and_yaml_1_1_exponents():
+    assert parse(**{"lpt.stage1.lr": 0.3}).lpt.stage1.lr == 0.3
+    assert config.compose({}, ["lpt.stage1.lr=5e-1"]).lpt.stage1.lr == 0.5  # YAML 1.1 reads 5e-1 as a string
+    assert config.compose({"lpt": {"stage1": {"lr": 0.1}}}, {"lpt.stage1.lr": 0.2}).lpt.stage1.lr == 0.2
 
 
-@pytest.mark.parametrize("name", ["miniature", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018"])
-def test_every_preset_applies_and_validates(root, tmp_path, name):
-    params = tmp_path / "params.yaml"
-    params.write_text((root / "params.yaml").read_text())
-    sets = [] if name == "miniature" else ["data.root=/data/x", "data.split_dir=/data/splits"]
-    plain = apply_preset(name, sets, params=params, root=root)
-    cfg = parse(**plain)
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_composes_and_validates(root, name):
+    cfg = config.compose({"preset": name}, [] if name == "miniature" else DATA_PATHS)
     assert cfg.preset == name and cfg.data.name in (name, config.MINIATURE_DATASET)
-    assert "# Every knob of the pipeline" in params.read_text()  # comments survive
     if name != "miniature":
         assert cfg.backbones.visual.name == "timm:vit_base_patch16_224.augreg_in21k"
         assert cfg.backbones.vision_language.tag == "openai" and cfg.data.image_size == 224
 
 
 def test_presets_listed(root):
-    assert set(list_presets(root)) == {"miniature", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018"}
+    assert set(config.list_presets(root)) == set(PRESETS)
+    assert yaml.safe_load((root / "presets" / "miniature.yaml").read_text()) == {}, "the miniature is the defaults"
+
+
+def test_switching_presets_in_any_order_and_back_gives_exactly_the_defaults():
+    """Presets are overlays merged at load time, so no order of switching leaves anything behind."""
+    defaults = config.Config()
+    for order in itertools.permutations(PRESETS[1:], 2):
+        for name in order:
+            config.compose({"preset": name}, DATA_PATHS)
+        assert config.compose({"preset": "miniature"}) == defaults
+    places = config.compose({"preset": "places_lt"}, DATA_PATHS)
+    config.compose({"preset": "cifar100_lt"}, ["data.root=/x"])
+    assert config.compose({"preset": "places_lt"}, DATA_PATHS) == places
+
+
+def test_user_keys_win_over_the_preset():
+    cfg = config.compose({"preset": "places_lt", "lpt": {"stage2": {"epochs": 3}}}, DATA_PATHS)
+    assert cfg.lpt.stage2.epochs == 3 and cfg.lpt.stage2.batch_size == 256  # the rest of the preset's section
+
+
+def test_an_error_in_a_preset_value_names_the_preset(root, tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "bad.yaml").write_text("lpt:\n  stage1:\n    epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"lpt\.stage1\.epochs: must be >= 1, got 0 \(set by preset bad\)"):
+        config.compose({"preset": "bad"}, root=tmp_path)
+    (tmp_path / "presets" / "named.yaml").write_text("preset: x\n")
+    with pytest.raises(ConfigError, match=r"a preset must not name `preset`"):
+        config.compose({"preset": "named"}, root=tmp_path)
 
 
 def test_save_resolved_round_trips(tmp_path):
@@ -61,11 +91,18 @@ def test_describe_lists_every_leaf():
     assert "data.imbalance" in keys and "pretrain.vit_mini.epochs" in keys and "backbones.visual.tag" in keys
     assert len(keys) == len(set(keys))
     assert all(h for _, _, h in config.describe()), "every parameter has a help text"
+    defaults = dict((k, v) for k, v, _ in config.describe())
+    assert defaults["vpt_study.linear_probe.lr"] == "2.0"  # the section's own default, not TrainConfig's
+
+
+def test_parameters_doc_is_generated_from_the_models(root):
+    text = (root / "docs" / "parameters.md").read_text()
+    assert config.render_docs(text) == text, "docs/parameters.md is stale: run `python -m lptlib.config docs`"
 
 
 def test_configs_are_frozen():
     cfg = parse()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError):
         cfg.data.name = "x"
 
 
@@ -77,27 +114,67 @@ LIFT_BOTTLENECK = {"cifar100_lt": 4, "places_lt": 8, "imagenet_lt": 32, "inat201
 
 
 def paper_hyperparameters(name: str) -> dict:
-    """The hyperparameters the papers / official code give (METHODS §5-§8, papers-and-numbers.md), by dotted key."""
+    """The hyperparameters the papers / official code give (docs/methods.md, docs/paper-scale.md#hyperparameter-sources), by dotted key."""
     expected = {"vpt_study.backbone": "visual", "vpt_study.samplings": ("instance_balanced", "class_balanced")}
     for method in ("linear_probe", "vpt_deep"):  # LPT Sec. 3 on Places-LT: 20 epochs, SGD lr 0.02, wd 1e-4
-        expected.update({f"vpt_study.{method}.epochs": 20, f"vpt_study.{method}.lr": 0.02,
-                         f"vpt_study.{method}.weight_decay": 1e-4, f"vpt_study.{method}.momentum": 0.9})
-    expected.update({  # LPT's official defaults
-        "lpt.backbone": "visual", "lpt.prompt_length": 10, "lpt.cosine_scale": 20.0, "lpt.head_dropout": 0.1,
-        "lpt.num_samples_cls": 4, "lpt.eta": 0.5, "lpt.pool_size": 20, "lpt.top_k": 2, "lpt.share_blocks": 6,
-        "lpt.match_weight": 0.5, "lpt.agcl.alpha": 0.5, "lpt.agcl.margin": 0.1, "lpt.agcl.scale": 20.0,
-        "lpt.agcl.smoothing": 0.1, "lpt.agcl.class_balanced": (0.0, 4.0), "lpt.agcl.instance_balanced": (0.5, 8.0),
-        "lpt.stage2.epochs": 90, "lpt.stage2.batch_size": 256, "lpt.stage2.lr": 0.02 * 256 / 256,
-        "lpt.stage2.weight_decay": 0.01, "lpt.stage2.momentum": 0.9, "lpt.stage2.warmup_epochs": 1.0,
-        "lpt.stage1.weight_decay": 0.01,
-    })
-    expected.update({"tea.backbone": "vision_language", "tea.head_init": "text", "tea.cosine_scale": 25.0,
-                     "tea.sampling": "instance_balanced", "tea.la_tau": 1.0, "tea.templates": ("a photo of a {name}.",),
-                     "tea.bottleneck": LIFT_BOTTLENECK[name], "lptpp.bottleneck": LIFT_BOTTLENECK[name]})
+        expected.update(
+            {
+                f"vpt_study.{method}.epochs": 20,
+                f"vpt_study.{method}.lr": 0.02,
+                f"vpt_study.{method}.weight_decay": 1e-4,
+                f"vpt_study.{method}.momentum": 0.9,
+            }
+        )
+    expected.update(
+        {  # LPT's official defaults
+            "lpt.backbone": "visual",
+            "lpt.prompt_length": 10,
+            "lpt.cosine_scale": 20.0,
+            "lpt.head_dropout": 0.1,
+            "lpt.num_samples_cls": 4,
+            "lpt.eta": 0.5,
+            "lpt.pool_size": 20,
+            "lpt.top_k": 2,
+            "lpt.share_blocks": 6,
+            "lpt.match_weight": 0.5,
+            "lpt.agcl.alpha": 0.5,
+            "lpt.agcl.margin": 0.1,
+            "lpt.agcl.scale": 20.0,
+            "lpt.agcl.smoothing": 0.1,
+            "lpt.agcl.class_balanced": (0.0, 4.0),
+            "lpt.agcl.instance_balanced": (0.5, 8.0),
+            "lpt.stage2.epochs": 90,
+            "lpt.stage2.batch_size": 256,
+            "lpt.stage2.lr": 0.02 * 256 / 256,
+            "lpt.stage2.weight_decay": 0.01,
+            "lpt.stage2.momentum": 0.9,
+            "lpt.stage2.warmup_epochs": 1.0,
+            "lpt.stage1.weight_decay": 0.01,
+        }
+    )
+    expected.update(
+        {
+            "tea.backbone": "vision_language",
+            "tea.head_init": "text",
+            "tea.cosine_scale": 25.0,
+            "tea.sampling": "instance_balanced",
+            "tea.la_tau": 1.0,
+            "tea.templates": ("a photo of a {name}.",),
+            "tea.bottleneck": LIFT_BOTTLENECK[name],
+            "lptpp.bottleneck": LIFT_BOTTLENECK[name],
+        }
+    )
     for peft in config.PEFT_METHODS:  # LIFT's recipe
-        expected.update({f"tea.{peft}.epochs": 20 if name == "inat2018" else 10, f"tea.{peft}.batch_size": 128,
-                         f"tea.{peft}.lr": 0.01, f"tea.{peft}.weight_decay": 5e-4, f"tea.{peft}.momentum": 0.9,
-                         f"tea.{peft}.warmup_epochs": 0.0})
+        expected.update(
+            {
+                f"tea.{peft}.epochs": 20 if name == "inat2018" else 10,
+                f"tea.{peft}.batch_size": 128,
+                f"tea.{peft}.lr": 0.01,
+                f"tea.{peft}.weight_decay": 5e-4,
+                f"tea.{peft}.momentum": 0.9,
+                f"tea.{peft}.warmup_epochs": 0.0,
+            }
+        )
     return expected
 
 
@@ -117,12 +194,9 @@ def _leaves(tree, prefix=""):
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
 def test_paper_presets_carry_the_papers_hyperparameters(root, name):
-    """Every paper-scale preset applies and validates without writing params.yaml, holds every training section,
-    and each value it documents (in particular the papers' numbers) lands in the parsed Config."""
-    before = (root / "params.yaml").read_text()
-    plain = apply_preset(name, ["data.root=/data/x", "data.split_dir=/data/splits"], write=False)
-    assert (root / "params.yaml").read_text() == before
-    cfg = parse(**plain)
+    """Every paper-scale preset composes and validates, names every training section, and each value it names
+    (in particular the papers' numbers) lands in the resolved Config."""
+    cfg = config.compose({"preset": name}, DATA_PATHS)
     preset = yaml.safe_load((root / "presets" / f"{name}.yaml").read_text())
     assert set(TRAINING_SECTIONS) <= set(preset)
     resolved = config.to_dict(cfg)
@@ -151,16 +225,19 @@ def test_paper_preset_values_name_their_source(root, name):
             assert any(t in line for t in tags), f"presets/{name}.yaml, {section}: {line.strip()!r} gives no source"
 
 
-def test_presets_must_give_whole_sections(root, tmp_path):
-    """A preset replaces whole sections, so a key it leaves out is an error naming the key (it would otherwise
-    fall back to the miniature's code default)."""
-    (tmp_path / "presets").mkdir()
-    preset = yaml.safe_load((root / "presets" / "places_lt.yaml").read_text())
-    del preset["lpt"]["stage1"]["batch_size"]
-    (tmp_path / "presets" / "partial.yaml").write_text(yaml.safe_dump({**preset, "preset": "partial"}))
-    with pytest.raises(ConfigError, match=r"preset 'partial' .*section 'lpt' lacks lpt\.stage1\.batch_size;"):
-        apply_preset("partial", ["data.root=/x", "data.split_dir=/y"], params=root / "params.yaml", root=tmp_path,
-                     write=False)
-    (tmp_path / "presets" / "bare.yaml").write_text("preset: bare\nlpt:\n  stage1:\n    epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"section 'lpt' lacks lpt\.backbone, .* \(20 in all\)"):
-        apply_preset("bare", [], params=root / "params.yaml", root=tmp_path, write=False)
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_name_only_differences_or_published_values(root, name):
+    """An overlay names a key only when its value differs from the default, or when it is a published value
+    ([paper], [code default]) pinned so that retuning the miniature never changes a paper-scale run."""
+    defaults = config.to_dict(config.Config())
+    lines = (root / "presets" / f"{name}.yaml").read_text().splitlines()
+    preset = yaml.safe_load("\n".join(lines))
+    for key, value in _leaves(preset):
+        default = defaults
+        for part in key.split("."):
+            default = default[part]
+        if value != default and not (isinstance(value, (int, float)) and value == pytest.approx(default)):
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        line = next(li for li in lines if li.strip().startswith(f"{leaf}:"))
+        assert "[paper]" in line or "[code default]" in line, f"presets/{name}.yaml names {key} = its default"

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from lptlib.config import parse
-from lptlib.data import (FASHION_MNIST_COARSE, Normalization, build_data, build_transforms, find_fashion_mnist,
-                         read_idx)
+from lptlib.data import FASHION_MNIST_COARSE, Normalization, build_data, build_transforms, find_fashion_mnist, read_idx
 from lptlib.data import datasets as ds
 
 
@@ -51,6 +50,7 @@ def test_miniature_split_sizes(miniature):
 def test_miniature_pools_are_disjoint(miniature):
     def keys(d):
         return {d.images[i].tobytes() + bytes([int(d.targets[i])]) for i in range(len(d))}
+
     source, train, val = keys(miniature.source), keys(miniature.train), keys(miniature.val)
     # Fashion-MNIST has a few exact duplicate images, so compare with index-level disjointness as well
     assert len(train & val) <= 1 and len(source & train) <= 5
@@ -73,8 +73,10 @@ def test_miniature_index_level_disjointness(tmp_path):
         images[:, 0, 0], images[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
         write_idx(path, images)
     lt = build_data(parse(data={"root": str(folder), "n_max": 50, "imbalance": 10, "val_per_class": 5}).data)
+
     def ids(d):
         return set((d.images[:, 0, 0].astype(int) + 256 * d.images[:, 0, 1].astype(int)).tolist())
+
     assert not ids(lt.source) & ids(lt.train) and not ids(lt.train) & ids(lt.val) and not ids(lt.source) & ids(lt.val)
     assert len(ids(lt.source)) == 3000
 
@@ -103,6 +105,7 @@ def test_fashion_mnist_found_in_a_configured_folder(tmp_path):
 
 def config_counts(n_max, imbalance):
     from lptlib.data import lt_counts
+
     return lt_counts(n_max, imbalance, 10)
 
 
@@ -136,6 +139,7 @@ def test_cifar100_lt_builder(tmp_path, monkeypatch):
 
 def config_lt(n_max, imb):
     from lptlib.data import lt_counts
+
     return lt_counts(n_max, imb, 100)
 
 
@@ -177,9 +181,11 @@ def test_inat_has_no_val_split_and_json_keeps_category_ids(tmp_path):
     (root / "train_val2018" / "Plantae" / "7").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(root / "train_val2018" / "Plantae" / "7" / "a.jpg")
     for fname in ds.INAT_JSON_FILES.values():
-        doc = {"images": [{"id": 1, "file_name": "train_val2018/Plantae/7/a.jpg"}],
-               "annotations": [{"image_id": 1, "category_id": 7}],
-               "categories": [{"id": 7, "name": "Quercus robur"}]}
+        doc = {
+            "images": [{"id": 1, "file_name": "train_val2018/Plantae/7/a.jpg"}],
+            "annotations": [{"image_id": 1, "category_id": 7}],
+            "categories": [{"id": 7, "name": "Quercus robur"}],
+        }
         (splits / fname).write_text(json.dumps(doc))
     lt = build_data(parse(data={"name": "inat2018", "root": str(root), "split_dir": str(splits)}).data)
     assert lt.val is None and lt.num_classes == 8 and lt.classnames[7] == "Quercus robur"
@@ -196,8 +202,9 @@ def test_classnames_file(tmp_path):
 
 def test_transforms_follow_the_backbone():
     norm = Normalization((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), "bicubic")
-    train_tf, test_tf = build_transforms(parse(data={"image_size": 224, "test_resize_ratio": 256 / 224,
-                                                     "crop_scale": [0.08, 1.0]}).data, norm)
+    train_tf, test_tf = build_transforms(
+        parse(data={"image_size": 224, "test_resize_ratio": 256 / 224, "crop_scale": [0.08, 1.0]}).data, norm
+    )
     img = Image.new("RGB", (300, 200), color=(255, 255, 255))
     x = test_tf(img)
     assert x.shape == (3, 224, 224)

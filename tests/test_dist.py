@@ -33,14 +33,14 @@ def test_sharded_sampler_splits_every_global_batch(base, world):
         assert len(s) == len(shards[-1])
     local = batch // world
     for step, start in enumerate(range(0, len(order), batch)):
-        glob = order[start:start + batch]
+        glob = order[start : start + batch]
         if len(glob) < world:
             continue  # dropped in distributed runs
         pieces = []
         for r in range(world):
             offset = step * local
             n = len(np.array_split(np.arange(len(glob)), world)[r])
-            pieces += shards[r][offset:offset + n]
+            pieces += shards[r][offset : offset + n]
         assert pieces == glob  # rank slices of step s, in rank order, are global batch s
 
 
@@ -67,8 +67,14 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert (one.pop("world_size"), two.pop("world_size")) == (1, 2)
-    assert set(one) == {"linear_probe/instance_balanced", "linear_probe/class_balanced",
-                        "vpt_deep/instance_balanced", "vpt_deep/class_balanced", "lpt_stage1", "lpt_stage2"}
+    assert set(one) == {
+        "linear_probe/instance_balanced",
+        "linear_probe/class_balanced",
+        "vpt_deep/instance_balanced",
+        "vpt_deep/class_balanced",
+        "lpt_stage1",
+        "lpt_stage2",
+    }
     for name in one:
         for key in ("overall", "many", "medium", "few", "per_class", "confusion", "best_epoch", "val_overall"):
             assert one[name][key] == two[name][key], (name, key)

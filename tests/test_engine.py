@@ -14,15 +14,19 @@ COUNTS = np.array([12, 6, 3])
 
 def loaders(seed=0):
     rng = np.random.default_rng(0)
+
     def make(counts):
         y = np.repeat(np.arange(3), counts)
         x = (rng.random((len(y), 28, 28)) * 80 + y[:, None, None] * 60).astype(np.uint8)
         return ArrayDataset(x, y)
+
     train_tf, test_tf = build_transforms(parse().data, Normalization((0.5,) * 3, (0.5,) * 3))
     train = make(COUNTS).with_transform(train_tf)
-    return (make_loader(train, 8, ClassAwareSampler(train.targets, 2, seed=seed)),
-            make_loader(make([4, 4, 4]).with_transform(test_tf), 16),
-            make_loader(make([5, 5, 5]).with_transform(test_tf), 16))
+    return (
+        make_loader(train, 8, ClassAwareSampler(train.targets, 2, seed=seed)),
+        make_loader(make([4, 4, 4]).with_transform(test_tf), 16),
+        make_loader(make([5, 5, 5]).with_transform(test_tf), 16),
+    )
 
 
 def model():
@@ -36,8 +40,9 @@ def ce(m, batch, epoch):
     return F.cross_entropy(m(x), y)
 
 
-KW = dict(epochs=3, lr=0.05, weight_decay=1e-4, momentum=0.9, warmup_epochs=1,
-          shot_counts=np.array([150, 50, 5]))  # one class per shot group (no NaN group)
+KW = dict(
+    epochs=3, lr=0.05, weight_decay=1e-4, momentum=0.9, warmup_epochs=1, shot_counts=np.array([150, 50, 5])
+)  # one class per shot group (no NaN group)
 
 
 def test_resume_after_an_interruption_gives_identical_results(tmp_path):
@@ -53,8 +58,15 @@ def test_resume_after_an_interruption_gives_identical_results(tmp_path):
 
     torch.manual_seed(123)
     with pytest.raises(Killed):
-        fit(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="never",
-            on_epoch_end=kill_after_first_epoch, **KW)
+        fit(
+            model(),
+            *loaders(),
+            ce,
+            checkpoint=tmp_path / "b.pt",
+            resume="never",
+            on_epoch_end=kill_after_first_epoch,
+            **KW,
+        )
     torch.manual_seed(999)  # the resumed process starts from another RNG state
     resumed = fit(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="auto", **KW)
     assert resumed.resumed_from_epoch == 0

@@ -21,14 +21,23 @@ def parameters_cells(nb: dict) -> list[dict]:
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:7] == ["00_data.ipynb", "00_pretrain.ipynb", "01_vpt_study.ipynb",
-                                               "02_lpt_stage1.ipynb", "03_lpt_stage2.ipynb", "04_tea.ipynb",
-                                               "04_tea_report.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:7] == [
+        "00_data.ipynb",
+        "00_pretrain.ipynb",
+        "01_vpt_study.ipynb",
+        "02_lpt_stage1.ipynb",
+        "03_lpt_stage2.ipynb",
+        "04_tea.ipynb",
+        "04_tea_report.ipynb",
+    ]
 
 
 def test_outputs_are_stripped():
-    r = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--extra-keys=metadata.language_info",
-                        *map(str, NOTEBOOKS)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "nbstripout", "--verify", "--extra-keys=metadata.language_info", *map(str, NOTEBOOKS)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, f"strip the notebooks (make strip): {r.stdout}{r.stderr}"
 
 
@@ -40,16 +49,19 @@ def test_notebook_metadata_and_parameters(path):
     cells = parameters_cells(nb)
     assert len(cells) == 1, "exactly one cell tagged `parameters`"
     tree = ast.parse("".join(cells[0]["source"]))
-    declared = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])}
+    declared = {
+        t.id
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+    }
     missing = set(PARAMS) - declared
     assert not missing, f"{path.name} does not declare params.yaml sections {missing} (papermill -f injects all)"
     assert {"out_dir", "metrics_path", "fig_dir"} <= declared
 
 
 def test_every_notebook_is_a_stage_run_by_papermill():
-    cmds = {name: " ".join(s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]])
-            for name, s in DVC["stages"].items()}
+    cmds = {name: " ".join(s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]]) for name, s in DVC["stages"].items()}
     for path in NOTEBOOKS:
         rel = f"notebooks/{path.name}"
         stages = [n for n, s in DVC["stages"].items() if rel in s.get("deps", [])]
@@ -66,7 +78,7 @@ def test_stage_outputs_are_where_git_expects_them():
     assert ignored("outputs/nb/x.ipynb") and not ignored("metrics/x.json") and not ignored("figures/x/y.png")
     for name, stage in DVC["stages"].items():
         for m in stage.get("metrics", []):
-            (path, opts), = m.items()
+            ((path, opts),) = m.items()
             assert path.startswith("metrics/") and opts == {"cache": False}, name
         for out in stage.get("outs", []):
             path = out if isinstance(out, str) else next(iter(out))

@@ -32,7 +32,7 @@ def test_bs_against_a_direct_computation_and_equals_la_tau_one():
 def test_focal_against_a_direct_computation():
     z, y = batch(2)
     p = F.softmax(z, 1)[torch.arange(len(y)), y]
-    torch.testing.assert_close(Focal(2.0)(z, y), (-(1 - p) ** 2 * p.log()).mean())
+    torch.testing.assert_close(Focal(2.0)(z, y), (-((1 - p) ** 2) * p.log()).mean())
     torch.testing.assert_close(Focal(0.0)(z, y), F.cross_entropy(z, y))
 
 
@@ -58,7 +58,7 @@ def test_agcl_against_a_direct_computation():
     for i in range(len(y)):
         for j in range(4):
             p = logp[i, j].exp()
-            w = (1 - p) ** 0.0 if j == y[i] else p ** 4.0
+            w = (1 - p) ** 0.0 if j == y[i] else p**4.0
             target = 0.9 * (j == y[i]) + 0.1 / 4
             total = total - target * w * logp[i, j]
     torch.testing.assert_close(got, total / len(y))

@@ -40,6 +40,7 @@ def test_query_is_the_stage1_output(backbone):
         query = model.forward_train(x)["query"]
         b = backbone
         from lptlib.models.blocks import run_blocks
+
         ref = b.final_norm(run_blocks(b.blocks, b.embed(x), stage1.tuner["shared_prompts"](2), "kv"))[:, 0]
     torch.testing.assert_close(query, ref)
 
@@ -52,6 +53,21 @@ def test_group_prompts_are_the_mean_of_the_top_k_picks():
     idx = pool.select(query)
     assert sorted(idx[0].tolist()) == [0, 1]
     torch.testing.assert_close(pool(idx)[0], pool.prompts[[0, 1]].mean(0))
+
+
+def test_group_pool_forward_and_backward_are_deterministic_and_equal_the_gather():
+    """The one-hot matmul gives the gather's values exactly, and the same gradient on every call (the index
+    accumulation of `prompts[idx]` does not on a multi-threaded CPU)."""
+    torch.manual_seed(0)
+    pool = GroupPromptPool(pool_size=20, depth=6, length=10, dim=64, top_k=2)
+    idx = torch.randint(0, 20, (256, 2))
+    torch.testing.assert_close(pool(idx), pool.prompts[idx].mean(1), rtol=0, atol=1e-7)
+    grads = []
+    for _ in range(5):
+        pool.zero_grad()
+        (pool(idx) * torch.linspace(-1, 1, 64)).sum().backward()
+        grads.append(pool.prompts.grad.clone())
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])
 
 
 def test_stage2_trains_pool_keys_and_head_only(backbone):

@@ -1,4 +1,4 @@
-"""LPT++ (our reading, METHODS §8): the prompts + adapters module (LPT with adapters on), expert checkpoints and
+"""LPT++ (our reading, docs/methods.md#lpt-mixture-of-experts): the prompts + adapters module (LPT with adapters on), expert checkpoints and
 caches, and the MoE scorer against a direct computation (their errors: tests/test_reliability.py)."""
 
 import copy
@@ -9,13 +9,24 @@ import torch
 
 from lptlib import config
 from lptlib.config import BackboneConfig
-from lptlib.lptpp import (ExpertCache, MoEScorer, build_cache, build_expert, evaluate_rows,
-                          gate_weights_by_group, load_expert, save_expert, train_scorer)
+from lptlib.lptpp import (
+    ExpertCache,
+    MoEScorer,
+    build_cache,
+    build_expert,
+    evaluate_rows,
+    gate_weights_by_group,
+    load_expert,
+    save_expert,
+    train_scorer,
+)
 from lptlib.models import create_backbone
 from lptlib.models.lpt import LPT
 
-RANDOM = {"visual": {"name": "vit-mini", "weights": "random"},
-          "vision_language": {"name": "clip-mini", "weights": "random"}}
+RANDOM = {
+    "visual": {"name": "vit-mini", "weights": "random"},
+    "vision_language": {"name": "clip-mini", "weights": "random"},
+}
 
 
 @pytest.fixture(scope="module", params=["vit-mini", "clip-mini"])
@@ -77,6 +88,7 @@ def test_cache_is_built_once_and_checked(tmp_path, tiny_lt):
     assert torch.equal(cache.labels["train"], torch.as_tensor(data.train.targets))
     with torch.no_grad():  # the cached logits are the model's predictions (test transform)
         from lptlib.data import build_transforms
+
         _, tf = build_transforms(cfg.data, model.backbone.normalization)
         x = torch.stack([tf(data.test.load(i)) for i in range(3)])
         torch.testing.assert_close(cache.logits["test"][:3], model(x), rtol=1e-4, atol=1e-4)

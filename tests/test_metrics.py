@@ -6,8 +6,9 @@ from lptlib.data import lt_counts
 from lptlib.metrics import confusion_matrix, shot_accuracy, shot_groups
 
 
-@pytest.mark.parametrize("convention,expected", [("decoupling", (35, 35, 30)), ("oltr", (35, 34, 31)),
-                                                 ("lpt", (35, 34, 31))])
+@pytest.mark.parametrize(
+    "convention,expected", [("decoupling", (35, 35, 30)), ("oltr", (35, 34, 31)), ("lpt", (35, 34, 31))]
+)
 def test_cifar100_if100_groups(convention, expected):
     g = shot_groups(lt_counts(500, 100, 100), convention)
     assert tuple(int((g == k).sum()) for k in ("many", "medium", "few")) == expected

@@ -15,8 +15,14 @@ def run(name: str, tmp_path: Path, **params) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
     params = {"out_dir": str(out), "metrics_path": str(out / "metrics.json"), "fig_dir": str(out / "figures"), **params}
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-                        parameters=params, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(tmp_path / f"{name}.ipynb"),
+        parameters=params,
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(ROOT),
+    )
     assert (Path(params["out_dir"]) / "config.yaml").is_file(), "the resolved config is saved next to the outputs"
     return json.loads(Path(params["metrics_path"]).read_text())
 
@@ -34,10 +40,17 @@ def test_00_data(tmp_path):
 
 @pytest.mark.notebook
 def test_00_pretrain(tmp_path):
-    weights = {"visual": {"name": "vit-mini", "weights": str(tmp_path / "vit-mini.safetensors")},
-               "vision_language": {"name": "clip-mini", "weights": str(tmp_path / "clip-mini.safetensors")}}
-    m = run("00_pretrain", tmp_path, data=TINY_DATA, backbones=weights,
-            pretrain={"vit_mini": TINY_RUN, "clip_mini": TINY_RUN})
+    weights = {
+        "visual": {"name": "vit-mini", "weights": str(tmp_path / "vit-mini.safetensors")},
+        "vision_language": {"name": "clip-mini", "weights": str(tmp_path / "clip-mini.safetensors")},
+    }
+    m = run(
+        "00_pretrain",
+        tmp_path,
+        data=TINY_DATA,
+        backbones=weights,
+        pretrain={"vit_mini": TINY_RUN, "clip_mini": TINY_RUN},
+    )
     assert set(m) == {"vit-mini", "clip-mini"}
     assert 0 <= m["vit-mini"]["coarse_val_acc"] <= 1 and 0 <= m["clip-mini"]["zero_shot_test_acc"] <= 1
     assert m["vit-mini"]["train_images"] == 256
@@ -48,12 +61,20 @@ def test_00_pretrain(tmp_path):
 @pytest.mark.notebook
 def test_01_vpt_study(tmp_path):
     tiny = {"epochs": 1, "batch_size": 128}
-    m = run("01_vpt_study", tmp_path, data={"max_test_per_class": 10},
-            backbones={"visual": {"name": "vit-mini", "weights": "random"}},
-            vpt_study={"linear_probe": tiny, "vpt_deep": tiny, "feature_images_per_class": 5},
-            features_metrics_path=str(tmp_path / "out" / "features.json"))
-    assert set(m) == {"linear_probe/instance_balanced", "linear_probe/class_balanced",
-                      "vpt_deep/instance_balanced", "vpt_deep/class_balanced"}
+    m = run(
+        "01_vpt_study",
+        tmp_path,
+        data={"max_test_per_class": 10},
+        backbones={"visual": {"name": "vit-mini", "weights": "random"}},
+        vpt_study={"linear_probe": tiny, "vpt_deep": tiny, "feature_images_per_class": 5},
+        features_metrics_path=str(tmp_path / "out" / "features.json"),
+    )
+    assert set(m) == {
+        "linear_probe/instance_balanced",
+        "linear_probe/class_balanced",
+        "vpt_deep/instance_balanced",
+        "vpt_deep/class_balanced",
+    }
     assert m["linear_probe/class_balanced"]["trainable_params"] == 128 * 10 + 10
     assert m["vpt_deep/class_balanced"]["trainable_params"] == 12 * 10 * 128 + 128 * 10 + 10
     for row in m.values():
@@ -69,8 +90,11 @@ def test_01_vpt_study(tmp_path):
 @pytest.mark.notebook
 def test_02_and_03_lpt_stages(tmp_path):
     tiny = {"epochs": 1, "batch_size": 128}
-    common = dict(data={"max_test_per_class": 10}, backbones={"visual": {"name": "vit-mini", "weights": "random"}},
-                  lpt={"stage1": tiny, "stage2": tiny, "pool_size": 4})
+    common = dict(
+        data={"max_test_per_class": 10},
+        backbones={"visual": {"name": "vit-mini", "weights": "random"}},
+        lpt={"stage1": tiny, "stage2": tiny, "pool_size": 4},
+    )
     stage1 = tmp_path / "stage1.safetensors"
     m1 = run("02_lpt_stage1", tmp_path / "s1", stage1_path=str(stage1), **common)
     assert set(m1) == {"lpt_stage1"} and m1["lpt_stage1"]["trainable_params"] == 12 * 10 * 128 + 10 * 128
@@ -87,19 +111,37 @@ def test_04_tea_members_and_report(tmp_path):
     """Two matrix members (the same PEFT and loss without and with TEA) and the report that collects them."""
     clip = {"vision_language": {"name": "clip-mini", "weights": "random"}}
     tiny = {"epochs": 1, "batch_size": 128}
-    tea = {"lora": tiny, "latency_batches": 2,
-           "matrix": {"peft": ["lora"], "loss": ["agcl"], "tea": ["none", "pea_pg_tec"]}}
+    tea = {
+        "lora": tiny,
+        "latency_batches": 2,
+        "matrix": {"peft": ["lora"], "loss": ["agcl"], "tea": ["none", "pea_pg_tec"]},
+    }
     members = tmp_path / "members"
     for variant in ("none", "pea_pg_tec"):
-        m = run("04_tea", tmp_path / variant, data={"max_test_per_class": 10}, backbones=clip, tea=tea, peft="lora",
-                loss="agcl", variant=variant, metrics_path=str(members / f"lora-agcl-{variant}.json"))
+        m = run(
+            "04_tea",
+            tmp_path / variant,
+            data={"max_test_per_class": 10},
+            backbones=clip,
+            tea=tea,
+            peft="lora",
+            loss="agcl",
+            variant=variant,
+            metrics_path=str(members / f"lora-agcl-{variant}.json"),
+        )
         row = m[f"lora-agcl-{variant}"]
         assert row["trainable_params"] == 12 * 2 * 2 * 4 * 128 + 10 * 128  # LoRA on q and v + the head
         assert 0 <= row["few"] <= 1 and row["tea"] == variant and not any("latency" in k for k in row)
         timing = json.loads((tmp_path / variant / "out" / "latency.json").read_text())  # timings stay out of metrics
         assert timing["latency_ms_per_image"] > 0 and timing["device"] == "cpu"
-    report = run("04_tea_report", tmp_path / "report", data={"max_test_per_class": 10}, backbones=clip, tea=tea,
-                 members_dir=str(members))
+    report = run(
+        "04_tea_report",
+        tmp_path / "report",
+        data={"max_test_per_class": 10},
+        backbones=clip,
+        tea=tea,
+        members_dir=str(members),
+    )
     assert set(report["members"]) == {"lora-agcl-none", "lora-agcl-pea_pg_tec"}
     assert report["best_member"] in report["members"] and 0 <= report["zero_shot"]["overall"] <= 1
     few = report["members"]["lora-agcl-pea_pg_tec"]["few"] - report["members"]["lora-agcl-none"]["few"]
@@ -111,24 +153,49 @@ def test_04_tea_members_and_report(tmp_path):
 @pytest.mark.notebook
 def test_05_lptpp_three_phases(tmp_path):
     """Phase 1 -> phase 2 -> phase 3 (cache + MoE scorer), each a separate papermill run as in the DVC stages."""
-    experts = {"visual": {"name": "vit-mini", "weights": "random"},
-               "vision_language": {"name": "clip-mini", "weights": "random"}}
+    experts = {
+        "visual": {"name": "vit-mini", "weights": "random"},
+        "vision_language": {"name": "clip-mini", "weights": "random"},
+    }
     tiny = {"epochs": 1, "batch_size": 128}
-    dirs = {"phase1_dir": str(tmp_path / "p1"), "phase2_dir": str(tmp_path / "p2"), "cache_dir": str(tmp_path / "cache")}
-    common = dict(data={"max_test_per_class": 10}, backbones=experts, lpt={"pool_size": 4},
-                  lptpp={"phase1": tiny, "phase2": tiny, "scorer": {"epochs": 3}}, **dirs)
+    dirs = {
+        "phase1_dir": str(tmp_path / "p1"),
+        "phase2_dir": str(tmp_path / "p2"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    common = dict(
+        data={"max_test_per_class": 10},
+        backbones=experts,
+        lpt={"pool_size": 4},
+        lptpp={"phase1": tiny, "phase2": tiny, "scorer": {"epochs": 3}},
+        **dirs,
+    )
     for phase in (1, 2):
-        m = run("05_lptpp", tmp_path / f"run{phase}", phase=phase,
-                **{**common, "out_dir": dirs[f"phase{phase}_dir"], "fig_dir": str(tmp_path / f"fig{phase}"),
-                   "metrics_path": str(tmp_path / f"phase{phase}.json")})
+        m = run(
+            "05_lptpp",
+            tmp_path / f"run{phase}",
+            phase=phase,
+            **{
+                **common,
+                "out_dir": dirs[f"phase{phase}_dir"],
+                "fig_dir": str(tmp_path / f"fig{phase}"),
+                "metrics_path": str(tmp_path / f"phase{phase}.json"),
+            },
+        )
         assert set(m) == {f"visual/phase{phase}", f"vision_language/phase{phase}"}
         assert (tmp_path / f"p{phase}" / "visual.safetensors").is_file()
     # phase 1 trains prompts + adapters (bottleneck 4) + head; phase 2 the pool (4 entries) + keys + head
     adapters = 12 * (2 * 128 + (128 * 4 + 4) + (4 * 128 + 128) + 1)
     assert m["visual/phase2"]["module_params"] == 12 * 10 * 128 + adapters + 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
     assert m["visual/phase2"]["trainable_params"] == 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
-    m3 = run("05_lptpp", tmp_path / "run3", phase=3, **{**common, "metrics_path": str(tmp_path / "lptpp.json")},
-             fig_dir=str(tmp_path / "fig3"), out_dir=str(tmp_path / "p3"))
+    m3 = run(
+        "05_lptpp",
+        tmp_path / "run3",
+        phase=3,
+        **{**common, "metrics_path": str(tmp_path / "lptpp.json")},
+        fig_dir=str(tmp_path / "fig3"),
+        out_dir=str(tmp_path / "p3"),
+    )
     assert set(m3["rows"]) == {"expert: visual", "expert: vision_language", "uniform average", "MoE scorer"}
     assert set(m3["gate_weights"]) == {"many", "medium", "few"} and "scorer_train_seconds" not in m3
     assert all(len(r["confusion"]) == 10 for r in m3["rows"].values())

@@ -2,7 +2,7 @@
 
 For each paper-scale on-disk format (CIFAR-100's python pickles, the OLTR split files of Places-LT, ImageNet-LT
 and iNaturalist 2018, iNat's official json) a handful of images is written to a temporary folder in that
-format; the preset is applied with `apply_preset(..., write=False)` and `--set`-style overrides (data paths,
+format; the preset overlay is composed (`config.compose`) with `--set`-style overrides (data paths,
 `weights: random`, tiny schedules), the data is built with `build_data` and the preset's real transforms
 (224 px), and each stage's code path runs once on the preset's architectures (ViT-B/16 and CLIP ViT-B/16,
 random weights, nothing downloaded), calling the library functions the notebooks call:
@@ -44,7 +44,6 @@ from lptlib.metrics import shot_groups
 from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.peft import count_trainable
 from lptlib.plots import plot_lda
-from lptlib.presets import apply_preset
 from lptlib.tea import build_model, check_classnames, inference_latency, member_name, train_member
 from lptlib.vpt_study import cls_features, feature_sample, feature_table, row_name, run_table1
 
@@ -57,7 +56,7 @@ RANDOM_WEIGHTS = ["backbones.visual.weights=random", "backbones.vision_language.
 @pytest.fixture(scope="module")
 def backbones() -> dict[str, Backbone]:
     """The presets' two architectures with random weights, built once (every preset names the same two)."""
-    plain = apply_preset("places_lt", ["data.root=/x", "data.split_dir=/y", *RANDOM_WEIGHTS], write=False)
+    plain = resolved("places_lt", ["data.root=/x", "data.split_dir=/y", *RANDOM_WEIGHTS])
     torch.manual_seed(0)
     cfg = parse(backbones=plain["backbones"]).backbones
     built = {role: create_backbone(getattr(cfg, role)) for role in ("visual", "vision_language")}
@@ -73,18 +72,32 @@ def backbone_for(backbones: dict[str, Backbone], cfg: BackboneConfig) -> Backbon
     return matches[0]
 
 
+def resolved(name: str, sets: list[str]) -> dict:
+    """The resolved configuration (plain data) of params.yaml `preset: name` with the keys `sets`."""
+    from lptlib import config
+
+    return config.to_dict(config.compose({"preset": name}, sets))
+
+
 def paper_params(name: str, root: Path, split_dir: Path | None = None, *sets: str) -> dict:
-    """The sections params.yaml would hold after `make preset PRESET=name SET="..."` (nothing written)."""
+    """The resolved sections of params.yaml `preset: name` with the data paths and `sets` (random weights)."""
     overrides = [f"data.root={root}", "data.num_workers=0", *RANDOM_WEIGHTS]
     if split_dir is not None:
         overrides.append(f"data.split_dir={split_dir}")
-    return apply_preset(name, [*overrides, *sets], write=False)
+    return resolved(name, [*overrides, *sets])
 
 
 def start(stage_name: str, out_dir: Path, plain: dict, *sections: str):
     """`stage.start` as the notebook of `stage_name` calls it with papermill's parameters."""
-    return stage.start(stage_name, str(out_dir), seed=plain["seed"], data=plain["data"],
-                       backbones=plain["backbones"], **{s: plain[s] for s in sections})
+    return stage.start(
+        stage_name,
+        str(out_dir),
+        seed=plain["seed"],
+        preset=plain["preset"],
+        data=plain["data"],
+        backbones=plain["backbones"],
+        **{s: plain[s] for s in sections},
+    )
 
 
 def jpeg(path: Path, rng: np.random.Generator, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> None:
@@ -93,8 +106,13 @@ def jpeg(path: Path, rng: np.random.Generator, mode: str = "RGB", size: tuple[in
     Image.fromarray(pixels).convert(mode).save(path, format="JPEG")  # L: grayscale, CMYK: as some ImageNet files
 
 
-def write_split_files(root: Path, split_dir: Path, splits: dict[str, list[tuple[str, int]]],
-                      rng: np.random.Generator, modes: dict[str, str] | None = None) -> None:
+def write_split_files(
+    root: Path,
+    split_dir: Path,
+    splits: dict[str, list[tuple[str, int]]],
+    rng: np.random.Generator,
+    modes: dict[str, str] | None = None,
+) -> None:
     """OLTR split files (`relative/path.jpg label` per line) under `split_dir`, and their JPEGs under `root`."""
     split_dir.mkdir(parents=True, exist_ok=True)
     for fname, lines in splits.items():
@@ -105,8 +123,11 @@ def write_split_files(root: Path, split_dir: Path, splits: dict[str, list[tuple[
 
 def shrink(lt: LTData, train: list[int] | None = None, test: list[int] | None = None) -> LTData:
     """The same benchmark (classes, names, shot counts) with a few of its training / test images."""
-    return dataclasses.replace(lt, train=lt.train.subset(train) if train is not None else lt.train,
-                               test=lt.test.subset(test) if test is not None else lt.test)
+    return dataclasses.replace(
+        lt,
+        train=lt.train.subset(train) if train is not None else lt.train,
+        test=lt.test.subset(test) if test is not None else lt.test,
+    )
 
 
 def check_result(result, num_classes: int) -> None:
@@ -123,7 +144,8 @@ CIFAR100_CLASSES = (
     "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
     "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
     "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
-    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm").split()
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
+).split()
 
 
 def write_cifar100(root: Path, train_counts: list[int], test_per_class: int, rng: np.random.Generator) -> None:
@@ -132,9 +154,13 @@ def write_cifar100(root: Path, train_counts: list[int], test_per_class: int, rng
     folder.mkdir(parents=True)
     for split, counts in (("train", train_counts), ("test", [test_per_class] * 100)):
         labels = rng.permutation(np.repeat(np.arange(100), counts))
-        entry = {"filenames": [f"img_{i}.png" for i in range(len(labels))], "batch_label": f"{split} batch",
-                 "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(),
-                 "data": rng.integers(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)}
+        entry = {
+            "filenames": [f"img_{i}.png" for i in range(len(labels))],
+            "batch_label": f"{split} batch",
+            "fine_labels": labels.tolist(),
+            "coarse_labels": (labels // 5).tolist(),
+            "data": rng.integers(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8),
+        }
         with open(folder / split, "wb") as f:
             pickle.dump(entry, f)
     with open(folder / "meta", "wb") as f:
@@ -152,8 +178,9 @@ def test_cifar100_lt_tea_member(backbones, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     profile = lt_counts(500, 100, 100)
     write_cifar100(tmp_path / "cifar", profile, test_per_class=1, rng=rng)
-    plain = paper_params("cifar100_lt", tmp_path / "cifar", None,
-                         "tea.lora.epochs=1", "tea.lora.batch_size=2", "tea.latency_batches=1")
+    plain = paper_params(
+        "cifar100_lt", tmp_path / "cifar", None, "tea.lora.epochs=1", "tea.lora.batch_size=2", "tea.latency_batches=1"
+    )
     peft, loss, variant = "lora", "ce", "pea_pg_tec"  # CE: the shrunk train set lacks most classes (LA needs all)
     out = tmp_path / "out" / "tea"
     cfg = start("tea", out, plain, "tea")
@@ -188,14 +215,29 @@ def test_places_lt_lpt_stages(backbones, tmp_path):
     rng = np.random.default_rng(1)
     root, splits = tmp_path / "places365_standard", tmp_path / "Places_LT"
     classes = ["airfield", "apartment_building-outdoor"]
-    write_split_files(root, splits, {
-        "Places_LT_train.txt": [("train/airfield/00000001.jpg", 0), ("/train/airfield/00000002.jpg", 0),
-                                ("train/apartment_building-outdoor/00000001.jpg", 1)],
-        "Places_LT_val.txt": [(f"train/{c}/00000100.jpg", y) for y, c in enumerate(classes)],
-        "Places_LT_test.txt": [(f"val/{c}/Places365_val_0000000{y + 1}.jpg", y) for y, c in enumerate(classes)],
-    }, rng)
-    plain = paper_params("places_lt", root, splits, "lpt.stage1.epochs=1", "lpt.stage1.batch_size=3",
-                         "lpt.stage2.epochs=1", "lpt.stage2.batch_size=3")
+    write_split_files(
+        root,
+        splits,
+        {
+            "Places_LT_train.txt": [
+                ("train/airfield/00000001.jpg", 0),
+                ("/train/airfield/00000002.jpg", 0),
+                ("train/apartment_building-outdoor/00000001.jpg", 1),
+            ],
+            "Places_LT_val.txt": [(f"train/{c}/00000100.jpg", y) for y, c in enumerate(classes)],
+            "Places_LT_test.txt": [(f"val/{c}/Places365_val_0000000{y + 1}.jpg", y) for y, c in enumerate(classes)],
+        },
+        rng,
+    )
+    plain = paper_params(
+        "places_lt",
+        root,
+        splits,
+        "lpt.stage1.epochs=1",
+        "lpt.stage1.batch_size=3",
+        "lpt.stage2.epochs=1",
+        "lpt.stage2.batch_size=3",
+    )
     out1, out2 = tmp_path / "out" / "stage1", tmp_path / "out" / "stage2"
     cfg = start("lpt_stage1", out1, plain, "lpt")
     lt = build_data(cfg.data)
@@ -229,16 +271,31 @@ def test_imagenet_lt_lptpp_phases(backbones, tmp_path, monkeypatch):
     root, splits = tmp_path / "imagenet", tmp_path / "ImageNet_LT"
     wnids = ["n01440764", "n01443537"]
     test_files = [f"val/{w}/ILSVRC2012_val_0000000{y + 1}.JPEG" for y, w in enumerate(wnids)]
-    write_split_files(root, splits, {
-        "ImageNet_LT_train.txt": [(f"train/{w}/{w}_10026.JPEG", y) for y, w in enumerate(wnids)],
-        "ImageNet_LT_val.txt": [(f"train/{w}/{w}_20000.JPEG", y) for y, w in enumerate(wnids)],
-        "ImageNet_LT_test.txt": list(zip(test_files, range(2))),
-    }, rng, modes={test_files[0]: "L", test_files[1]: "CMYK"})
+    write_split_files(
+        root,
+        splits,
+        {
+            "ImageNet_LT_train.txt": [(f"train/{w}/{w}_10026.JPEG", y) for y, w in enumerate(wnids)],
+            "ImageNet_LT_val.txt": [(f"train/{w}/{w}_20000.JPEG", y) for y, w in enumerate(wnids)],
+            "ImageNet_LT_test.txt": list(zip(test_files, range(2))),
+        },
+        rng,
+        modes={test_files[0]: "L", test_files[1]: "CMYK"},
+    )
     names = tmp_path / "imagenet_lt_classnames.txt"
     names.write_text("tench\ngoldfish\n")
-    plain = paper_params("imagenet_lt", root, splits, f"data.classnames_file={names}", "data.num_workers=2",
-                         "lptpp.phase1.epochs=1", "lptpp.phase1.batch_size=2", "lptpp.phase2.epochs=1",
-                         "lptpp.phase2.batch_size=2", "lptpp.scorer.epochs=2")
+    plain = paper_params(
+        "imagenet_lt",
+        root,
+        splits,
+        f"data.classnames_file={names}",
+        "data.num_workers=2",
+        "lptpp.phase1.epochs=1",
+        "lptpp.phase1.batch_size=2",
+        "lptpp.phase2.epochs=1",
+        "lptpp.phase2.batch_size=2",
+        "lptpp.scorer.epochs=2",
+    )
     # lptpp builds each expert's backbone with create_backbone: hand it the module's (same name, random weights)
     monkeypatch.setattr(lpp, "create_backbone", lambda cfg: backbone_for(backbones, cfg))
     # without data.classnames_file the names are the folders' WordNet ids: the text-initialised head refuses them
@@ -289,14 +346,26 @@ def test_inat2018_vpt_study(backbones, tmp_path):
     def path(c: int, i: int) -> str:
         return f"train_val2018/Plantae/{c}/{c:04d}{i:028x}.jpg"
 
-    write_split_files(root, splits, {
-        "iNaturalist18_train.txt": [(path(c, 0), c) for c in INAT_IDS],
-        "iNaturalist18_val.txt": [(path(c, i), c) for c in INAT_IDS for i in (1, 2)],
-    }, rng)
-    plain = paper_params("inat2018", root, splits, "vpt_study.samplings=[class_balanced]",
-                         "vpt_study.linear_probe.epochs=1", "vpt_study.linear_probe.batch_size=3",
-                         "vpt_study.vpt_deep.epochs=1", "vpt_study.vpt_deep.batch_size=3",
-                         "vpt_study.feature_images_per_class=2")
+    write_split_files(
+        root,
+        splits,
+        {
+            "iNaturalist18_train.txt": [(path(c, 0), c) for c in INAT_IDS],
+            "iNaturalist18_val.txt": [(path(c, i), c) for c in INAT_IDS for i in (1, 2)],
+        },
+        rng,
+    )
+    plain = paper_params(
+        "inat2018",
+        root,
+        splits,
+        "vpt_study.samplings=[class_balanced]",
+        "vpt_study.linear_probe.epochs=1",
+        "vpt_study.linear_probe.batch_size=3",
+        "vpt_study.vpt_deep.epochs=1",
+        "vpt_study.vpt_deep.batch_size=3",
+        "vpt_study.feature_images_per_class=2",
+    )
     out = tmp_path / "out" / "vpt_study"
     cfg = start("vpt_study", out, plain, "vpt_study")
     study = cfg.vpt_study
@@ -315,13 +384,19 @@ def test_inat2018_vpt_study(backbones, tmp_path):
     assert rows["vpt_deep/class_balanced"].metrics()["trainable_params"] == 12 * 10 * 768 + 8142 * 768 + 8142
 
     # Table 2 and the LDA figure, as notebooks/01_vpt_study.ipynb computes them
-    extractors = {"frozen": backbone,
-                  **{f"VPT-deep ({s})": rows[row_name("vpt_deep", s)].model for s in study.samplings}}
+    extractors = {
+        "frozen": backbone,
+        **{f"VPT-deep ({s})": rows[row_name("vpt_deep", s)].model for s in study.samplings},
+    }
     _, test_tf = build_transforms(cfg.data, backbone.normalization)
     sets = {"target_train": lt.train, "target_test": feature_sample(lt.test, study.feature_images_per_class, cfg.seed)}
-    features = {name: {s: cls_features(model, ds.with_transform(test_tf), study.vpt_deep.eval_batch_size,
-                                       cfg.data.num_workers) for s, ds in sets.items()}
-                for name, model in extractors.items()}
+    features = {
+        name: {
+            s: cls_features(model, ds.with_transform(test_tf), study.vpt_deep.eval_batch_size, cfg.data.num_workers)
+            for s, ds in sets.items()
+        }
+        for name, model in extractors.items()
+    }
     assert features["frozen"]["target_test"][0].shape == (6, 768)
     table2 = feature_table(features, study.knn_k)
     for name in extractors:
@@ -336,11 +411,15 @@ def test_inat2018_vpt_study(backbones, tmp_path):
     # the official json annotations (original category ids, names from the categories)
     json_dir = tmp_path / "iNat2018_json"
     json_dir.mkdir()
-    for fname, lines in (("train2018.json", [(path(c, 0), c) for c in INAT_IDS]),
-                         ("val2018.json", [(path(c, i), c) for c in INAT_IDS for i in (1, 2)])):
-        doc = {"images": [{"id": i, "file_name": p} for i, (p, _) in enumerate(lines)],
-               "annotations": [{"id": i, "image_id": i, "category_id": c} for i, (_, c) in enumerate(lines)],
-               "categories": [{"id": c, "name": f"species {c}"} for c in INAT_IDS]}
+    for fname, lines in (
+        ("train2018.json", [(path(c, 0), c) for c in INAT_IDS]),
+        ("val2018.json", [(path(c, i), c) for c in INAT_IDS for i in (1, 2)]),
+    ):
+        doc = {
+            "images": [{"id": i, "file_name": p} for i, (p, _) in enumerate(lines)],
+            "annotations": [{"id": i, "image_id": i, "category_id": c} for i, (_, c) in enumerate(lines)],
+            "categories": [{"id": c, "name": f"species {c}"} for c in INAT_IDS],
+        }
         (json_dir / fname).write_text(json.dumps(doc))
     plain = paper_params("inat2018", root, json_dir)
     lt_json = build_data(parse(data=plain["data"]).data)

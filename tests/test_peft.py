@@ -88,8 +88,10 @@ def test_adaptformer_equals_the_mlp_branch_plus_adapter(backbone):
 
 def test_prompts_adapters_and_lora_compose_in_both_forms(backbone):
     torch.manual_seed(3)
-    models = {form: PEFTClassifier(backbone, 5, prompt_length=4, prompt_form=form, adapter=True, lora_rank=2)
-              for form in ("kv", "concat")}
+    models = {
+        form: PEFTClassifier(backbone, 5, prompt_length=4, prompt_form=form, adapter=True, lora_rank=2)
+        for form in ("kv", "concat")
+    }
     models["concat"].tuner.load_state_dict(models["kv"].tuner.state_dict())
     for m in models.values():
         _randomise(m)
@@ -102,8 +104,9 @@ def test_prompts_adapters_and_lora_compose_in_both_forms(backbone):
 
 @pytest.mark.parametrize("kind", ["adaptformer", "lora"])
 def test_only_the_tuner_trains(backbone, kind):
-    model = PEFTClassifier(backbone, 5, adapter=kind == "adaptformer", lora_rank=4 if kind == "lora" else 0,
-                           head="cosine")
+    model = PEFTClassifier(
+        backbone, 5, adapter=kind == "adaptformer", lora_rank=4 if kind == "lora" else 0, head="cosine"
+    )
     model.train()
     assert not backbone.training
     model(torch.randn(2, 3, 28, 28)).logsumexp(1).sum().backward()

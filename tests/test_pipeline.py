@@ -26,8 +26,9 @@ def sh(*args, cwd):
 def clone(tmp_path_factory):
     """Tracked and untracked-but-not-ignored files copied into a new git repository (a fresh clone)."""
     dst = tmp_path_factory.mktemp("clone")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
@@ -83,5 +84,8 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     report = json.loads((clone / "metrics" / "report.json").read_text())
     assert {"lpt_stage2", "tea/lora-la-pea_pg_tec", "lptpp/MoE scorer"} <= set(report["rows"])
     assert {p.name for p in (clone / "figures" / "report").iterdir()} == {
-        "shot_accuracy.png", "per_class_vs_count.png", "confusion.png"}
+        "shot_accuracy.png",
+        "per_class_vs_count.png",
+        "confusion.png",
+    }
     assert "report" in dag and "metrics/report.json" in sh("dvc", "metrics", "show", cwd=clone)

@@ -35,8 +35,12 @@ def test_unicl_treats_same_class_pairs_as_positives():
 
 
 def test_zero_shot_weights_average_normalised_prompts():
-    table = {"a x.": torch.tensor([1.0, 0.0]), "b x.": torch.tensor([0.0, 2.0]), "a y.": torch.tensor([0.0, -1.0]),
-             "b y.": torch.tensor([0.0, -3.0])}
+    table = {
+        "a x.": torch.tensor([1.0, 0.0]),
+        "b x.": torch.tensor([0.0, 2.0]),
+        "a y.": torch.tensor([0.0, -1.0]),
+        "b y.": torch.tensor([0.0, -3.0]),
+    }
     w = zero_shot_weights(lambda texts: torch.stack([table[t] for t in texts]), ["x", "y"], ("a {name}.", "b {name}."))
     torch.testing.assert_close(w[0], torch.tensor([1.0, 1.0]) / math.sqrt(2))
     torch.testing.assert_close(w[1], torch.tensor([0.0, -1.0]))

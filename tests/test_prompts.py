@@ -3,8 +3,8 @@ import torch
 
 from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
-from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.models.blocks import run_blocks
+from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.models.prompts import DeepPrompts
 
 
@@ -62,8 +62,9 @@ def test_vpt_model_trains_only_the_tuner_and_backbone_stays_eval(backbone):
     assert model.tuner["prompts"].prompts.grad is not None and model.tuner["head"].weight.grad is not None
     assert all(p.grad is None for p in backbone.parameters())
     assert count_trainable(model) == 12 * 10 * 128 + 5 * 128
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n, _ in model.named_parameters()
-                                                                           if n.startswith("tuner.")}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith("tuner.")
+    }
 
 
 def test_vpt_initialisation_bound():

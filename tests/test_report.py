@@ -47,8 +47,14 @@ def test_rows_come_from_every_stage(metrics_copy):
     stages = {r.stage for r in rep.rows}
     assert stages == {"vpt_study", "lpt_stage1", "lpt_stage2", "tea_report", "tea", "lptpp_phase3"}
     names = [r.name for r in rep.rows]
-    assert names[:6] == ["linear_probe/instance_balanced", "linear_probe/class_balanced",
-                         "vpt_deep/instance_balanced", "vpt_deep/class_balanced", "lpt_stage1", "lpt_stage2"]
+    assert names[:6] == [
+        "linear_probe/instance_balanced",
+        "linear_probe/class_balanced",
+        "vpt_deep/instance_balanced",
+        "vpt_deep/class_balanced",
+        "lpt_stage1",
+        "lpt_stage2",
+    ]
     assert "lptpp/MoE scorer" in names and "zero_shot_clip" in names
     stage1 = json.loads((metrics_copy / "lpt_stage1.json").read_text())["lpt_stage1"]
     assert rep.row("lpt_stage1").overall == stage1["overall"]
@@ -62,10 +68,12 @@ def test_missing_metrics_name_the_stage_to_run(metrics_copy):
 
 
 def test_tea_members_are_selected_on_val_not_test():
-    members = {"a-la-none": {"peft": "a", "tea": "none", "val_overall": 0.9, "overall": 0.9},
-               "a-la-pea": {"peft": "a", "tea": "pea", "val_overall": 0.5, "overall": 0.99},
-               "a-ce-pea": {"peft": "a", "tea": "pea", "val_overall": 0.7, "overall": 0.1},
-               "a-ce-pea_pg": {"peft": "a", "tea": "pea_pg", "val_overall": 0.7, "overall": 0.2}}
+    members = {
+        "a-la-none": {"peft": "a", "tea": "none", "val_overall": 0.9, "overall": 0.9},
+        "a-la-pea": {"peft": "a", "tea": "pea", "val_overall": 0.5, "overall": 0.99},
+        "a-ce-pea": {"peft": "a", "tea": "pea", "val_overall": 0.7, "overall": 0.1},
+        "a-ce-pea_pg": {"peft": "a", "tea": "pea_pg", "val_overall": 0.7, "overall": 0.2},
+    }
     assert best_by_val(members, "a") == "a-ce-pea"  # best val among TEA variants; a tie keeps matrix order
     assert best_by_val(members, "b") is None
 
@@ -83,10 +91,19 @@ def test_frequency_ordered_confusion():
 @pytest.mark.notebook
 def test_06_report_notebook(tmp_path):
     out = tmp_path / "out"
-    pm.execute_notebook(str(ROOT / "notebooks" / "06_report.ipynb"), str(tmp_path / "06.ipynb"),
-                        parameters={"metrics_dir": str(ROOT / "metrics"), "out_dir": str(out),
-                                    "metrics_path": str(out / "report.json"), "fig_dir": str(out / "figures")},
-                        kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "06_report.ipynb"),
+        str(tmp_path / "06.ipynb"),
+        parameters={
+            "metrics_dir": str(ROOT / "metrics"),
+            "out_dir": str(out),
+            "metrics_path": str(out / "report.json"),
+            "fig_dir": str(out / "figures"),
+        },
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(ROOT),
+    )
     m = json.loads((out / "report.json").read_text())
     assert m["best"] in m["rows"] and len(m["rows"]) == len(collect(ROOT / "metrics").rows)
     figs = {p.name for p in (out / "figures").iterdir()}

@@ -1,4 +1,4 @@
-"""TEA (our reading, METHODS §7): PEA, the probability gate and TEC against reference computations; training-only
+"""TEA (our reading, docs/methods.md#tea): PEA, the probability gate and TEC against reference computations; training-only
 (the trained model predicts through the plain PEFT modules). Bad member names, gate values and class names: the
 table of tests/test_reliability.py."""
 
@@ -12,8 +12,15 @@ from lptlib.losses import AGCL
 from lptlib.models import create_backbone
 from lptlib.models.peft import count_trainable
 from lptlib.models.tea import TEA, gate_probabilities, patch_semantics, variant_parts
-from lptlib.tea import (build_model, build_objective, build_tea, check_classnames, check_member, member_name,
-                        tea_objective)
+from lptlib.tea import (
+    build_model,
+    build_objective,
+    build_tea,
+    check_classnames,
+    check_member,
+    member_name,
+    tea_objective,
+)
 
 
 def test_variants_switch_components():
@@ -115,7 +122,9 @@ def test_tea_trained_model_predicts_through_the_plain_modules(clip, peft, tiny_l
     for variant, model in models.items():
         names = {m: n for n, m in model.named_modules()}
         seen = []
-        handles = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.append(names[m])) for m in names]
+        handles = [
+            m.register_forward_hook(lambda m, a, o, seen=seen, names=names: seen.append(names[m])) for m in names
+        ]
         model.eval()
         with torch.no_grad():
             out = model(x)

@@ -2,13 +2,14 @@
 
 Every builder returns an `LTData`: train / val / test image datasets with integer `targets`,
 the class names, and the counts that define the many / medium / few groups.
-Spec: METHODS.md §1.
+Spec: docs/methods.md#the-offline-miniature, docs/paper-scale.md#datasets.
 """
 
 from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -35,6 +36,10 @@ class ImageDataset:
 
     targets: np.ndarray
     transform: Transform | None = None
+
+    def content_digest(self) -> str:
+        """A digest of which images these are (pixels or file paths), not of the transform."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -68,6 +73,9 @@ class ArrayDataset(ImageDataset):
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i]).convert("RGB")
 
+    def content_digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()[:16]
+
     def subset(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
         return ArrayDataset(self.images[indices], self.targets[indices], self.transform)
@@ -76,8 +84,9 @@ class ArrayDataset(ImageDataset):
 class FileListDataset(ImageDataset):
     """Images on disk listed as (path relative to `root`, label): the OLTR split-file datasets."""
 
-    def __init__(self, root: str | os.PathLike, paths: Sequence[str], targets: Sequence[int],
-                 transform: Transform | None = None):
+    def __init__(
+        self, root: str | os.PathLike, paths: Sequence[str], targets: Sequence[int], transform: Transform | None = None
+    ):
         self.root = Path(root)
         self.paths = list(paths)
         self.targets = np.asarray(targets, dtype=np.int64)
@@ -89,8 +98,13 @@ class FileListDataset(ImageDataset):
             with Image.open(path) as img:
                 return img.convert("RGB")
         except FileNotFoundError:
-            raise DataError(f"image {path} listed in the split file does not exist; is data.root the folder "
-                            "the split-file paths are relative to?") from None
+            raise DataError(
+                f"image {path} listed in the split file does not exist; is data.root the folder "
+                "the split-file paths are relative to?"
+            ) from None
+
+    def content_digest(self) -> str:
+        return hashlib.sha256(f"{self.root.resolve()}\n{chr(10).join(self.paths)}".encode()).hexdigest()[:16]
 
     def subset(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
@@ -122,24 +136,54 @@ class LTData:
         """Training counts that define many/medium/few (IF 100's counts for CIFAR-100-LT IF 50/10)."""
         return self.train_counts if self.group_counts is None else self.group_counts
 
+    def signature(self) -> dict[str, str]:
+        """What a checkpoint or cache must have been made from: per split, the number of images, a digest of the
+        labels and a digest of the images (pixels, or file paths); the dataset and class names."""
+        sig = {
+            "dataset": self.name,
+            "classnames": hashlib.sha256(json.dumps(self.classnames).encode()).hexdigest()[:16],
+        }
+        for split in ("train", "val", "test", "source"):
+            ds = getattr(self, split)
+            if ds is not None:
+                labels = np.asarray(ds.targets, dtype=np.int64)
+                sig[split] = f"{len(labels)}:{hashlib.sha256(labels.tobytes()).hexdigest()[:16]}:{ds.content_digest()}"
+        return sig
+
     def with_transforms(self, train: Transform | None, test: Transform | None) -> "LTData":
         """A copy whose train split uses `train` and whose val/test/source splits use `test`."""
-        return LTData(self.name, self.classnames, self.train.with_transform(train),
-                      self.val.with_transform(test) if self.val is not None else None,
-                      self.test.with_transform(test),
-                      self.source.with_transform(test) if self.source is not None else None,
-                      self.group_counts)
+        return LTData(
+            self.name,
+            self.classnames,
+            self.train.with_transform(train),
+            self.val.with_transform(test) if self.val is not None else None,
+            self.test.with_transform(test),
+            self.source.with_transform(test) if self.source is not None else None,
+            self.group_counts,
+        )
 
 
 # ------------------------------------------------------------------------ Fashion-MNIST (miniature)
-FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
-                         "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-#: the 4 coarse labels `vit-mini` is pretrained on (METHODS §1.2): tops, trousers+dress, footwear, bag
+FASHION_MNIST_CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+#: the 4 coarse labels `vit-mini` is pretrained on (docs/methods.md#the-offline-miniature): tops, trousers+dress, footwear, bag
 FASHION_MNIST_COARSE = np.array([0, 1, 0, 1, 0, 2, 0, 2, 3, 2])
 FASHION_MNIST_COARSE_NAMES = ["top", "trouser or dress", "footwear", "bag"]
 FASHION_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
 }
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -187,7 +231,8 @@ def find_fashion_mnist(root: str | None = None, download: bool = False) -> dict[
         "Fashion-MNIST not found. Looked for the four idx files "
         f"({', '.join(s + '[.gz]' for s in FASHION_MNIST_FILES.values())}) in:\n{looked}\n"
         "Fix: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the files in a folder "
-        "and set data.root to it, or set data.download: true where a network exists.")
+        "and set data.root to it, or set data.download: true where a network exists."
+    )
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -202,7 +247,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] not in (1, 3):
         raise DataError(f"{path}: not an unsigned-byte idx1/idx3 file (bad magic number)")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(raw) - offset != int(np.prod(shape)):
         raise DataError(f"{path}: header says shape {shape} but the file holds {len(raw) - offset} bytes")
@@ -231,7 +276,7 @@ def cap_per_class(targets: np.ndarray, k: int | None) -> np.ndarray:
 
 
 def build_fashion_mnist_lt(cfg: DataConfig) -> LTData:
-    """The offline miniature (METHODS §1.2): source/target pools, LT train, balanced val, official test."""
+    """The offline miniature (docs/methods.md#the-offline-miniature): source/target pools, LT train, balanced val, official test."""
     files = find_fashion_mnist(cfg.root, cfg.download)
     x_train, y_train = read_idx(files["train_images"]), read_idx(files["train_labels"]).astype(np.int64)
     x_test, y_test = read_idx(files["test_images"]), read_idx(files["test_labels"]).astype(np.int64)
@@ -246,14 +291,17 @@ def build_fashion_mnist_lt(cfg: DataConfig) -> LTData:
     for c, n in enumerate(counts):
         pool = rng.permutation(target_idx[y_train[target_idx] == c])
         if n + cfg.val_per_class > len(pool):
-            raise DataError(f"class {c}: n_max/val_per_class ask for {n + cfg.val_per_class} images but the "
-                            f"target pool has {len(pool)}; lower data.n_max or data.val_per_class")
+            raise DataError(
+                f"class {c}: n_max/val_per_class ask for {n + cfg.val_per_class} images but the "
+                f"target pool has {len(pool)}; lower data.n_max or data.val_per_class"
+            )
         train_idx.append(pool[:n])
-        val_idx.append(pool[n:n + cfg.val_per_class])
+        val_idx.append(pool[n : n + cfg.val_per_class])
     full = ArrayDataset(x_train, y_train)
     test = ArrayDataset(x_test, y_test)
     return LTData(
-        name=cfg.name, classnames=list(FASHION_MNIST_CLASSES),
+        name=cfg.name,
+        classnames=list(FASHION_MNIST_CLASSES),
         train=full.subset(np.concatenate(train_idx)),
         val=full.subset(np.concatenate(val_idx)) if cfg.val_per_class else None,
         test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)),
@@ -289,17 +337,21 @@ def build_cifar100_lt(cfg: DataConfig) -> LTData:
         train = CIFAR100(root, train=True, download=cfg.download)
         test = CIFAR100(root, train=False, download=cfg.download)
     except RuntimeError as e:
-        raise DataError(f"CIFAR-100 not found or corrupted under {root} ({e}). Fix: point data.root at the folder "
-                        "that contains cifar-100-python/ (train, test, meta), or set data.download: true "
-                        "where a network exists.") from None
+        raise DataError(
+            f"CIFAR-100 not found or corrupted under {root} ({e}). Fix: point data.root at the folder "
+            "that contains cifar-100-python/ (train, test, meta), or set data.download: true "
+            "where a network exists."
+        ) from None
     y_train = np.asarray(train.targets, dtype=np.int64)
     counts = lt_counts(cfg.n_max, cfg.imbalance, 100)
     idx = lt_subsample(y_train, counts, cfg.split_seed)
     y_test = np.asarray(test.targets, dtype=np.int64)
     test_set = ArrayDataset(test.data, y_test)
     return LTData(
-        name=cfg.name, classnames=[c.replace("_", " ") for c in train.classes],
-        train=ArrayDataset(train.data[idx], y_train[idx]), val=None,
+        name=cfg.name,
+        classnames=[c.replace("_", " ") for c in train.classes],
+        train=ArrayDataset(train.data[idx], y_train[idx]),
+        val=None,
         test=test_set.subset(cap_per_class(y_test, cfg.max_test_per_class)),
         group_counts=np.asarray(lt_counts(cfg.n_max, 100.0, 100)),
     )
@@ -308,8 +360,7 @@ def build_cifar100_lt(cfg: DataConfig) -> LTData:
 # ------------------------------------------------------------------------- OLTR split files
 OLTR_SPLIT_FILES = {
     "places_lt": {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"},
-    "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt",
-                    "test": "ImageNet_LT_test.txt"},
+    "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"},
     # iNaturalist 2018: the official val split is the test set; there is no val split
     "inat2018": {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
 }
@@ -328,8 +379,9 @@ def read_split_file(path: str | os.PathLike) -> tuple[list[str], list[int]]:
                 continue
             parts = line.split()
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-                raise DataError(f"{path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
-                                f"got {line.rstrip()!r}")
+                raise DataError(
+                    f"{path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, got {line.rstrip()!r}"
+                )
             paths.append(parts[0].lstrip("/"))
             labels.append(int(parts[1]))
     if not paths:
@@ -357,8 +409,10 @@ def read_classnames(path: str | os.PathLike, num_classes: int) -> list[str]:
         raise DataError(f"data.classnames_file {path} does not exist")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(names) != num_classes:
-        raise DataError(f"data.classnames_file {path} has {len(names)} names; the dataset has {num_classes} "
-                        "classes (one name per line, in label order)")
+        raise DataError(
+            f"data.classnames_file {path} has {len(names)} names; the dataset has {num_classes} "
+            "classes (one name per line, in label order)"
+        )
     return names
 
 
@@ -377,8 +431,11 @@ def build_oltr(cfg: DataConfig) -> LTData:
     """Places-LT / ImageNet-LT / iNaturalist 2018 from OLTR split files (or iNat's official json)."""
     split_dir, root = resolve(cfg.split_dir), resolve(cfg.root)
     json_names: dict[int, str] = {}
-    if cfg.name == "inat2018" and not (split_dir / OLTR_SPLIT_FILES["inat2018"]["train"]).is_file() \
-            and (split_dir / INAT_JSON_FILES["train"]).is_file():
+    if (
+        cfg.name == "inat2018"
+        and not (split_dir / OLTR_SPLIT_FILES["inat2018"]["train"]).is_file()
+        and (split_dir / INAT_JSON_FILES["train"]).is_file()
+    ):
         splits = {}
         for split, fname in INAT_JSON_FILES.items():
             files, labels, json_names = read_inat_json(split_dir / fname)
@@ -389,8 +446,10 @@ def build_oltr(cfg: DataConfig) -> LTData:
     train_paths, train_labels = splits["train"]
     first = root / train_paths[0]
     if not first.is_file():
-        raise DataError(f"{first} does not exist: data.root ({root}) must be the folder the split-file paths "
-                        f"are relative to (the first train line is {train_paths[0]!r})")
+        raise DataError(
+            f"{first} does not exist: data.root ({root}) must be the folder the split-file paths "
+            f"are relative to (the first train line is {train_paths[0]!r})"
+        )
     if cfg.classnames_file:
         classnames = read_classnames(cfg.classnames_file, num_classes)
     elif json_names:
@@ -399,8 +458,13 @@ def build_oltr(cfg: DataConfig) -> LTData:
         classnames = _names_from_paths(train_paths, train_labels, num_classes)
     datasets = {s: FileListDataset(root, p, y) for s, (p, y) in splits.items()}
     test = datasets["test"]
-    return LTData(name=cfg.name, classnames=classnames, train=datasets["train"], val=datasets.get("val"),
-                  test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)))
+    return LTData(
+        name=cfg.name,
+        classnames=classnames,
+        train=datasets["train"],
+        val=datasets.get("val"),
+        test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)),
+    )
 
 
 # ----------------------------------------------------------------------------------- dispatch

@@ -42,8 +42,13 @@ class ClassAwareSampler(Sampler[int]):
     rather than the reference code's max_count x C.
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray, num_samples_cls: int = 4,
-                 num_samples: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        num_samples_cls: int = 4,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ):
         labels = np.asarray(labels)
         if num_samples_cls < 1:
             raise ValueError(f"num_samples_cls must be >= 1, got {num_samples_cls}")
@@ -70,7 +75,7 @@ class ClassAwareSampler(Sampler[int]):
                     orders[c], cursors[c] = rng.permutation(self.class_indices[c]), 0
                 out.append(int(orders[c][cursors[c]]))
                 cursors[c] += 1
-        return iter(out[:self.num_samples])
+        return iter(out[: self.num_samples])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -85,8 +90,13 @@ def make_sampler(mode: str, labels: np.ndarray, seed: int = 0, num_samples_cls: 
     raise ValueError(f"unknown sampling mode {mode!r}; use one of {', '.join(SAMPLING_MODES)}")
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None = None,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
     """A DataLoader with a given sampler (None: sequential order, for evaluation).
 
     In a distributed run a training sampler is sharded per global batch (`lptlib.dist.ShardedSampler`) and the
@@ -95,9 +105,15 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None 
     if sampler is not None and world_size() > 1:
         sampler = ShardedSampler(sampler, batch_size, rank(), world_size())
         batch_size = sampler.local_batch_size()
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
 
 
 def eval_loaders(data, batch_size: int, num_workers: int = 0) -> tuple[DataLoader | None, DataLoader]:
@@ -132,8 +148,7 @@ class InfiniteLoader:
                 self.epoch += 1
 
 
-def dual_sampling(class_balanced: InfiniteLoader, instance_balanced: InfiniteLoader,
-                  steps: int) -> Iterator[tuple]:
+def dual_sampling(class_balanced: InfiniteLoader, instance_balanced: InfiniteLoader, steps: int) -> Iterator[tuple]:
     """LPT's dual sampling: `steps` pairs (class-balanced batch, instance-balanced batch)."""
     for _ in range(steps):
         yield next(class_balanced), next(instance_balanced)
@@ -176,8 +191,9 @@ class DualSampling:
         return dual_sampling(*self._iters, len(self))
 
 
-def make_dual_sampling(dataset: Dataset, labels: np.ndarray, batch_size: int, seed: int = 0,
-                       num_samples_cls: int = 4, num_workers: int = 0) -> DualSampling:
+def make_dual_sampling(
+    dataset: Dataset, labels: np.ndarray, batch_size: int, seed: int = 0, num_samples_cls: int = 4, num_workers: int = 0
+) -> DualSampling:
     """LPT's dual sampling over `dataset`: a class-aware loader (4 images per visited class) and a
     shuffled loader, both of len(dataset) samples per epoch and the same batch size."""
     cb = make_loader(dataset, batch_size, ClassAwareSampler(labels, num_samples_cls, seed=seed), num_workers)

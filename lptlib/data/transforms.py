@@ -10,8 +10,11 @@ from torchvision import transforms as T
 
 from lptlib.config import DataConfig
 
-_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
-                  "nearest": T.InterpolationMode.NEAREST}
+_INTERPOLATION = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,13 @@ def build_transforms(cfg: DataConfig, norm: Normalization) -> tuple[Callable, Ca
     """(train, test) transforms: RandomResizedCrop + flip for training; resize + centre crop for testing."""
     interp = _INTERPOLATION[norm.interpolation]
     tail = [T.ToTensor(), T.Normalize(norm.mean, norm.std)]
-    train = T.Compose([T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), interpolation=interp),
-                       T.RandomHorizontalFlip(), *tail])
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), interpolation=interp),
+            T.RandomHorizontalFlip(),
+            *tail,
+        ]
+    )
     resize = round(cfg.image_size * cfg.test_resize_ratio)
     test = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(cfg.image_size), *tail])
     return train, test

@@ -40,9 +40,11 @@ def load_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = resolve(path)
     if not path.is_file():
-        raise WeightsError(f"weight file {path} does not exist. For the miniature backbones run the pretraining "
-                           "stage (`dvc repro pretrain`); for paper-scale weights download the file or use "
-                           "weights: hub where a network exists")
+        raise WeightsError(
+            f"weight file {path} does not exist. For the miniature backbones run the pretraining "
+            "stage (`dvc repro pretrain`); for paper-scale weights download the file or use "
+            "weights: hub where a network exists"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -53,8 +55,10 @@ def load_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for pickled objects, RuntimeError for damaged zips
-        raise WeightsError(f"{path}: cannot be read safely as a tensor file ({type(e).__name__}: {e}). Save weights "
-                           "as safetensors or as a plain state dict of tensors") from None
+        raise WeightsError(
+            f"{path}: cannot be read safely as a tensor file ({type(e).__name__}: {e}). Save weights "
+            "as safetensors or as a plain state dict of tensors"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -72,8 +76,11 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    mis_shaped = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in sorted(set(expected) & set(state_dict)) if state_dict[k].shape != expected[k].shape]
+    mis_shaped = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if state_dict[k].shape != expected[k].shape
+    ]
     if missing or unexpected or mis_shaped:
         lines = [f"{source} does not match the model:"]
         if missing:
@@ -102,13 +109,16 @@ def build_timm(arch: str, num_classes: int = 0, pretrained: bool = False) -> nn.
     except Exception as e:
         if not pretrained:
             raise
-        raise WeightsError(f"could not get timm weights {arch!r} from the hub ({type(e).__name__}: {e}). Without a "
-                           "network, download the weight file elsewhere and set weights to its path") from None
+        raise WeightsError(
+            f"could not get timm weights {arch!r} from the hub ({type(e).__name__}: {e}). Without a "
+            "network, download the weight file elsewhere and set weights to its path"
+        ) from None
 
 
 @contextlib.contextmanager
 def _quiet_random_init_warning():
     """open_clip warns 'Model initialized randomly' on the root logger even when we load weights next."""
+
     def keep(record: logging.LogRecord) -> bool:
         return "initialized randomly" not in record.getMessage()
 
@@ -129,9 +139,11 @@ def build_open_clip(arch: str, tag: str | None = None) -> nn.Module:
     except Exception as e:
         if not tag:
             raise
-        raise WeightsError(f"could not get open_clip weights {arch}/{tag} from the hub ({type(e).__name__}: {e}). "
-                           "Without a network, download the weight file elsewhere and set weights to its "
-                           "path") from None
+        raise WeightsError(
+            f"could not get open_clip weights {arch}/{tag} from the hub ({type(e).__name__}: {e}). "
+            "Without a network, download the weight file elsewhere and set weights to its "
+            "path"
+        ) from None
 
 
 class Backbone(nn.Module):
@@ -152,8 +164,12 @@ class Backbone(nn.Module):
             self.num_prefix_tokens = model.num_prefix_tokens
         else:
             visual = model.visual
-            if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok" \
-                    or visual.final_ln_after_pool or not hasattr(visual, "transformer"):
+            if (
+                getattr(visual, "attn_pool", None) is not None
+                or visual.pool_type != "tok"
+                or visual.final_ln_after_pool
+                or not hasattr(visual, "transformer")
+            ):
                 raise WeightsError(f"{name}: only open_clip ViTs with CLS-token pooling are supported")
             self.visual = visual
             self.embed_dim = visual.transformer.width
@@ -197,7 +213,7 @@ class Backbone(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         tokens = self.final_norm(tokens)
-        return {"cls": tokens[:, 0], "patch": tokens[:, self.num_prefix_tokens:]}
+        return {"cls": tokens[:, 0], "patch": tokens[:, self.num_prefix_tokens :]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The final CLS feature (timm's pre-logits; open_clip's pooled feature before `proj`)."""
@@ -265,5 +281,14 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     return save_safetensors(model.state_dict(), resolve(path))
 
 
-__all__ = ["Backbone", "WeightsError", "create_backbone", "load_weight_file", "load_strict", "save_weights",
-           "build_timm", "build_open_clip", "MINIATURE_BACKBONES"]
+__all__ = [
+    "Backbone",
+    "WeightsError",
+    "create_backbone",
+    "load_weight_file",
+    "load_strict",
+    "save_weights",
+    "build_timm",
+    "build_open_clip",
+    "MINIATURE_BACKBONES",
+]

@@ -1,4 +1,4 @@
-"""One block runner for every PEFT method, on timm and open_clip ViT blocks (METHODS §3).
+"""One block runner for every PEFT method, on timm and open_clip ViT blocks (docs/methods.md#backbones-and-peft-modules).
 
 `tuned_block(block, x, prompts, form, adapter, lora)` runs one frozen block with any mix of
 
@@ -46,31 +46,33 @@ def _split_qkv(weight: torch.Tensor, bias: torch.Tensor | None, delta: torch.Ten
     return (weight[:c], bq), (weight[c:], bkv)
 
 
-def _timm_attention(attn: TimmAttention, h: torch.Tensor, h_kv: torch.Tensor,
-                    delta: torch.Tensor | None) -> torch.Tensor:
+def _timm_attention(
+    attn: TimmAttention, h: torch.Tensor, h_kv: torch.Tensor, delta: torch.Tensor | None
+) -> torch.Tensor:
     """timm `Attention` with queries from `h` (B, N, C) and keys/values from `h_kv` (B, M, C)."""
     B, N, _ = h.shape
     (wq, bq), (wkv, bkv) = _split_qkv(attn.qkv.weight, attn.qkv.bias, delta)
     q = attn.q_norm(_heads(F.linear(h, wq, bq), attn.num_heads))
     k, v = F.linear(h_kv, wkv, bkv).chunk(2, dim=-1)
     k, v = attn.k_norm(_heads(k, attn.num_heads)), _heads(v, attn.num_heads)
-    x = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0,
-                                       scale=attn.scale)
+    x = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0, scale=attn.scale)
     x = attn.norm(x.transpose(1, 2).reshape(B, N, -1))
     if attn.gate is not None:
         x = x * attn.gate(h).sigmoid()
     return attn.proj_drop(attn.proj(x))
 
 
-def _mha_attention(mha: nn.MultiheadAttention, h: torch.Tensor, h_kv: torch.Tensor,
-                   delta: torch.Tensor | None) -> torch.Tensor:
+def _mha_attention(
+    mha: nn.MultiheadAttention, h: torch.Tensor, h_kv: torch.Tensor, delta: torch.Tensor | None
+) -> torch.Tensor:
     """`nn.MultiheadAttention` (batch first, fused in-projection) with queries from `h`, keys/values from `h_kv`."""
     B, N, C = h.shape
     (wq, bq), (wkv, bkv) = _split_qkv(mha.in_proj_weight, mha.in_proj_bias, delta)
     q = _heads(F.linear(h, wq, bq), mha.num_heads)
     k, v = F.linear(h_kv, wkv, bkv).chunk(2, dim=-1)
-    x = F.scaled_dot_product_attention(q, _heads(k, mha.num_heads), _heads(v, mha.num_heads),
-                                       dropout_p=mha.dropout if mha.training else 0.0)
+    x = F.scaled_dot_product_attention(
+        q, _heads(k, mha.num_heads), _heads(v, mha.num_heads), dropout_p=mha.dropout if mha.training else 0.0
+    )
     return mha.out_proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -79,9 +81,14 @@ def _is_timm_block(block: nn.Module) -> bool:
 
 
 def _is_clip_block(block: nn.Module) -> bool:
-    return (type(block).__name__ == "ResidualAttentionBlock" and not hasattr(block, "ln_1_kv")
-            and isinstance(getattr(block, "attn", None), nn.MultiheadAttention) and block.attn.batch_first
-            and block.attn._qkv_same_embed_dim and block.attn.bias_k is None)
+    return (
+        type(block).__name__ == "ResidualAttentionBlock"
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(getattr(block, "attn", None), nn.MultiheadAttention)
+        and block.attn.batch_first
+        and block.attn._qkv_same_embed_dim
+        and block.attn.bias_k is None
+    )
 
 
 def qkv_width(block: nn.Module) -> int:
@@ -93,8 +100,14 @@ def qkv_width(block: nn.Module) -> int:
     raise NotImplementedError(f"LoRA and adapters are not defined for {type(block).__name__} blocks")
 
 
-def tuned_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | None = None, form: str = "kv",
-                adapter: nn.Module | None = None, lora: nn.Module | None = None) -> torch.Tensor:
+def tuned_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    prompts: torch.Tensor | None = None,
+    form: str = "kv",
+    adapter: nn.Module | None = None,
+    lora: nn.Module | None = None,
+) -> torch.Tensor:
     """One frozen block with optional prompts (B, L, D) in `form`, an adapter and LoRA (see module doc)."""
     if form not in PROMPT_FORMS:
         raise ValueError(f"unknown prompt form {form!r}; use one of {', '.join(PROMPT_FORMS)}")
@@ -116,17 +129,24 @@ def tuned_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | None 
         out = x + block.ls_2(block.mlp(block.ln_2(x)))
     else:
         what = "the kv prompt form" if prompts is not None else "adapters and LoRA"
-        raise NotImplementedError(f"{what} is not defined for {type(block).__name__} blocks"
-                                  + ("; use prompt_form: concat" if prompts is not None else ""))
+        raise NotImplementedError(
+            f"{what} is not defined for {type(block).__name__} blocks"
+            + ("; use prompt_form: concat" if prompts is not None else "")
+        )
     return out if adapter is None else out + adapter(x)
 
 
-def run_blocks(blocks: Sequence[nn.Module], tokens: torch.Tensor,
-               prompts: Sequence[torch.Tensor | None] | None = None, form: str = "kv",
-               adapters: Sequence[nn.Module | None] | None = None,
-               loras: Sequence[nn.Module | None] | None = None) -> torch.Tensor:
+def run_blocks(
+    blocks: Sequence[nn.Module],
+    tokens: torch.Tensor,
+    prompts: Sequence[torch.Tensor | None] | None = None,
+    form: str = "kv",
+    adapters: Sequence[nn.Module | None] | None = None,
+    loras: Sequence[nn.Module | None] | None = None,
+) -> torch.Tensor:
     """Run `blocks` in order on `tokens`; block j gets prompts[j], adapters[j] and loras[j] (each list aligned
     with `blocks`, None or missing: nothing of that kind)."""
+
     def pick(items, j):
         return items[j] if items is not None and j < len(items) else None
 

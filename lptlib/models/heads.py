@@ -1,5 +1,5 @@
 """Classifier heads on the final CLS feature: linear, and cosine z_c = s * cos(f, w_c) (no bias); CLIP's
-zero-shot classifier and LIFT's text initialisation of a cosine head (METHODS §3)."""
+zero-shot classifier and LIFT's text initialisation of a cosine head (docs/methods.md#backbones-and-peft-modules)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class CosineHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, scale: float = 20.0):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
-        nn.init.normal_(self.weight, std=dim ** -0.5)
+        nn.init.normal_(self.weight, std=dim**-0.5)
         self.scale = scale
 
     def cosine(self, features: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,9 @@ def build_head(kind: str, dim: int, num_classes: int, cosine_scale: float = 20.0
     raise ValueError(f"unknown head {kind!r}; use one of {', '.join(HEADS)}")
 
 
-def zero_shot_weights(encode_text: Callable[[list[str]], torch.Tensor], classnames: Sequence[str],
-                      templates: Sequence[str]) -> torch.Tensor:
+def zero_shot_weights(
+    encode_text: Callable[[list[str]], torch.Tensor], classnames: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
     """(C, E) zero-shot classifier: the normalised mean of each class's normalised prompt embeddings."""
     rows = []
     for name in classnames:

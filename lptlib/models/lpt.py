@@ -1,4 +1,4 @@
-"""LPT: long-tailed prompt tuning (Dong et al., ICLR 2023; METHODS §6).
+"""LPT: long-tailed prompt tuning (Dong et al., ICLR 2023; docs/methods.md#lpt).
 
 - Stage 1: *shared prompts* u_1..u_L (VPT-deep) in all L blocks + a cosine head with dropout 0.1 before it.
 - LPT++ (our reading of its abstract) adds AdaptFormer adapters to every block (`adapter=True`): they train
@@ -47,35 +47,54 @@ class GroupPromptPool(nn.Module):
         return sim.topk(self.top_k, dim=1).indices
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """The group prompts of each sample: the mean of its picks, (B, L - K, l_p, D)."""
-        return self.prompts[idx].mean(dim=1)
+        """The group prompts of each sample: the mean of its picks, (B, L - K, l_p, D).
+
+        Computed as (one-hot picks averaged over k) @ prompts: the same values as `prompts[idx].mean(1)`, but its
+        backward is a matmul, which is deterministic on a multi-threaded CPU (index accumulation is not)."""
+        weights = nn.functional.one_hot(idx, self.pool_size).to(self.prompts.dtype).mean(dim=1)  # (B, m)
+        return (weights @ self.prompts.flatten(1)).view(len(idx), *self.prompts.shape[1:])
 
 
 class LPT(nn.Module):
     """Frozen backbone + LPT's shared prompts, cosine head and (stage 2) group prompt pool."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, stage: int = 1, prompt_length: int = 10,
-                 prompt_form: str = "kv", pool_size: int = 20, top_k: int = 2, share_blocks: int = 6,
-                 cosine_scale: float = 20.0, head_dropout: float = 0.1, adapter: bool = False,
-                 bottleneck: int | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        stage: int = 1,
+        prompt_length: int = 10,
+        prompt_form: str = "kv",
+        pool_size: int = 20,
+        top_k: int = 2,
+        share_blocks: int = 6,
+        cosine_scale: float = 20.0,
+        head_dropout: float = 0.1,
+        adapter: bool = False,
+        bottleneck: int | None = None,
+    ):
         super().__init__()
         if stage not in (1, 2):
             raise ValueError(f"LPT has stages 1 and 2, got {stage}")
         depth = backbone.depth
         if not 0 <= share_blocks < depth:
-            raise ValueError(f"lpt.share_blocks (K) must be in [0, {depth - 1}] for a {depth}-block backbone, "
-                             f"got {share_blocks}")
+            raise ValueError(
+                f"lpt.share_blocks (K) must be in [0, {depth - 1}] for a {depth}-block backbone, got {share_blocks}"
+            )
         self.backbone, self.stage, self.prompt_form, self.share_blocks = backbone, stage, prompt_form, share_blocks
-        self.tuner = nn.ModuleDict({
-            "shared_prompts": DeepPrompts(depth, prompt_length, backbone.embed_dim, backbone.patch_size),
-            "head": CosineHead(backbone.embed_dim, num_classes, cosine_scale),
-        })
+        self.tuner = nn.ModuleDict(
+            {
+                "shared_prompts": DeepPrompts(depth, prompt_length, backbone.embed_dim, backbone.patch_size),
+                "head": CosineHead(backbone.embed_dim, num_classes, cosine_scale),
+            }
+        )
         if adapter:
             width = bottleneck or adapter_bottleneck(backbone.embed_dim)
             self.tuner["adapters"] = nn.ModuleList(AdaptFormer(backbone.embed_dim, width) for _ in range(depth))
         if stage == 2:
-            self.tuner["group_pool"] = GroupPromptPool(pool_size, depth - share_blocks, prompt_length,
-                                                       backbone.embed_dim, top_k, backbone.patch_size)
+            self.tuner["group_pool"] = GroupPromptPool(
+                pool_size, depth - share_blocks, prompt_length, backbone.embed_dim, top_k, backbone.patch_size
+            )
             self.tuner["shared_prompts"].requires_grad_(False)
             if adapter:
                 self.tuner["adapters"].requires_grad_(False)
@@ -92,11 +111,16 @@ class LPT(nn.Module):
         expected = self.stage1_state()
         problems = [f"missing {k}" for k in expected if k not in state]
         problems += [f"unexpected {k}" for k in state if k not in expected]
-        problems += [f"{k}: {tuple(state[k].shape)} vs this model's {tuple(v.shape)}"
-                     for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        problems += [
+            f"{k}: {tuple(state[k].shape)} vs this model's {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if problems:
-            raise ValueError(f"{source} does not fit this LPT model (another backbone, prompt length, class "
-                             f"list, or adapters on in one and off in the other?): {'; '.join(problems)}")
+            raise ValueError(
+                f"{source} does not fit this LPT model (another backbone, prompt length, class "
+                f"list, or adapters on in one and off in the other?): {'; '.join(problems)}"
+            )
         self.tuner.load_state_dict({**self.tuner.state_dict(), **state})
 
     # ---------------------------------------------------------------------------------- forward

@@ -1,4 +1,4 @@
-"""The miniature foundation models (METHODS §1.2), registered with timm and open_clip.
+"""The miniature foundation models (docs/methods.md#the-offline-miniature), registered with timm and open_clip.
 
 - `vit-mini` is timm's `VisionTransformer` registered as `vit_mini_patch7_28`: 12 blocks (so LPT's
   "group prompts in blocks 7-12" keeps its meaning), width 128, 4 heads, 7-px patches on 28-px
@@ -24,22 +24,40 @@ CLIP_MINI = "clip-mini"
 #: lptlib name -> (family, architecture name inside that family)
 MINIATURE_ARCHS = {"vit-mini": ("timm", VIT_MINI), "clip-mini": ("open_clip", CLIP_MINI)}
 
-default_cfgs = generate_default_cfgs({
-    VIT_MINI: {
-        "url": "", "num_classes": 4, "input_size": (3, 28, 28), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-        "interpolation": "bilinear", "crop_pct": 1.0, "first_conv": "patch_embed.proj", "classifier": "head",
-        "license": "same as Fashion-MNIST (MIT)",
-    },
-})
+default_cfgs = generate_default_cfgs(
+    {
+        VIT_MINI: {
+            "url": "",
+            "num_classes": 4,
+            "input_size": (3, 28, 28),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+            "license": "same as Fashion-MNIST (MIT)",
+        },
+    }
+)
 
 
 @register_model
 def vit_mini_patch7_28(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Mini/7 for 28 x 28 inputs: the miniature stand-in for ViT-B/16 (lptlib name `vit-mini`)."""
-    args = dict(img_size=28, patch_size=7, embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0,
-                class_token=True, global_pool="token")
-    return build_model_with_cfg(VisionTransformer, VIT_MINI, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **dict(args, **kwargs))
+    args = dict(
+        img_size=28,
+        patch_size=7,
+        embed_dim=128,
+        depth=12,
+        num_heads=4,
+        mlp_ratio=4.0,
+        class_token=True,
+        global_pool="token",
+    )
+    return build_model_with_cfg(
+        VisionTransformer, VIT_MINI, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **dict(args, **kwargs)
+    )
 
 
 _CONFIG_DIR = Path(__file__).parent / "configs"

@@ -70,9 +70,19 @@ class LoRA(nn.Module):
 class PEFTClassifier(nn.Module):
     """Backbone (frozen, eval) -> blocks with prompts / adapters / LoRA -> final norm -> dropout -> head."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, prompt_length: int = 0, prompt_form: str = "kv",
-                 adapter: bool = False, bottleneck: int | None = None, lora_rank: int = 0, head: str = "linear",
-                 cosine_scale: float = 20.0, head_dropout: float = 0.0):
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        prompt_length: int = 0,
+        prompt_form: str = "kv",
+        adapter: bool = False,
+        bottleneck: int | None = None,
+        lora_rank: int = 0,
+        head: str = "linear",
+        cosine_scale: float = 20.0,
+        head_dropout: float = 0.0,
+    ):
         super().__init__()
         self.backbone = backbone
         self.prompt_form = prompt_form
@@ -100,11 +110,16 @@ class PEFTClassifier(nn.Module):
         """{'cls', 'patch'} after the final norm, with every PEFT module in place."""
         b = self.backbone
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.tunes_backbone):
-            tokens = run_blocks(b.blocks, b.embed(x), self.tuner["prompts"](x.shape[0]), self.prompt_form,
-                                adapters=self.tuner["adapters"] if "adapters" in self.tuner else None,
-                                loras=self.tuner["lora"] if "lora" in self.tuner else None)
+            tokens = run_blocks(
+                b.blocks,
+                b.embed(x),
+                self.tuner["prompts"](x.shape[0]),
+                self.prompt_form,
+                adapters=self.tuner["adapters"] if "adapters" in self.tuner else None,
+                loras=self.tuner["lora"] if "lora" in self.tuner else None,
+            )
             tokens = b.final_norm(tokens)
-        return {"cls": tokens[:, 0], "patch": tokens[:, b.num_prefix_tokens:]}
+        return {"cls": tokens[:, 0], "patch": tokens[:, b.num_prefix_tokens :]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tuner["head"](self.dropout(self.forward_features(x)["cls"]))

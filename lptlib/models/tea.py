@@ -1,5 +1,5 @@
 """TEA: token embeddings augmentation for PEFT under a long-tailed distribution (Wang et al., Neurocomputing
-2024), **our reading** of its abstract (METHODS §7; the full text is not public). Training only: `TEA` has
+2024), **our reading** of its abstract (docs/methods.md#tea; the full text is not public). Training only: `TEA` has
 no parameters and the model predicts exactly as the plain PEFT model.
 
 Each component and the abstract sentence it implements:
@@ -60,8 +60,15 @@ class TEA(nn.Module):
     `forward(cls, patch, targets, anchors)` returns the classifier input (B, D) and the TEC loss (0 when off).
     """
 
-    def __init__(self, class_counts: Sequence[int], variant: str = "pea_pg_tec", temperature: float = 0.1,
-                 mix: float = 0.5, gate_max: float = 0.5, tec_weight: float = 1.0):
+    def __init__(
+        self,
+        class_counts: Sequence[int],
+        variant: str = "pea_pg_tec",
+        temperature: float = 0.1,
+        mix: float = 0.5,
+        gate_max: float = 0.5,
+        tec_weight: float = 1.0,
+    ):
         super().__init__()
         self.variant = variant
         self.pea, self.pg, self.tec = variant_parts(variant)
@@ -71,8 +78,9 @@ class TEA(nn.Module):
         gate = gate_probabilities(class_counts, gate_max) if self.pg else torch.ones(len(class_counts))
         self.register_buffer("gate", gate, persistent=False)
 
-    def forward(self, cls: torch.Tensor, patch: torch.Tensor, targets: torch.Tensor,
-                anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, cls: torch.Tensor, patch: torch.Tensor, targets: torch.Tensor, anchors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         zero = cls.new_zeros(())
         if not self.pea:
             return cls, zero
@@ -84,5 +92,4 @@ class TEA(nn.Module):
         return features, tec
 
     def extra_repr(self) -> str:
-        return (f"variant={self.variant}, temperature={self.temperature}, mix={self.mix}, "
-                f"tec_weight={self.tec_weight}")
+        return f"variant={self.variant}, temperature={self.temperature}, mix={self.mix}, tec_weight={self.tec_weight}"
