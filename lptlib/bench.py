@@ -38,9 +38,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lptlib.config import BackboneConfig
 from lptlib.engine import autocast
 from lptlib.models import create_backbone
+from lptlib.models.backbones import BackboneConfig
 from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier
 
@@ -138,15 +138,14 @@ def lpt_reuse(
     prompt_length: int,
     arch: str = "vit_base_patch16_224",
 ) -> dict:
-    from lptlib.losses import AGCL
-    from lptlib.lpt import dual_sampling_loss
-    from lptlib.models.lpt import LPT
+    from lptlib.models.peft import LPT
+    from lptlib.objectives import AGCL, dual_sampling_objective
 
     torch.manual_seed(0)
     backbone = create_backbone(BackboneConfig(f"timm:{arch}", "random")).to(device)
     size = backbone.image_size
     counts = torch.randint(5, 500, (100,)).tolist()
-    loss_fn = dual_sampling_loss(
+    loss_fn = dual_sampling_objective(
         AGCL(counts).to(device),
         AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
         epochs=10,
@@ -190,7 +189,8 @@ def tea_overhead(
     """Per PEFT method: inference of a TEA-trained model / the plain model, and a TEA training step / a plain one."""
     from lptlib import config
     from lptlib.models.peft import count_trainable
-    from lptlib.tea import build_objective, build_tea, tea_objective
+    from lptlib.objectives import tea_objective
+    from lptlib.recipes.tea import build_objective, build_tea
 
     torch.manual_seed(0)
     backbone = create_backbone(BackboneConfig(arch, "random")).to(device)
@@ -275,10 +275,9 @@ def training_throughput(
     the method); peak memory per step on CUDA. LPT and LPT++ steps take a class-balanced and an
     instance-balanced batch (dual sampling), so they process 2 x batch images per step."""
     from lptlib import config
-    from lptlib.losses import AGCL
-    from lptlib.lpt import dual_sampling_loss
-    from lptlib.models.lpt import LPT
-    from lptlib.tea import build_objective, build_tea, tea_objective
+    from lptlib.models.peft import LPT
+    from lptlib.objectives import AGCL, dual_sampling_objective, tea_objective
+    from lptlib.recipes.tea import build_objective, build_tea
 
     classes = 100
     torch.manual_seed(0)
@@ -293,7 +292,7 @@ def training_throughput(
             torch.randint(0, classes, (batch_size,), device=device),
         )
 
-    dual = dual_sampling_loss(
+    dual = dual_sampling_objective(
         AGCL(counts).to(device),
         AGCL(counts, gamma_pos=0.5, gamma_neg=8.0).to(device),
         epochs=10,

@@ -1,4 +1,7 @@
-"""Typed, validated parameters: one pydantic model per `params.yaml` section.
+"""The configuration: the `params.yaml` sections composed into one validated `Config`.
+
+Each section's model lives next to the code that uses it (`DataConfig` in `lptlib.data`, `BackbonesConfig` in
+`lptlib.models.backbones`, `LPTConfig` in `lptlib.recipes.lpt`, ...; the base `Section` in `lptlib.schema`).
 
 The configuration of a run is composed in one place, `compose`:
 
@@ -23,430 +26,35 @@ import difflib
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
+from lptlib.data.datasets import DataConfig
+from lptlib.models.backbones import BackbonesConfig
+from lptlib.recipes.lpt import LPTConfig
+from lptlib.recipes.lptpp import LPTPPConfig
+from lptlib.recipes.pretrain import PretrainConfig
+from lptlib.recipes.tea import TEAConfig
+from lptlib.recipes.vpt_study import VPTStudyConfig
+from lptlib.schema import ConfigError, Field, Section, to_dict, without_resume
 from lptlib.utils import atomic_write_bytes, git_revision
 
+__all__ = [
+    "Config",
+    "ConfigError",
+    "SECTIONS",
+    "compose",
+    "describe",
+    "load",
+    "parse",
+    "save_resolved",
+    "to_dict",
+    "without_resume",
+]
 
-class ConfigError(ValueError):
-    """A parameter is wrong; the message names the dotted key and the fix."""
 
-
-class Section(BaseModel):
-    """A params.yaml section: unknown keys refused, immutable, finite numbers only."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _templates_ok(templates: Sequence[str]) -> Sequence[str]:
-    if not templates:
-        raise ValueError("give at least one template")
-    for t in templates:
-        if "{name}" not in t:
-            raise ValueError(f"template {t!r} has no '{{name}}' placeholder")
-    return templates
-
-
-def _distinct(values: Sequence[str], what: str) -> Sequence[str]:
-    if not values:
-        raise ValueError(f"give at least one {what}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{list(values)} repeats a{'n' if what[0] in 'aeiou' else ''} {what}")
-    return values
-
-
-# ----------------------------------------------------------------------------------------- data
-MINIATURE_DATASET = "fashion_mnist_lt"
-DATASETS = (MINIATURE_DATASET, "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
-SHOT_CONVENTIONS = ("decoupling", "oltr", "lpt")
-Dataset = Literal["fashion_mnist_lt", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018"]
-
-
-class DataConfig(Section):
-    name: Dataset = Field(MINIATURE_DATASET, description="dataset")
-    root: str | None = Field(
-        None,
-        description="image folder (paper scale) or a folder with the Fashion-MNIST idx files; null: the default places",
-    )
-    split_dir: str | None = Field(
-        None, description="folder with the OLTR split files (places_lt, imagenet_lt, inat2018)"
-    )
-    classnames_file: str | None = Field(
-        None, description="one class name per line, in label order (overrides the names the dataset provides)"
-    )
-    download: StrictBool = Field(
-        False, description="let torchvision download Fashion-MNIST / CIFAR-100 (needs a network)"
-    )
-    imbalance: float = Field(
-        100.0, ge=1.0, description="imbalance factor n_max / n_min (fashion_mnist_lt, cifar100_lt)"
-    )
-    n_max: int = Field(500, ge=1, description="images of the head class (fashion_mnist_lt, cifar100_lt)")
-    val_per_class: int = Field(20, ge=0, description="balanced val images per class (fashion_mnist_lt)")
-    split_seed: int = Field(0, ge=0, description="seed of the pool / long-tail subsampling")
-    image_size: int = Field(28, ge=1, description="network input side in pixels")
-    crop_scale: tuple[float, float] = Field((0.7, 1.0), description="RandomResizedCrop scale range for training")
-    test_resize_ratio: float = Field(1.0, ge=1.0, description="test: resize to image_size * ratio, then centre-crop")
-    shot_convention: Literal["decoupling", "oltr", "lpt"] = Field(
-        "decoupling", description="many/medium/few thresholds"
-    )
-    max_test_per_class: int | None = Field(None, ge=1, description="smoke tests only: cap the test set per class")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-
-    @model_validator(mode="after")
-    def _rules(self) -> DataConfig:
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise _KeyError("crop_scale", f"need 0 < min <= max <= 1, got {list(self.crop_scale)}")
-        if self.name != MINIATURE_DATASET and self.root is None and not (self.name == "cifar100_lt" and self.download):
-            raise _KeyError(
-                "root",
-                f"{self.name} needs the folder holding its images; set it in params.yaml (data: {{root: /path}})",
-            )
-        if self.name in ("places_lt", "imagenet_lt", "inat2018") and self.split_dir is None:
-            raise _KeyError("split_dir", f"{self.name} needs the folder with its OLTR split files")
-        return self
-
-
-# ------------------------------------------------------------------------------------ backbones
-MINIATURE_BACKBONES = {"vit-mini": "timm", "clip-mini": "open_clip"}
-BACKBONE_FAMILIES = ("timm", "open_clip")
-
-
-def backbone_family(name: str) -> str:
-    """'timm' or 'open_clip' for a backbone name: a miniature name or '<family>:<model>'."""
-    if name in MINIATURE_BACKBONES:
-        return MINIATURE_BACKBONES[name]
-    family = name.split(":", 1)[0]
-    if ":" not in name or family not in BACKBONE_FAMILIES:
-        raise ConfigError(
-            f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_BACKBONES)}) "
-            "or 'timm:<model>.<tag>' (e.g. timm:vit_base_patch16_224.augreg_in21k) "
-            "or 'open_clip:<model>' (e.g. open_clip:ViT-B-16)"
-        )
-    return family
-
-
-class BackboneConfig(Section):
-    name: str = Field("vit-mini", description="vit-mini | clip-mini | timm:<model>.<tag> | open_clip:<model>")
-    weights: str = Field("random", description="a local weight file | 'hub' (download by tag) | 'random'")
-    tag: str | None = Field(None, description="open_clip pretrained tag (e.g. openai), used with weights: hub")
-
-    def __init__(self, name: str = "vit-mini", weights: str = "random", tag: str | None = None, **kw: Any):
-        super().__init__(name=name, weights=weights, tag=tag, **kw)
-
-    @model_validator(mode="after")
-    def _rules(self) -> BackboneConfig:
-        try:
-            family = backbone_family(self.name)
-        except ConfigError as e:
-            raise _KeyError("name", str(e)) from None
-        if self.name in MINIATURE_BACKBONES and self.weights == "hub":
-            raise _KeyError(
-                "weights",
-                f"{self.name} is pretrained by this pipeline (00_pretrain), not downloadable; give its weight file",
-            )
-        if family == "open_clip" and self.weights == "hub" and not self.tag:
-            raise _KeyError("tag", "open_clip weights from the hub need a pretrained tag (e.g. openai)")
-        if self.name not in MINIATURE_BACKBONES:
-            _check_hub_name(self, family)
-        return self
-
-
-def _check_hub_name(b: BackboneConfig, family: str) -> None:
-    model = b.name.split(":", 1)[1]
-    if family == "timm":
-        import timm
-
-        arch = model.split(".", 1)[0]
-        if not timm.is_model(arch):
-            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-            raise _KeyError(
-                "name",
-                f"timm has no model {arch!r}; close names: {', '.join(close) or '-'} (timm.list_models() lists all)",
-            )
-        if b.weights == "hub":
-            if "." not in model:
-                raise _KeyError(
-                    "name",
-                    "give the full timm tag, e.g. timm:vit_base_patch16_224.augreg_in21k (an "
-                    "untagged name resolves to different weights across timm versions)",
-                )
-            if model not in timm.list_pretrained(model):
-                tags = timm.list_pretrained(arch + ".*")
-                raise _KeyError(
-                    "name", f"timm has no pretrained tag {model!r}; tags of {arch}: {', '.join(tags) or 'none'}"
-                )
-    else:
-        import open_clip
-
-        if model not in open_clip.list_models():
-            close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
-            raise _KeyError(
-                "name",
-                f"open_clip has no model {model!r}; close names: {', '.join(close) or '-'} "
-                "(open_clip.list_models() lists all)",
-            )
-        if b.weights == "hub" and b.tag not in open_clip.list_pretrained_tags_by_model(model):
-            raise _KeyError(
-                "tag",
-                f"open_clip has no tag {b.tag!r} for {model}; tags: "
-                f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}",
-            )
-
-
-class BackbonesConfig(Section):
-    visual: BackboneConfig = Field(
-        BackboneConfig("vit-mini", "outputs/pretrain/vit-mini.safetensors"), description="visual-only backbone"
-    )
-    vision_language: BackboneConfig = Field(
-        BackboneConfig("clip-mini", "outputs/pretrain/clip-mini.safetensors"), description="vision-language backbone"
-    )
-
-
-# ------------------------------------------------------------------------------------- pretrain
-class PretrainRunConfig(Section):
-    epochs: int = Field(2, ge=0, description="passes over the source pool")
-    batch_size: int = Field(256, ge=1, description="images per step")
-    lr: float = Field(1e-3, ge=0.0, description="AdamW peak learning rate")
-    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay")
-    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps, then cosine decay to 0")
-    max_images: int | None = Field(None, ge=1, description="smoke tests only: cap the source pool")
-
-
-DEFAULT_TEMPLATES = (
-    "a photo of a {name}.",
-    "a picture of a {name}.",
-    "a black and white photo of a {name}.",
-    "a product photo of a {name}.",
-    "an image of a {name}.",
-)
-Templates = tuple[str, ...]
-
-
-class PretrainConfig(Section):
-    vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
-    clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
-    caption_templates: Templates = Field(DEFAULT_TEMPLATES, description="captions of the contrastive pretraining")
-    zero_shot_templates: Templates = Field(("a photo of a {name}.",), description="prompts of the zero-shot classifier")
-
-    _templates = field_validator("caption_templates", "zero_shot_templates")(_templates_ok)
-
-
-# ---------------------------------------------------------------------------------- PEFT training
-SAMPLING_MODES = ("instance_balanced", "class_balanced")
-PROMPT_FORMS = ("kv", "concat")
-HEADS = ("linear", "cosine")
-BACKBONE_ROLES = ("visual", "vision_language")
-Sampling = Literal["instance_balanced", "class_balanced"]
-PromptForm = Literal["kv", "concat"]
-Role = Literal["visual", "vision_language"]
-RESUME_HELP = (
-    "'auto' (continue this stage's checkpoint when its fingerprint matches), 'never', or the path of a "
-    "checkpoint to continue (its fingerprint must match)"
-)
-
-
-def _resume_ok(value: str) -> str:
-    """'auto', 'never' or the path of an existing checkpoint (relative to the repository root)."""
-    if value in ("auto", "never"):
-        return value
-    from lptlib.paths import resolve
-
-    if not resolve(value).is_file():
-        close = difflib.get_close_matches(value, ("auto", "never"), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{value!r} is neither 'auto', 'never' nor an existing checkpoint file{hint}")
-    return value
-
-
-Resume = Annotated[str, Field(description=RESUME_HELP)]
-
-
-class TrainConfig(Section):
-    epochs: int = Field(20, ge=1, description="training epochs (an epoch = as many images as the train set holds)")
-    batch_size: int = Field(64, ge=1, description="images per step")
-    lr: float = Field(0.05, ge=0.0, description="SGD peak learning rate (warm-up, then cosine decay per step)")
-    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
-    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
-    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length in epochs")
-    eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch")
-
-
-class VPTStudyConfig(Section):
-    backbone: Role = Field("visual", description="which `backbones` entry is studied")
-    prompt_length: int = Field(10, ge=0, description="VPT-deep prompt tokens per block (l_p)")
-    prompt_form: PromptForm = Field(
-        "kv", description="kv: prompts in keys/values only (LPT eq. 1); concat: concatenate and strip (same outputs)"
-    )
-    head: Literal["linear", "cosine"] = Field("linear", description="classifier on the final CLS feature")
-    cosine_scale: float = Field(20.0, ge=0.0, description="scale s of a cosine head")
-    samplings: tuple[Sampling, ...] = Field(
-        SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
-    )
-    # SGD, warm-up then cosine decay per step. Miniature learning rates chosen on the val split (instance-balanced
-    # runs): linear probe from {0.05, 0.5, 2.0}, VPT-deep from {0.05, 0.2, 0.5, 1.0, 2.0}.
-    linear_probe: TrainConfig = Field(TrainConfig(lr=2.0), description="linear probing")
-    vpt_deep: TrainConfig = Field(TrainConfig(lr=1.0), description="VPT-deep prompt tuning")
-    knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
-    feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(_resume_ok)
-
-    @field_validator("samplings")
-    @classmethod
-    def _samplings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _distinct(v, "sampling mode")
-
-
-# ------------------------------------------------------------------------------------------- LPT
-class AGCLConfig(Section):
-    alpha: float = Field(0.5, ge=0.0, description="Gaussian cloud size (noise_mul)")
-    margin: float = Field(0.1, description="additive margin on the target cosine")
-    scale: float = Field(20.0, ge=0.0, description="logit scale s")
-    smoothing: float = Field(0.1, ge=0.0, le=1.0, description="label smoothing")
-    class_balanced: tuple[float, float] = Field(
-        (0.0, 4.0), description="(lambda+, lambda-) of the class-balanced branch"
-    )
-    instance_balanced: tuple[float, float] = Field((0.5, 8.0), description="(lambda+, lambda-) of the instance branch")
-
-
-class LPTConfig(Section):
-    backbone: Role = Field("visual", description="which `backbones` entry LPT tunes")
-    prompt_length: int = Field(10, ge=0, description="l_p: shared prompts per block, and group prompts per block")
-    prompt_form: PromptForm = Field("kv", description="kv (LPT eq. 1) | concat")
-    cosine_scale: float = Field(20.0, ge=0.0, description="s of the cosine head at prediction (A-GCL has its own)")
-    head_dropout: float = Field(0.1, ge=0.0, le=1.0, description="dropout before the cosine head")
-    num_samples_cls: int = Field(4, ge=1, description="class-aware sampler: images per visited class")
-    eta: float = Field(0.5, ge=0.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
-    agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
-    pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
-    top_k: int = Field(2, ge=1, description="k: keys picked per image")
-    share_blocks: int = Field(6, ge=0, description="K: blocks 1..K use the shared prompts only")
-    match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
-    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). Miniature learning rates chosen on the val
-    # split: stage 1 from {0.05, 0.5, 2.0} (10 epochs), stage 2 from {0.05, 0.5}. batch_size is per branch.
-    stage1: TrainConfig = Field(TrainConfig(lr=0.5, weight_decay=0.01), description="stage 1")
-    stage2: TrainConfig = Field(TrainConfig(lr=0.05, weight_decay=0.01), description="stage 2")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(_resume_ok)
-
-    @model_validator(mode="after")
-    def _rules(self) -> LPTConfig:
-        if self.top_k > self.pool_size:
-            raise _KeyError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
-        return self
-
-
-# ------------------------------------------------------------------------------------------- TEA
-PEFT_METHODS = ("vpt_deep", "adaptformer", "lora")
-TEA_LOSSES = ("ce", "la", "bs", "agcl")
-TEA_VARIANTS = ("none", "pea", "pea_pg", "pea_pg_tec")
-
-
-class TEAMatrixConfig(Section):
-    peft: tuple[Literal["vpt_deep", "adaptformer", "lora"], ...] = Field(
-        PEFT_METHODS, description="PEFT methods of the DVC matrix stage `tea`"
-    )
-    loss: tuple[Literal["ce", "la", "bs", "agcl"], ...] = Field(
-        ("ce", "la"), description="losses of the matrix (all: ce, la, bs, agcl)"
-    )
-    tea: tuple[Literal["none", "pea", "pea_pg", "pea_pg_tec"], ...] = Field(
-        ("none", "pea_pg_tec"), description="TEA variants of the matrix (all: none, pea, pea_pg, pea_pg_tec)"
-    )
-
-    @field_validator("peft", "loss", "tea")
-    @classmethod
-    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _distinct(v, "value")
-
-
-class TEAConfig(Section):
-    backbone: Role = Field("vision_language", description="which `backbones` entry is tuned")
-    templates: Templates = Field(
-        ("a photo of a {name}.",), description="prompts of the text-initialised head and of the zero-shot classifier"
-    )
-    cosine_scale: float = Field(25.0, ge=0.0, description="s of the cosine head (LIFT / TEA: 25)")
-    head_init: Literal["text", "class_mean", "random"] = Field(
-        "text", description="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random"
-    )
-    sampling: Sampling = Field("instance_balanced", description="training sampler (LIFT: instance)")
-    prompt_length: int = Field(10, ge=1, description="vpt_deep: prompt tokens per block")
-    prompt_form: PromptForm = Field("kv", description="vpt_deep: kv | concat")
-    bottleneck: int | None = Field(
-        None,
-        ge=1,
-        description="adaptformer: bottleneck width; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
-    )
-    lora_rank: int = Field(4, ge=1, description="lora: rank r of the q and v updates")
-    la_tau: float = Field(1.0, ge=0.0, description="la: tau of the logit adjustment")
-    agcl: AGCLConfig = Field(
-        AGCLConfig(scale=25.0), description="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`"
-    )
-    temperature: float = Field(
-        0.1, ge=1e-6, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
-    )
-    mix: float = Field(0.5, ge=0.0, le=1.0, description="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
-    gate_max: float = Field(
-        0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
-    )
-    tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
-    # One schedule per PEFT method. Miniature learning rates chosen on the val split (LA, no TEA, 10 epochs; the
-    # selected epochs were 1-4, so 5 epochs run): vpt_deep from {0.1, 0.5}, adaptformer from {0.01, 0.05, 0.2},
-    # lora from {0.05, 0.2}.
-    vpt_deep: TrainConfig = Field(TrainConfig(epochs=5, lr=0.1), description="vpt_deep schedule")
-    adaptformer: TrainConfig = Field(TrainConfig(epochs=5, lr=0.01), description="adaptformer schedule")
-    lora: TrainConfig = Field(TrainConfig(epochs=5, lr=0.05), description="lora schedule")
-    latency_batches: int = Field(20, ge=1, description="batches of the inference-latency measurement")
-    matrix: TEAMatrixConfig = Field(TEAMatrixConfig(), description="the members of the DVC matrix stage")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(_resume_ok)
-    _templates = field_validator("templates")(_templates_ok)
-
-
-# ----------------------------------------------------------------------------------------- LPT++
-class ScorerConfig(Section):
-    hidden: int = Field(64, ge=1, description="hidden width of the MoE scorer's MLP")
-    epochs: int = Field(30, ge=1, description="passes over the cached train features")
-    batch_size: int = Field(128, ge=1, description="cached samples per step (class-balanced sampling)")
-    lr: float = Field(1e-3, ge=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-
-
-class LPTPPConfig(Section):
-    experts: tuple[Role, ...] = Field(
-        BACKBONE_ROLES, description="`backbones` entries used as experts: visual, vision_language"
-    )
-    bottleneck: int | None = Field(
-        None, ge=1, description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width"
-    )
-    templates: Templates = Field(
-        ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
-    )
-    phase1: TrainConfig = Field(
-        TrainConfig(epochs=10, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
-    )
-    phase2: TrainConfig = Field(
-        TrainConfig(epochs=10, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
-    )
-    scorer: ScorerConfig = Field(ScorerConfig(), description="phase 3: the MoE scorer")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(_resume_ok)
-    _templates = field_validator("templates")(_templates_ok)
-
-    @field_validator("experts")
-    @classmethod
-    def _experts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _distinct(v, "expert")
-
-
-# --------------------------------------------------------------------------------------- config
 class Config(Section):
     """All sections of params.yaml, resolved (defaults <- preset <- params.yaml <- overrides)."""
 
@@ -466,13 +74,6 @@ DEFAULT_PRESET = "miniature"
 
 
 # ------------------------------------------------------------------------------ errors, dotted keys
-class _KeyError(ValueError):
-    """Raised inside a validator: names the key (relative to the model) that breaks a cross-field rule."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}\x00{message}")
-
-
 def _describe_value(v: Any) -> str:
     return f"{type(v).__name__} {v!r}"
 
@@ -669,26 +270,6 @@ def load(path: str | Path, overrides: Mapping | Sequence[str] | None = None) -> 
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return compose(values, overrides, root=path.resolve().parent)
-
-
-def to_dict(obj: Any) -> Any:
-    """A config (or section) as plain YAML-able data (tuples become lists)."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump()
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def without_resume(cfg: Config) -> dict:
-    """The resolved config as plain data minus every `resume` key: what a run's results depend on."""
-
-    def strip(d: Any) -> Any:
-        return {k: strip(v) for k, v in d.items() if k != "resume"} if isinstance(d, dict) else d
-
-    return strip(to_dict(cfg))
 
 
 def save_resolved(cfg: Config, path: str | Path, **extra: Any) -> Path:

@@ -5,6 +5,7 @@ per-epoch checkpoints and resume)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import math
@@ -13,6 +14,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +22,8 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from lptlib import dist
 from lptlib.data.samplers import SingleSampling
-from lptlib.metrics import shot_accuracy
+from lptlib.report.metrics import shot_accuracy
+from lptlib.schema import Field, Section, without_resume
 from lptlib.utils import atomic_write_bytes, code_digest, default_device, progress
 
 
@@ -102,6 +105,7 @@ class FitResult:
     test_predictions: torch.Tensor
     history: list[dict] = field(default_factory=list)  # per epoch: loss, lr, val accuracy
     resumed_from_epoch: int | None = None
+    steps: list[dict] = field(default_factory=list)  # per step: step, epoch, lr, loss
 
     def row(self, trainable_params: int) -> dict:
         """A metrics-file row: test accuracy by shot group (with per-class and the confusion counts when
@@ -167,18 +171,16 @@ def run_settings(cfg, data, **run) -> dict:
     """What identifies a run besides its code and its model's starting state: the full resolved config (minus the
     `resume` keys, so `resume: <path>` can continue a run), the data signature (split sizes, label and image
     digests) and the run's own keys (e.g. which Table-1 row)."""
-    from lptlib.config import without_resume
-
     return {"config": without_resume(cfg), "data": data.signature(), **run}
 
 
-def fingerprint(model: nn.Module, settings: dict) -> dict:
+def fingerprint(trainable: nn.Module, model: nn.Module, settings: dict) -> dict:
     """What a checkpoint must match to be resumed: the digest of the code (`lptlib` sources and notebooks), the
     run's settings (see `run_settings`), the schedule, the trainable tensors' shapes and the digest of the
     model's starting state (frozen backbone weights + initial trainable state, e.g. a loaded stage-1 state)."""
     return {
         "settings": {"code": code_digest(), **settings, "initial_state": state_digest(model)},
-        "shapes": {k: list(v.shape) for k, v in model.tuner.state_dict().items()},
+        "shapes": {k: list(v.shape) for k, v in trainable.state_dict().items()},
     }
 
 
@@ -241,93 +243,195 @@ def _batch_size(batch) -> int:
     return len(batch)
 
 
-def fit(
+class Schedule(Section):
+    """A training schedule: a params.yaml subsection such as `lpt.stage1` or `tea.lora` (SGD with momentum, linear
+    warm-up then cosine decay per step)."""
+
+    epochs: int = Field(20, ge=1, description="training epochs (an epoch = as many images as the train set holds)")
+    batch_size: int = Field(64, ge=1, description="images per step")
+    lr: float = Field(0.05, ge=0.0, description="SGD peak learning rate (warm-up, then cosine decay per step)")
+    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
+    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length in epochs")
+    eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch")
+
+
+@dataclass(frozen=True)
+class Optim:
+    """The optimiser of a run and its per-step learning rate: linear warm-up over `warmup_steps`, then cosine
+    decay to 0 (`decay='cosine'`) or the peak kept (`decay='constant'`)."""
+
+    kind: str  # 'sgd' | 'adamw'
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    warmup_steps: int = 0
+    decay: str = "cosine"
+    param_groups: Callable[[nn.Module], list[dict]] | None = None  # e.g. no weight decay on norms and embeddings
+
+    @classmethod
+    def sgd(cls, schedule: Schedule, steps_per_epoch: int) -> Optim:
+        """SGD from a `Schedule` (warm-up in epochs)."""
+        return cls(
+            "sgd",
+            schedule.lr,
+            schedule.weight_decay,
+            schedule.momentum,
+            warmup_steps=int(round(schedule.warmup_epochs * steps_per_epoch)),
+        )
+
+    def build(self, module: nn.Module) -> torch.optim.Optimizer:
+        groups = self.param_groups(module) if self.param_groups else [p for p in module.parameters() if p.requires_grad]
+        if self.kind == "sgd":
+            return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        if self.kind == "adamw":
+            return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        raise ValueError(f"unknown optimiser {self.kind!r}")  # a bug in a recipe, not user input
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        if self.decay == "constant":
+            return self.lr
+        return cosine_lr(step, total_steps, self.warmup_steps, self.lr)
+
+
+Evaluation = Callable[[nn.Module, str], tuple[dict, torch.Tensor]]
+
+
+@dataclass
+class Run:
+    """Everything the one training loop needs; a recipe builds it from its config section.
+
+    `model.tuner` holds the trainable tensors (a model without `tuner` trains as a whole, e.g. pretraining).
+    `batches(epoch)` yields the epoch's batches and `len(batches)` is the steps per epoch; `objective(model,
+    batch, epoch) -> loss` with the batch on the device. `evaluate(model, split) -> (metrics, predictions)` with
+    metrics['overall'] the selection score: called on 'val' after every epoch when `has_val`, and once on 'test'
+    after training with the selected state. `settings` identify the run for resume (see `run_settings`)."""
+
+    name: str
+    model: nn.Module
+    batches: Any
+    objective: Callable
+    epochs: int
+    optim: Optim
+    evaluate: Evaluation | None = None
+    has_val: bool = False
+    checkpoint: str | os.PathLike | None = None
+    resume: str = "never"
+    settings: dict = field(default_factory=dict)
+    device: torch.device | None = None
+
+    @property
+    def trainable(self) -> nn.Module:
+        return getattr(self.model, "tuner", self.model)
+
+
+def shot_evaluation(val_loader, test_loader, shot_counts, convention: str, device: torch.device) -> Evaluation:
+    """`evaluate(model, split)`: shot-group accuracy of the argmax predictions on the val or test loader."""
+    loaders = {"val": val_loader, "test": test_loader}
+
+    def evaluation(model: nn.Module, split: str) -> tuple[dict, torch.Tensor]:
+        return evaluate(model, loaders[split], device, shot_counts, convention, desc=split)
+
+    return evaluation
+
+
+def classifier_run(
     model: nn.Module,
     train,
     val_loader,
     test_loader,
-    loss_fn: Callable,
+    objective: Callable,
+    schedule: Schedule,
     *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    warmup_epochs: float,
     shot_counts,
     convention: str = "decoupling",
-    device: torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: str = "auto",
     settings: dict | None = None,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-    desc: str = "train",
-) -> FitResult:
-    """Train `model.tuner` with SGD (momentum, weight decay), linear warm-up then cosine decay per step.
-
-    `train` is a DataLoader, or a batch source called with the epoch (`SingleSampling`, `DualSampling`);
-    `loss_fn(model, batch, epoch) -> loss`, with the batch already on the device. bf16 autocast on CUDA,
-    float32 on CPU. Under torchrun (`lptlib.dist`) the loss runs in DistributedDataParallel and each rank's mean
-    loss is weighted by its share of the global batch, so the update is the one-process update. After every epoch the val split (if any) is evaluated and the tuner state with the best val `overall` accuracy is kept
-    (ties: the later epoch); without a val split the last epoch is kept. A checkpoint (trainable state,
-    optimizer, epoch, RNG states, selection state) is written after every epoch. `resume`: 'auto'
-    continues from `checkpoint` when it exists and matches this run, 'never' starts over, a path must
-    exist and match. The test split is evaluated once, with the selected state.
-    """
+    name: str = "train",
+    device: torch.device | None = None,
+) -> Run:
+    """The run of a PEFT classifier: `model.tuner` trained with SGD by `schedule` on `train` (a DataLoader or a
+    batch source called with the epoch), selected on the val loader (if any), tested once."""
     device = device or default_device()
-    model.to(device)
-    params = [p for p in model.tuner.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if isinstance(train, DataLoader):
-        train = SingleSampling(train)
-    steps_per_epoch = len(train)
-    total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
-    expected = fingerprint(
+    batches = SingleSampling(train) if isinstance(train, DataLoader) else train
+    return Run(
+        name,
         model,
-        {
-            "epochs": epochs,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "warmup_epochs": warmup_epochs,
-            "steps_per_epoch": steps_per_epoch,
-            **(settings or {}),
-        },
+        batches,
+        objective,
+        schedule.epochs,
+        Optim.sgd(schedule, len(batches)),
+        evaluate=shot_evaluation(val_loader, test_loader, shot_counts, convention, device),
+        has_val=val_loader is not None,
+        checkpoint=checkpoint,
+        resume=resume,
+        device=device,
+        settings={"batch_size": schedule.batch_size, **(settings or {})},
     )
-    start, history, best, resumed = 0, [], {"acc": -1.0, "epoch": -1, "state": None}, None
+
+
+def fit(run: Run) -> FitResult:
+    """The training loop of every stage: train `run.trainable` by `run.optim`, select on val, test once.
+
+    bf16 autocast on CUDA, float32 on CPU. Under torchrun (`lptlib.dist`) the objective runs in
+    DistributedDataParallel and each rank's mean loss is weighted by its share of the global batch, so the update
+    is the one-process update. After every epoch the val split (if any) is evaluated and the trainable state with
+    the best val `overall` is kept (ties: the later epoch); without a val split the last epoch is kept. A
+    checkpoint (trainable state, optimizer, epoch, RNG states, selection state) is written after every epoch.
+    `resume`: 'auto' continues from `checkpoint` when it exists and its fingerprint matches this run (code, config,
+    data, schedule, starting state), 'never' starts over, a path must exist and match. A non-finite loss stops the
+    run at once. The test split is evaluated once, with the selected state.
+    """
+    device = run.device or default_device()
+    model, trainable = run.model.to(device), run.trainable
+    opt = run.optim.build(trainable)
+    steps_per_epoch = len(run.batches)
+    total = run.epochs * steps_per_epoch
+    expected = fingerprint(
+        trainable,
+        model,
+        {"epochs": run.epochs, "optim": _optim_settings(run.optim), "steps_per_epoch": steps_per_epoch, **run.settings},
+    )
+    start, history, steps, resumed = 0, [], [], None
+    best = {"acc": -1.0, "epoch": -1, "state": _state_copy(trainable)}
     source = None
-    if resume not in ("auto", "never"):
-        source = Path(resume)
-    elif resume == "auto" and checkpoint is not None and Path(checkpoint).is_file():
-        source = Path(checkpoint)
+    if run.resume not in ("auto", "never"):
+        source = Path(run.resume)
+    elif run.resume == "auto" and run.checkpoint is not None and Path(run.checkpoint).is_file():
+        source = Path(run.checkpoint)
     if source is not None:
         try:
             ckpt = load_checkpoint(source, expected)
         except CheckpointError as e:
-            if resume != "auto":
+            if run.resume != "auto":
                 raise
             print(f"not resuming: {e}")
         else:
-            model.tuner.load_state_dict(ckpt["tuner"])
+            trainable.load_state_dict(ckpt["tuner"])
             opt.load_state_dict(ckpt["optimizer"])
             start, history, best, resumed = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["epoch"]
+            steps = ckpt.get("steps", [])
             _set_rng_state(ckpt["rng"])
             print(f"resumed from {source} after epoch {ckpt['epoch']}")
 
-    objective: nn.Module = _Objective(model, loss_fn)
+    objective: nn.Module = _Objective(model, run.objective)
     if dist.world_size() > 1:
         # find_unused_parameters: e.g. the group prompts no query picked in a step get no gradient
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
-    for epoch in range(start, epochs):
+    for epoch in range(start, run.epochs):
         model.train()
         losses = []
-        batches = progress(train(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", total=steps_per_epoch)
+        batches = progress(run.batches(epoch), desc=f"{run.name} epoch {epoch + 1}/{run.epochs}", total=steps_per_epoch)
         for i, batch in enumerate(batches):
             step = epoch * steps_per_epoch + i
+            lr = run.optim.lr_at(step, total)
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total, warmup, lr)
+                group["lr"] = lr
             batch = to_device(batch, device)
             with autocast(device):
                 loss = objective(batch, epoch)
@@ -338,42 +442,48 @@ def fit(
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            steps.append({"step": step, "epoch": epoch, "lr": lr, "loss": losses[-1]})
         row = {"epoch": epoch, "loss": dist.mean_over_ranks(sum(losses) / len(losses)), "lr": opt.param_groups[0]["lr"]}
-        if val_loader is not None:
-            val, _ = evaluate(model, val_loader, device, shot_counts, convention, desc=f"{desc} val")
-            row.update(val_overall=val["overall"], val_many=val["many"], val_medium=val["medium"], val_few=val["few"])
+        if run.has_val:
+            val, _ = run.evaluate(model, "val")
+            row.update({f"val_{k}": val[k] for k in ("overall", "many", "medium", "few") if k in val})
             score = val["overall"]
         else:
             score = float(epoch)  # no val split: the last epoch is selected
         if score >= best["acc"]:
-            best = {
-                "acc": score,
-                "epoch": epoch,
-                "state": {k: v.detach().cpu().clone() for k, v in model.tuner.state_dict().items()},
-            }
+            best = {"acc": score, "epoch": epoch, "state": _state_copy(trainable)}
         history.append(row)
-        if checkpoint is not None:
+        if run.checkpoint is not None:
             _save_checkpoint(
-                checkpoint,
+                run.checkpoint,
                 {
                     "fingerprint": expected,
                     "epoch": epoch,
-                    "tuner": model.tuner.state_dict(),
+                    "tuner": trainable.state_dict(),
                     "optimizer": opt.state_dict(),
                     "history": history,
+                    "steps": steps,
                     "best": best,
                     "rng": _rng_state(),
                 },
             )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
 
-    model.tuner.load_state_dict(best["state"])
-    val_metrics = None
-    if val_loader is not None:
-        val_metrics, _ = evaluate(model, val_loader, device, shot_counts, convention, desc=f"{desc} val")
-    test_metrics, test_preds = evaluate(model, test_loader, device, shot_counts, convention, desc=f"{desc} test")
-    return FitResult(best["epoch"], val_metrics, test_metrics, test_preds, history, resumed)
+    trainable.load_state_dict(best["state"])
+    model.eval()
+    val_metrics, test_metrics, test_preds = None, {}, torch.empty(0, dtype=torch.long)
+    if run.evaluate is not None:
+        if run.has_val:
+            val_metrics, _ = run.evaluate(model, "val")
+        test_metrics, test_preds = run.evaluate(model, "test")
+    return FitResult(best["epoch"], val_metrics, test_metrics, test_preds, history, resumed, steps)
+
+
+def _state_copy(module: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _optim_settings(optim: Optim) -> dict:
+    return {k: v for k, v in dataclasses.asdict(optim).items() if k != "param_groups"}
 
 
 def _save_checkpoint(path: str | os.PathLike, state: dict) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from lptlib.config import Config, parse, save_resolved
 from lptlib.paths import repo_root, resolve
-from lptlib.plots import set_style
+from lptlib.report.plots import set_style
 from lptlib.utils import seed_everything
 
 

@@ -42,3 +42,11 @@ def make_tiny_lt(names=("t-shirt", "trouser", "bag"), counts=(12, 4, 2), test_pe
 @pytest.fixture
 def tiny_lt():
     return make_tiny_lt
+
+
+def fit_classifier(model, train, val, test, objective, *, epochs, lr, weight_decay, momentum, warmup_epochs, **rest):
+    """`fit(classifier_run(...))` with the schedule given as keywords (the tests' shorthand)."""
+    from lptlib.engine import Schedule, classifier_run, fit
+
+    schedule = Schedule(epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_epochs=warmup_epochs)
+    return fit(classifier_run(model, train, val, test, objective, schedule, **rest))

@@ -18,11 +18,13 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from lptlib import dist, lpt, vpt_study  # noqa: E402
-from lptlib.config import BackboneConfig, parse  # noqa: E402
+from lptlib import dist  # noqa: E402
+from lptlib.config import parse  # noqa: E402
 from lptlib.data import build_transforms  # noqa: E402
 from lptlib.data.datasets import ArrayDataset, LTData  # noqa: E402
 from lptlib.models import create_backbone  # noqa: E402
+from lptlib.models.backbones import BackboneConfig  # noqa: E402
+from lptlib.recipes import lpt, vpt_study  # noqa: E402
 from lptlib.utils import save_json, seed_everything  # noqa: E402
 
 
@@ -67,13 +69,13 @@ def main(out: Path) -> None:
         metrics[name] = row.metrics()
         tuners[name] = row.model.tuner.state_dict()
     torch.manual_seed(cfg.seed)
-    stage1 = lpt.build_lpt(backbone, data.num_classes, cfg, stage=1)
+    stage1 = lpt.build_lpt(backbone, data.num_classes, cfg.lpt, stage=1)
     metrics["lpt_stage1"] = lpt.train_stage(stage1, data, cfg, out / "checkpoints" / "stage1.pt").row(0)
     tuners["lpt_stage1"] = stage1.tuner.state_dict()
     lpt.save_stage1(stage1, out / "stage1.safetensors")
     dist.barrier()  # rank 0 wrote the file the other ranks read next
     torch.manual_seed(cfg.seed)
-    stage2 = lpt.build_lpt(backbone, data.num_classes, cfg, stage=2)
+    stage2 = lpt.build_lpt(backbone, data.num_classes, cfg.lpt, stage=2)
     lpt.load_stage1(stage2, out / "stage1.safetensors")
     metrics["lpt_stage2"] = lpt.train_stage(stage2, data, cfg, out / "checkpoints" / "stage2.pt").row(0)
     tuners["lpt_stage2"] = stage2.tuner.state_dict()

@@ -3,9 +3,10 @@ import pytest
 import timm
 import torch
 
-from lptlib.config import BackboneConfig, parse
+from lptlib.config import parse
 from lptlib.models import Backbone, WeightsError, create_backbone, load_weight_file, save_weights
 from lptlib.models import backbones as bb
+from lptlib.models.backbones import BackboneConfig
 from lptlib.models.miniature import CLIP_MINI, VIT_MINI
 
 X = torch.randn(2, 3, 28, 28)
@@ -107,7 +108,7 @@ def test_openai_tag_uses_quick_gelu(monkeypatch):
 
 
 def test_miniature_registries_agree():
-    from lptlib.config import MINIATURE_BACKBONES
+    from lptlib.models.backbones import MINIATURE_BACKBONES
     from lptlib.models.miniature import MINIATURE_ARCHS
 
     assert MINIATURE_BACKBONES == {name: family for name, (family, _) in MINIATURE_ARCHS.items()}

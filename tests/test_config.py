@@ -6,6 +6,8 @@ import yaml
 
 from lptlib import config
 from lptlib.config import ConfigError, parse
+from lptlib.data.datasets import MINIATURE_DATASET
+from lptlib.recipes.tea import PEFT_METHODS
 
 PRESETS = ("miniature", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
 DATA_PATHS = ["data.root=/data/x", "data.split_dir=/data/splits"]
@@ -23,7 +25,7 @@ def test_partial_sections_keep_the_other_defaults():
 
 def test_params_yaml_is_accepted_and_is_the_miniature(root):
     cfg = config.load(root / "params.yaml")
-    assert cfg.data.name == config.MINIATURE_DATASET and cfg.preset == "miniature"
+    assert cfg.data.name == MINIATURE_DATASET and cfg.preset == "miniature"
     assert cfg.backbones.visual.name == "vit-mini" and cfg.backbones.vision_language.name == "clip-mini"
     raw = yaml.safe_load((root / "params.yaml").read_text())
     assert set(raw) == set(config.SECTIONS)  # every section present (DVC tracks them), most of them empty
@@ -39,7 +41,7 @@ def test_dotted_keys_and_set_strings_and_yaml_1_1_exponents():
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_composes_and_validates(root, name):
     cfg = config.compose({"preset": name}, [] if name == "miniature" else DATA_PATHS)
-    assert cfg.preset == name and cfg.data.name in (name, config.MINIATURE_DATASET)
+    assert cfg.preset == name and cfg.data.name in (name, MINIATURE_DATASET)
     if name != "miniature":
         assert cfg.backbones.visual.name == "timm:vit_base_patch16_224.augreg_in21k"
         assert cfg.backbones.vision_language.tag == "openai" and cfg.data.image_size == 224
@@ -92,7 +94,7 @@ def test_describe_lists_every_leaf():
     assert len(keys) == len(set(keys))
     assert all(h for _, _, h in config.describe()), "every parameter has a help text"
     defaults = dict((k, v) for k, v, _ in config.describe())
-    assert defaults["vpt_study.linear_probe.lr"] == "2.0"  # the section's own default, not TrainConfig's
+    assert defaults["vpt_study.linear_probe.lr"] == "2.0"  # the section's own default, not Schedule's
 
 
 def test_parameters_doc_is_generated_from_the_models(root):
@@ -164,7 +166,7 @@ def paper_hyperparameters(name: str) -> dict:
             "lptpp.bottleneck": LIFT_BOTTLENECK[name],
         }
     )
-    for peft in config.PEFT_METHODS:  # LIFT's recipe
+    for peft in PEFT_METHODS:  # LIFT's recipe
         expected.update(
             {
                 f"tea.{peft}.epochs": 20 if name == "inat2018" else 10,

@@ -2,7 +2,7 @@
 presets, pipeline files, tests and docs resolves to a file and a heading; relative links in README.md and docs/
 resolve; nothing cites a design document outside the repository; README.md stays short.
 
-Fast: text only, no lptlib import.
+Fast: text, plus importing the `lptlib` names the docs mention.
 """
 
 from __future__ import annotations
@@ -160,3 +160,32 @@ def test_no_citation_of_documents_outside_the_repository(path):
 def test_readme_is_short():
     n = len((ROOT / "README.md").read_text(encoding="utf-8"))
     assert n <= README_MAX_CHARS, f"README.md: {n} characters, over the {README_MAX_CHARS} limit; move details to docs/"
+
+
+# ------------------------------------------------------------------------------- code references
+CODE_PATH = re.compile(r"\blptlib/[\w/]+\.(?:py|json)\b")
+DOTTED = re.compile(r"`(lptlib(?:\.\w+)+)")
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=_rel)
+def test_code_named_by_the_docs_exists(path):
+    """Every `lptlib/...py` file and every `lptlib.module.name` the docs name exists (after a move, the docs
+    follow)."""
+    import importlib
+
+    bad = []
+    for number, line in _lines(path):
+        bad += [f"{number}: {p}" for p in CODE_PATH.findall(line) if not (ROOT / p).is_file()]
+        for dotted in DOTTED.findall(line):
+            parts = dotted.split(".")
+            for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    bad.append(f"{number}: {dotted}")
+                break
+    assert not bad, f"{_rel(path)} names code that does not exist: {bad}"

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fit_classifier
 
-from lptlib.config import BackboneConfig, parse
+from lptlib.config import parse
 from lptlib.data import ArrayDataset, ClassAwareSampler, Normalization, build_transforms, make_loader
-from lptlib.engine import fit
 from lptlib.models import create_backbone
+from lptlib.models.backbones import BackboneConfig
 from lptlib.models.peft import PEFTClassifier
 
 COUNTS = np.array([12, 6, 3])
@@ -47,28 +48,23 @@ KW = dict(
 
 def test_resume_after_an_interruption_gives_identical_results(tmp_path):
     torch.manual_seed(123)
-    full = fit(model(), *loaders(), ce, checkpoint=tmp_path / "a.pt", resume="never", **KW)
+    full = fit_classifier(model(), *loaders(), ce, checkpoint=tmp_path / "a.pt", resume="never", **KW)
 
     class Killed(Exception):
         pass
 
-    def kill_after_first_epoch(epoch, row):
-        if epoch == 0:
+    def killed_in_the_second_epoch(m, batch, epoch):  # the checkpoint of the first epoch is on disk by then
+        if epoch == 1:
             raise Killed
+        return ce(m, batch, epoch)
 
     torch.manual_seed(123)
     with pytest.raises(Killed):
-        fit(
-            model(),
-            *loaders(),
-            ce,
-            checkpoint=tmp_path / "b.pt",
-            resume="never",
-            on_epoch_end=kill_after_first_epoch,
-            **KW,
+        fit_classifier(
+            model(), *loaders(), killed_in_the_second_epoch, checkpoint=tmp_path / "b.pt", resume="never", **KW
         )
     torch.manual_seed(999)  # the resumed process starts from another RNG state
-    resumed = fit(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="auto", **KW)
+    resumed = fit_classifier(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="auto", **KW)
     assert resumed.resumed_from_epoch == 0
     assert resumed.history == full.history
     assert resumed.test == full.test and resumed.best_epoch == full.best_epoch
@@ -85,7 +81,7 @@ def test_selection_uses_val_and_test_is_evaluated_once(tmp_path):
         return original(x)
 
     m.forward = counting_forward
-    result = fit(m, *loaders(), ce, resume="never", **KW)
+    result = fit_classifier(m, *loaders(), ce, resume="never", **KW)
     vals = [h["val_overall"] for h in result.history]
     assert result.best_epoch == max(i for i, v in enumerate(vals) if v == max(vals))  # ties: the later epoch
     assert result.val["overall"] == result.history[result.best_epoch]["val_overall"]
@@ -94,7 +90,7 @@ def test_selection_uses_val_and_test_is_evaluated_once(tmp_path):
 
 def test_no_val_split_selects_the_last_epoch():
     train, _, test = loaders()
-    result = fit(model(), train, None, test, ce, resume="never", **KW)
+    result = fit_classifier(model(), train, None, test, ce, resume="never", **KW)
     assert result.best_epoch == 2 and result.val is None
 
 
@@ -102,7 +98,9 @@ def test_auto_resume_with_a_mismatching_checkpoint_starts_over(tmp_path):
     """'auto' with a checkpoint of another run starts over instead of failing (a path given to `resume` fails:
     the table of tests/test_reliability.py)."""
     train, val, test = loaders()
-    fit(model(), train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="never", **{**KW, "epochs": 1})
+    fit_classifier(model(), train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="never", **{**KW, "epochs": 1})
     other = PEFTClassifier(model().backbone, 3, prompt_length=5)
-    result = fit(other, train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="auto", **{**KW, "epochs": 1})
+    result = fit_classifier(
+        other, train, val, test, ce, checkpoint=tmp_path / "c.pt", resume="auto", **{**KW, "epochs": 1}
+    )
     assert result.resumed_from_epoch is None

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lptlib.losses import AGCL, LOSSES, BalancedSoftmax, Focal, LogitAdjusted, build_loss, matching_loss
+from lptlib.objectives import AGCL, LOSSES, BalancedSoftmax, Focal, LogitAdjusted, build_loss, matching_loss
 
 COUNTS = [500, 120, 30, 5]
 

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
-from lptlib.models.lpt import LPT, GroupPromptPool
-from lptlib.models.peft import count_trainable
+from lptlib.models.backbones import BackboneConfig
+from lptlib.models.peft import LPT, GroupPromptPool, count_trainable
 
 
 @pytest.fixture(scope="module", params=["vit-mini", "clip-mini"])

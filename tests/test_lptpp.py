@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from lptlib import config
-from lptlib.config import BackboneConfig
-from lptlib.lptpp import (
+from lptlib.models import create_backbone
+from lptlib.models.backbones import BackboneConfig
+from lptlib.models.moe import MoEScorer
+from lptlib.models.peft import LPT
+from lptlib.recipes.lptpp import (
     ExpertCache,
-    MoEScorer,
     build_cache,
     build_expert,
     evaluate_rows,
@@ -20,8 +22,6 @@ from lptlib.lptpp import (
     save_expert,
     train_scorer,
 )
-from lptlib.models import create_backbone
-from lptlib.models.lpt import LPT
 
 RANDOM = {
     "visual": {"name": "vit-mini", "weights": "random"},

@@ -33,19 +33,20 @@ import pytest
 import torch
 from PIL import Image
 
-from lptlib import lptpp as lpp
 from lptlib import stage
-from lptlib.analysis import lda_projection
-from lptlib.config import BackboneConfig, ConfigError, parse
+from lptlib.config import ConfigError, parse
 from lptlib.data import build_data, build_transforms, lt_counts, make_loader
 from lptlib.data.datasets import LTData
-from lptlib.lpt import build_lpt, key_usage, load_stage1, save_stage1, train_stage, usage_entropy
-from lptlib.metrics import shot_groups
-from lptlib.models.backbones import Backbone, create_backbone
+from lptlib.models.backbones import Backbone, BackboneConfig, create_backbone
+from lptlib.models.heads import check_classnames
 from lptlib.models.peft import count_trainable
-from lptlib.plots import plot_lda
-from lptlib.tea import build_model, check_classnames, inference_latency, member_name, train_member
-from lptlib.vpt_study import cls_features, feature_sample, feature_table, row_name, run_table1
+from lptlib.recipes import lptpp as lpp
+from lptlib.recipes.lpt import build_lpt, key_usage, load_stage1, save_stage1, train_stage, usage_entropy
+from lptlib.recipes.tea import build_model, inference_latency, member_name, train_member
+from lptlib.recipes.vpt_study import cls_features, feature_sample, feature_table, row_name, run_table1
+from lptlib.report.analysis import lda_projection
+from lptlib.report.metrics import shot_groups
+from lptlib.report.plots import plot_lda
 
 VIT_B16 = "timm:vit_base_patch16_224.augreg_in21k"
 CLIP_B16 = "open_clip:ViT-B-16"
@@ -245,13 +246,13 @@ def test_places_lt_lpt_stages(backbones, tmp_path):
     assert lt.classnames == ["airfield", "apartment building-outdoor"] and lt.train_counts.tolist() == [2, 1]
     backbone = backbone_for(backbones, getattr(cfg.backbones, cfg.lpt.backbone))
 
-    model = build_lpt(backbone, lt.num_classes, cfg, stage=1)
+    model = build_lpt(backbone, lt.num_classes, cfg.lpt, stage=1)
     assert tuple(model.tuner["shared_prompts"].prompts.shape) == (12, 10, 768)
     check_result(train_stage(model, lt, cfg, out1 / "checkpoints" / "stage1.pt"), 2)
     stage1_file = save_stage1(model, out1 / "lpt_stage1.safetensors")
 
     cfg = start("lpt_stage2", out2, plain, "lpt")
-    model2 = build_lpt(backbone, lt.num_classes, cfg, stage=2)
+    model2 = build_lpt(backbone, lt.num_classes, cfg.lpt, stage=2)
     load_stage1(model2, stage1_file)
     assert torch.equal(model2.tuner["shared_prompts"].prompts, model.tuner["shared_prompts"].prompts)
     pool = model2.tuner["group_pool"]

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
+from lptlib.models.backbones import BackboneConfig
 from lptlib.models.heads import ZeroShotCLIP, text_head_weights, zero_shot_weights
 from lptlib.models.peft import AdaptFormer, LoRA, PEFTClassifier, adapter_bottleneck, count_trainable
 

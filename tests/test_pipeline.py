@@ -35,20 +35,26 @@ def clone(tmp_path_factory):
             shutil.copy2(ROOT / f, dst / f)
     yaml = YAML()
     params = yaml.load((dst / "params.yaml").read_text())
-    params["data"]["max_test_per_class"] = 20
+    def section(*keys):  # params.yaml names only the user's keys: create the nested sections the test sets
+        node = params
+        for key in keys:
+            node = node.setdefault(key, {})
+        return node
+
+    section("data")["max_test_per_class"] = 20
     for run in ("vit_mini", "clip_mini"):
-        params["pretrain"][run].update(epochs=1, max_images=256, batch_size=64, warmup_steps=1)
+        section("pretrain", run).update(epochs=1, max_images=256, batch_size=64, warmup_steps=1)
     for run in ("linear_probe", "vpt_deep"):
-        params["vpt_study"][run].update(epochs=1, batch_size=128)
-    params["vpt_study"]["feature_images_per_class"] = 5
+        section("vpt_study", run).update(epochs=1, batch_size=128)
+    section("vpt_study")["feature_images_per_class"] = 5
     for run in ("stage1", "stage2"):
-        params["lpt"][run].update(epochs=1, batch_size=128)
-    params["tea"]["lora"].update(epochs=1, batch_size=128)
-    params["tea"]["latency_batches"] = 2
-    params["tea"]["matrix"].update(peft=["lora"], loss=["la"], tea=["none", "pea_pg_tec"])
+        section("lpt", run).update(epochs=1, batch_size=128)
+    section("tea", "lora").update(epochs=1, batch_size=128)
+    section("tea")["latency_batches"] = 2
+    section("tea", "matrix").update(peft=["lora"], loss=["la"], tea=["none", "pea_pg_tec"])
     for run in ("phase1", "phase2"):
-        params["lptpp"][run].update(epochs=1, batch_size=128)
-    params["lptpp"]["scorer"]["epochs"] = 2
+        section("lptpp", run).update(epochs=1, batch_size=128)
+    section("lptpp", "scorer")["epochs"] = 2
     with open(dst / "params.yaml", "w") as f:
         yaml.dump(params, f)
     for f in (dst / "metrics").glob("**/*.json"):

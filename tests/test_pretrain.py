@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lptlib.engine import cosine_lr
 from lptlib.models.heads import zero_shot_weights
-from lptlib.pretrain import unicl_loss
+from lptlib.recipes.pretrain import unicl_loss
 
 
 def test_unicl_equals_clip_loss_when_labels_are_distinct():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lptlib.config import BackboneConfig
 from lptlib.models import create_backbone
+from lptlib.models.backbones import BackboneConfig
 from lptlib.models.blocks import run_blocks
 from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.models.prompts import DeepPrompts

@@ -32,10 +32,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import fit_classifier
 from safetensors.torch import save_file
 
 from lptlib import config, stage
-from lptlib.config import BackboneConfig, ConfigError, parse
+from lptlib.config import ConfigError, parse
 from lptlib.data import (
     ArrayDataset,
     ClassAwareSampler,
@@ -53,22 +54,29 @@ from lptlib.data import (
     read_split_file,
 )
 from lptlib.data import datasets as ds
-from lptlib.engine import CheckpointError, NonFiniteLossError, check_finite, fit
-from lptlib.losses import build_loss
-from lptlib.lpt import load_stage1, save_stage1
-from lptlib.lptpp import ExpertCache, ExpertError, build_cache, build_expert, load_expert, save_expert, train_scorer
-from lptlib.metrics import per_class_accuracy, shot_groups
+from lptlib.engine import CheckpointError, NonFiniteLossError, check_finite
 from lptlib.models import Backbone, WeightsError, create_backbone, load_weight_file, save_weights
+from lptlib.models.backbones import BackboneConfig
 from lptlib.models.blocks import run_blocks, tuned_block
-from lptlib.models.heads import build_head, text_head_weights
-from lptlib.models.lpt import LPT
+from lptlib.models.heads import build_head, check_classnames, text_head_weights
 from lptlib.models.miniature import VIT_MINI
-from lptlib.models.peft import AdaptFormer, LoRA, PEFTClassifier
+from lptlib.models.peft import LPT, AdaptFormer, LoRA, PEFTClassifier
 from lptlib.models.prompts import DeepPrompts
-from lptlib.models.tea import gate_probabilities, variant_parts
+from lptlib.objectives import build_loss, gate_probabilities, variant_parts
 from lptlib.paths import repo_root
-from lptlib.pretrain import run_pretraining
-from lptlib.tea import build_model, check_classnames, check_member, load_members
+from lptlib.recipes.lpt import load_stage1, save_stage1
+from lptlib.recipes.lptpp import (
+    ExpertCache,
+    ExpertError,
+    build_cache,
+    build_expert,
+    load_expert,
+    save_expert,
+    train_scorer,
+)
+from lptlib.recipes.pretrain import run_pretraining
+from lptlib.recipes.tea import build_model, check_member, load_members
+from lptlib.report.metrics import per_class_accuracy, shot_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 RANDOM = {
@@ -154,7 +162,7 @@ class Work:
             kw = dict(
                 epochs=1, lr=0.05, weight_decay=1e-4, momentum=0.9, warmup_epochs=1, shot_counts=np.array([150, 50, 5])
             )
-            fit(make_model(), *loaders, _ce, checkpoint=path, resume="never", **kw)
+            fit_classifier(make_model(), *loaders, _ce, checkpoint=path, resume="never", **kw)
             return SimpleNamespace(model=make_model, loaders=loaders, kw=kw, checkpoint=path)
 
         return self.cached("engine.pt", build)
@@ -269,7 +277,7 @@ def _hub(w: Work, module, spec: BackboneConfig):
 
 def _resume(w: Work, model=None, **kw):
     e = w.engine()
-    fit(model or e.model(), *e.loaders, _ce, **{**e.kw, "resume": str(e.checkpoint), **kw})
+    fit_classifier(model or e.model(), *e.loaders, _ce, **{**e.kw, "resume": str(e.checkpoint), **kw})
 
 
 def _other_start(w: Work):
@@ -958,7 +966,7 @@ CASES = [
     ),
     case(
         "engine-non-finite-loss-fit",
-        lambda w: fit(
+        lambda w: fit_classifier(
             w.engine().model(),
             *w.engine().loaders,
             lambda m, b, e: m(b[0]).sum() * float("nan"),
@@ -970,7 +978,9 @@ CASES = [
     ),
     case(
         "checkpoint-missing",
-        lambda w: fit(w.engine().model(), *w.engine().loaders, _ce, resume=str(w.tmp / "missing.pt"), **w.engine().kw),
+        lambda w: fit_classifier(
+            w.engine().model(), *w.engine().loaders, _ce, resume=str(w.tmp / "missing.pt"), **w.engine().kw
+        ),
         CheckpointError,
         r"resume checkpoint .*missing\.pt does not exist",
     ),
@@ -978,7 +988,7 @@ CASES = [
         "checkpoint-other-config",
         lambda w: _resume(w, lr=0.1),
         CheckpointError,
-        r"engine\.pt was made by other code, settings or data \(differs in: lr\)",
+        r"engine\.pt was made by other code, settings or data \(differs in: optim\.lr\)",
     ),
     case(
         "checkpoint-other-model",
@@ -1182,7 +1192,7 @@ CASES = [
 FIXED_GAPS = [  # inputs that raised unclear errors when this table was written; fixed since
     case(
         "checkpoint-damaged",
-        lambda w: fit(
+        lambda w: fit_classifier(
             w.engine().model(),
             *w.engine().loaders,
             _ce,

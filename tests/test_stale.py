@@ -3,7 +3,7 @@
 - DVC: every stage depends on its notebook, the whole `lptlib` package and `presets/` (checked on `dvc.yaml`), and
   `dvc status` reports a stage stale after a one-constant change in `lptlib` (checked with DVC in a copy of the
   repository); interpreter caches (`__pycache__`) do not make a stage stale.
-- Resume: a checkpoint made by other code (one constant changed in `lptlib/losses.py`) or with another data
+- Resume: a checkpoint made by other code (one constant changed in `lptlib/objectives.py`) or with another data
   setting is not continued, and the new run's metrics are the new code's (checked on notebook 02 in the copy).
 - `resume: <path>` continues a checkpoint made at another path when it matches.
 - The LPT++ phase-3 cache is keyed like a checkpoint: rebuilt after a test-transform change.
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import fit_classifier
 from torch.nn import functional as F
 
 from lptlib import config
-from lptlib.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -130,7 +130,7 @@ def test_a_code_change_makes_the_stage_stale_and_is_never_resumed(tmp_path, root
     assert "up to date" in _dvc(repo, "status", "lpt_stage1"), "interpreter caches made the stage stale"
     old_metrics = json.loads((first / "metrics.json").read_text())["lpt_stage1"]
 
-    losses = repo / "lptlib" / "losses.py"
+    losses = repo / "lptlib" / "objectives.py"
     text = losses.read_text()
     assert "/ 3.0).clamp(-1.0, 1.0)" in text
     losses.write_text(text.replace("/ 3.0).clamp(-1.0, 1.0)", "/ 1.0).clamp(-1.0, 1.0)"))  # A-GCL's cloud
@@ -153,8 +153,7 @@ def test_a_code_change_makes_the_stage_stale_and_is_never_resumed(tmp_path, root
 @pytest.fixture(scope="module")
 def root_with_pretrained(tmp_path_factory) -> Path:
     """A folder holding outputs/pretrain/{vit-mini,clip-mini}.safetensors (random weights of the miniatures)."""
-    from lptlib.config import BackboneConfig
-    from lptlib.models.backbones import create_backbone, save_weights
+    from lptlib.models.backbones import BackboneConfig, create_backbone, save_weights
 
     folder = tmp_path_factory.mktemp("pretrained")
     torch.manual_seed(0)
@@ -169,9 +168,8 @@ def _ce(model, batch, epoch):
 
 
 def test_resume_from_an_explicit_path_continues_a_matching_checkpoint(tmp_path, capsys):
-    from lptlib.config import BackboneConfig
     from lptlib.data import ArrayDataset, ClassAwareSampler, Normalization, build_transforms, make_loader
-    from lptlib.models.backbones import create_backbone
+    from lptlib.models.backbones import BackboneConfig, create_backbone
     from lptlib.models.peft import PEFTClassifier
 
     torch.manual_seed(0)
@@ -198,9 +196,9 @@ def test_resume_from_an_explicit_path_continues_a_matching_checkpoint(tmp_path, 
         shot_counts=np.array([150, 50, 5]),
         settings={"run": "unit"},
     )
-    whole = fit(model(), *loaders, _ce, checkpoint=tmp_path / "a.pt", resume="never", **kw)
+    whole = fit_classifier(model(), *loaders, _ce, checkpoint=tmp_path / "a.pt", resume="never", **kw)
     # a run elsewhere, told to continue a.pt (made by the same code and settings): it resumes and agrees
-    moved = fit(model(), *loaders, _ce, checkpoint=tmp_path / "b.pt", resume=str(tmp_path / "a.pt"), **kw)
+    moved = fit_classifier(model(), *loaders, _ce, checkpoint=tmp_path / "b.pt", resume=str(tmp_path / "a.pt"), **kw)
     assert f"resumed from {tmp_path / 'a.pt'} after epoch 1" in capsys.readouterr().out
     assert moved.resumed_from_epoch == 1 and moved.test["overall"] == whole.test["overall"]
     # the params.yaml key accepts the path (resume is not part of the fingerprint, so the value can change)
@@ -209,9 +207,9 @@ def test_resume_from_an_explicit_path_continues_a_matching_checkpoint(tmp_path, 
 
 
 def test_lptpp_cache_is_rebuilt_after_a_test_transform_change(tmp_path, capsys):
-    from lptlib.config import BackboneConfig
     from lptlib.data import ArrayDataset, LTData
-    from lptlib.lptpp import build_cache, build_expert, save_expert
+    from lptlib.models.backbones import BackboneConfig
+    from lptlib.recipes.lptpp import build_cache, build_expert, save_expert
 
     rng = np.random.default_rng(0)
     split = lambda n: ArrayDataset(rng.integers(0, 255, (3 * n, 28, 28), dtype=np.uint8), np.repeat(np.arange(3), n))  # noqa: E731

@@ -7,19 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from lptlib import config
-from lptlib.config import BackboneConfig
-from lptlib.losses import AGCL
 from lptlib.models import create_backbone
+from lptlib.models.backbones import BackboneConfig
+from lptlib.models.heads import check_classnames
 from lptlib.models.peft import count_trainable
-from lptlib.models.tea import TEA, gate_probabilities, patch_semantics, variant_parts
-from lptlib.tea import (
+from lptlib.objectives import AGCL, TEA, gate_probabilities, patch_semantics, tea_objective, variant_parts
+from lptlib.recipes.tea import (
     build_model,
     build_objective,
     build_tea,
-    check_classnames,
     check_member,
     member_name,
-    tea_objective,
 )
 
 

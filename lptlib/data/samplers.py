@@ -6,14 +6,18 @@ All are deterministic functions of (seed, epoch): `set_epoch(e)` before iteratin
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lptlib.config import SAMPLING_MODES
 from lptlib.dist import ShardedSampler, rank, world_size
+
+SAMPLING_MODES = ("instance_balanced", "class_balanced")
+Sampling = Literal["instance_balanced", "class_balanced"]
 
 
 class ShuffleSampler(Sampler[int]):
@@ -167,6 +171,22 @@ class SingleSampling:
         if hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)
         return iter(self.loader)
+
+
+class IndexBatches:
+    """Training batches of data held in tensors (e.g. cached features), epoch by epoch: the sampler's indices
+    (`set_epoch(epoch)` first) in chunks of `batch_size`, each turned into a batch by `take(indices)`."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, take: Callable[[torch.Tensor], object]):
+        self.sampler, self.batch_size, self.take = sampler, batch_size, take
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __call__(self, epoch: int) -> Iterator:
+        self.sampler.set_epoch(epoch)
+        order = torch.as_tensor(list(self.sampler))
+        return (self.take(order[i : i + self.batch_size]) for i in range(0, len(order), self.batch_size))
 
 
 class DualSampling:

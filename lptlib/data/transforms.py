@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torchvision import transforms as T
 
-from lptlib.config import DataConfig
+if TYPE_CHECKING:
+    from lptlib.data.datasets import DataConfig
+
 
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,

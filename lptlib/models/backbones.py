@@ -12,20 +12,124 @@ the patch tokens (dinov2-style named parts).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 import open_clip
 import timm
 import torch
 from torch import nn
 
-from lptlib.config import MINIATURE_BACKBONES, BackboneConfig, backbone_family
 from lptlib.data.transforms import Normalization
 from lptlib.models.miniature import MINIATURE_ARCHS
 from lptlib.paths import resolve
+from lptlib.schema import ConfigError, Field, RuleError, Section, model_validator
 from lptlib.utils import save_safetensors
+
+MINIATURE_BACKBONES = {"vit-mini": "timm", "clip-mini": "open_clip"}
+BACKBONE_FAMILIES = ("timm", "open_clip")
+
+
+def backbone_family(name: str) -> str:
+    """'timm' or 'open_clip' for a backbone name: a miniature name or '<family>:<model>'."""
+    if name in MINIATURE_BACKBONES:
+        return MINIATURE_BACKBONES[name]
+    family = name.split(":", 1)[0]
+    if ":" not in name or family not in BACKBONE_FAMILIES:
+        raise ConfigError(
+            f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_BACKBONES)}) "
+            "or 'timm:<model>.<tag>' (e.g. timm:vit_base_patch16_224.augreg_in21k) "
+            "or 'open_clip:<model>' (e.g. open_clip:ViT-B-16)"
+        )
+    return family
+
+
+class BackboneConfig(Section):
+    """One `backbones` entry."""
+
+    name: str = Field("vit-mini", description="vit-mini | clip-mini | timm:<model>.<tag> | open_clip:<model>")
+    weights: str = Field("random", description="a local weight file | 'hub' (download by tag) | 'random'")
+    tag: str | None = Field(None, description="open_clip pretrained tag (e.g. openai), used with weights: hub")
+
+    def __init__(self, name: str = "vit-mini", weights: str = "random", tag: str | None = None, **kw: Any):
+        super().__init__(name=name, weights=weights, tag=tag, **kw)
+
+    @model_validator(mode="after")
+    def _rules(self) -> BackboneConfig:
+        try:
+            family = backbone_family(self.name)
+        except ConfigError as e:
+            raise RuleError("name", str(e)) from None
+        if self.name in MINIATURE_BACKBONES and self.weights == "hub":
+            raise RuleError(
+                "weights",
+                f"{self.name} is pretrained by this pipeline (00_pretrain), not downloadable; give its weight file",
+            )
+        if family == "open_clip" and self.weights == "hub" and not self.tag:
+            raise RuleError("tag", "open_clip weights from the hub need a pretrained tag (e.g. openai)")
+        if self.name not in MINIATURE_BACKBONES:
+            _check_hub_name(self, family)
+        return self
+
+
+def _check_hub_name(b: BackboneConfig, family: str) -> None:
+    model = b.name.split(":", 1)[1]
+    if family == "timm":
+        import timm
+
+        arch = model.split(".", 1)[0]
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+            raise RuleError(
+                "name",
+                f"timm has no model {arch!r}; close names: {', '.join(close) or '-'} (timm.list_models() lists all)",
+            )
+        if b.weights == "hub":
+            if "." not in model:
+                raise RuleError(
+                    "name",
+                    "give the full timm tag, e.g. timm:vit_base_patch16_224.augreg_in21k (an "
+                    "untagged name resolves to different weights across timm versions)",
+                )
+            if model not in timm.list_pretrained(model):
+                tags = timm.list_pretrained(arch + ".*")
+                raise RuleError(
+                    "name", f"timm has no pretrained tag {model!r}; tags of {arch}: {', '.join(tags) or 'none'}"
+                )
+    else:
+        import open_clip
+
+        if model not in open_clip.list_models():
+            close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
+            raise RuleError(
+                "name",
+                f"open_clip has no model {model!r}; close names: {', '.join(close) or '-'} "
+                "(open_clip.list_models() lists all)",
+            )
+        if b.weights == "hub" and b.tag not in open_clip.list_pretrained_tags_by_model(model):
+            raise RuleError(
+                "tag",
+                f"open_clip has no tag {b.tag!r} for {model}; tags: "
+                f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}",
+            )
+
+
+class BackbonesConfig(Section):
+    """The `backbones` section: the two foundation models."""
+
+    visual: BackboneConfig = Field(
+        BackboneConfig("vit-mini", "outputs/pretrain/vit-mini.safetensors"), description="visual-only backbone"
+    )
+    vision_language: BackboneConfig = Field(
+        BackboneConfig("clip-mini", "outputs/pretrain/clip-mini.safetensors"), description="vision-language backbone"
+    )
+
+
+BACKBONE_ROLES = ("visual", "vision_language")
+Role = Literal["visual", "vision_language"]
 
 
 class WeightsError(RuntimeError):

@@ -21,6 +21,7 @@ types raise, except plain concat-form prompts, which only call the block. Tests 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ from timm.layers import Attention as TimmAttention
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
-from lptlib.config import PROMPT_FORMS
+PROMPT_FORMS = ("kv", "concat")
+PromptForm = Literal["kv", "concat"]
 
 
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -3,13 +3,16 @@ zero-shot classifier and LIFT's text initialisation of a cosine head (docs/metho
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lptlib.config import HEADS
+from lptlib.schema import ConfigError
+
+HEADS = ("linear", "cosine")
 
 
 class CosineHead(nn.Module):
@@ -74,3 +77,30 @@ class ZeroShotCLIP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.project(self.backbone(x)), dim=-1) @ self.weights.to(x.dtype).T
+
+
+#: a class "name" that is an identifier: a WordNet id (ImageNet folders) or a number (iNaturalist folders)
+_ID_NAME = re.compile(r"n\d{8}|\d+")
+
+
+def check_classnames(classnames: list[str] | None, num_classes: int) -> None:
+    """The text-initialised head needs one real name per class, in label order (not empty, not a 'class N'
+    placeholder, not an id such as the WordNet ids ImageNet's folders are named by)."""
+    fix = "give them with data.classnames_file (one name per line, in label order)"
+    if not classnames:
+        raise ConfigError(f"the text-initialised head needs the class names and the dataset has none; {fix}")
+    if len(classnames) != num_classes:
+        raise ConfigError(f"{len(classnames)} class names for {num_classes} classes; {fix}")
+    blank = [i for i, n in enumerate(classnames) if not str(n).strip() or str(n).strip() == f"class {i}"]
+    if blank:
+        raise ConfigError(
+            f"class names missing for labels {blank[:5]}{' ...' if len(blank) > 5 else ''} "
+            f"(empty or a 'class N' placeholder); {fix}"
+        )
+    ids = [i for i, n in enumerate(classnames) if _ID_NAME.fullmatch(str(n).strip())]
+    if ids:  # the image-folder names of ImageNet (WordNet ids) and iNaturalist (category ids) are not names
+        raise ConfigError(
+            f"class names for labels {ids[:5]}{' ...' if len(ids) > 5 else ''} are ids, not names "
+            f"(e.g. {str(classnames[ids[0]]).strip()!r}: a WordNet or numeric category id, as the image "
+            f"folders are named); {fix}"
+        )

@@ -274,5 +274,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m lptlib.report.table (or python -m lptlib.report)
     sys.exit(main())

@@ -1,14 +1,17 @@
-"""LPT++ (arXiv 2409.11323), **our reading** of its abstract (docs/methods.md#lpt-mixture-of-experts; the full text is not public).
+"""The LPT++ recipe (arXiv 2409.11323), **our reading** of its abstract (docs/methods.md#lpt-mixture-of-experts; the full text is not public).
 
 - The *universal long-tailed adaptation module* is LPT's shared + group prompts with AdaptFormer adapters in
-  every block (`lptlib.models.lpt.LPT(adapter=True)`; LPT is the same code with adapters off).
+  every block (`lptlib.models.peft.LPT(adapter=True)`; LPT is the same code with adapters off).
 - Each *expert* is one backbone with that module: the visual-only one (`backbones.visual`) and the
   vision-language one (`backbones.vision_language`, text-initialised cosine head).
 - Phase 1 trains shared prompts + adapters + head per expert; phase 2 the group prompts + keys + head with the
   adapters and shared prompts frozen (both with A-GCL and dual sampling, as LPT); phase 3 caches the frozen
   experts' features and logits on train / val / test once, then trains the **MoE scorer** on the cache only:
   a(x) = softmax(MLP([f_1(x); ...; f_E(x)])), p(y|x) = sum_e a_e(x) softmax(z_e(x) / T_e), T_e learnable,
-  with class-balanced sampling.
+  with class-balanced sampling (`lptlib.models.moe.MoEScorer`).
+
+The experts' module settings (prompts, pool, A-GCL, dual sampling) are the `lpt` section's: LPT++ is LPT plus
+adapters, so it reads `cfg.lpt` (one direction: the LPT recipe never reads `lptpp`).
 """
 
 from __future__ import annotations
@@ -18,22 +21,77 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from lptlib.config import Config, without_resume
 from lptlib.data import LTData, build_transforms, make_loader
-from lptlib.data.samplers import ClassAwareSampler
-from lptlib.engine import FitResult, predict
-from lptlib.lpt import build_lpt, train_stage
-from lptlib.metrics import shot_accuracy
-from lptlib.models.backbones import create_backbone
-from lptlib.models.heads import text_head_weights
-from lptlib.models.lpt import LPT
+from lptlib.data.samplers import ClassAwareSampler, IndexBatches
+from lptlib.engine import FitResult, Optim, Run, Schedule, fit, predict
+from lptlib.models.backbones import BACKBONE_ROLES, Role, create_backbone
+from lptlib.models.heads import check_classnames, text_head_weights
+from lptlib.models.moe import MoEScorer
+from lptlib.models.peft import LPT
+from lptlib.recipes.lpt import build_lpt, train_stage
+from lptlib.report.metrics import shot_accuracy
+from lptlib.schema import (
+    Field,
+    Resume,
+    Section,
+    Templates,
+    distinct,
+    field_validator,
+    resume_ok,
+    templates_ok,
+    without_resume,
+)
 from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors
+
+if TYPE_CHECKING:
+    from lptlib.config import Config
+
+
+class ScorerConfig(Section):
+    """`lptlib.scorer`: phase 3's MoE scorer (AdamW at a constant learning rate, class-balanced batches)."""
+
+    hidden: int = Field(64, ge=1, description="hidden width of the MoE scorer's MLP")
+    epochs: int = Field(30, ge=1, description="passes over the cached train features")
+    batch_size: int = Field(128, ge=1, description="cached samples per step (class-balanced sampling)")
+    lr: float = Field(1e-3, ge=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+
+
+class LPTPPConfig(Section):
+    """The `lptpp` section."""
+
+    experts: tuple[Role, ...] = Field(
+        BACKBONE_ROLES, description="`backbones` entries used as experts: visual, vision_language"
+    )
+    bottleneck: int | None = Field(
+        None, ge=1, description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width"
+    )
+    templates: Templates = Field(
+        ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
+    )
+    phase1: Schedule = Field(
+        Schedule(epochs=10, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
+    )
+    phase2: Schedule = Field(
+        Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
+    )
+    scorer: ScorerConfig = Field(ScorerConfig(), description="phase 3: the MoE scorer")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+    _templates = field_validator("templates")(templates_ok)
+
+    @field_validator("experts")
+    @classmethod
+    def _experts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct(v, "expert")
+
 
 SPLITS = ("train", "val", "test")
 
@@ -45,10 +103,10 @@ class ExpertError(RuntimeError):
 def build_expert(role: str, data: LTData, cfg: Config, phase: int) -> LPT:
     """The LPT++ expert on `backbones.<role>` for phase 1 or 2 (phase 3 uses the phase-2 model)."""
     backbone = create_backbone(getattr(cfg.backbones, role))
-    model = build_lpt(backbone, data.num_classes, cfg, stage=min(phase, 2), adapter=True)
+    model = build_lpt(
+        backbone, data.num_classes, cfg.lpt, stage=min(phase, 2), adapter=True, bottleneck=cfg.lptpp.bottleneck
+    )
     if phase == 1 and backbone.is_vision_language:
-        from lptlib.tea import check_classnames
-
         check_classnames(data.classnames, data.num_classes)
         model.tuner["head"].weight.data.copy_(text_head_weights(backbone, data.classnames, cfg.lptpp.templates))
     return model
@@ -109,9 +167,9 @@ def train_phase(
     model = build_expert(role, data, cfg, phase)
     if phase == 2:
         load_expert(model, Path(phase1_dir) / f"{role}.safetensors", data, phase=1)
-    train = cfg.lptpp.phase1 if phase == 1 else cfg.lptpp.phase2
+    schedule = cfg.lptpp.phase1 if phase == 1 else cfg.lptpp.phase2
     out_dir = Path(out_dir)
-    result = train_stage(model, data, cfg, out_dir / "checkpoints" / f"{role}.pt", train=train, resume=cfg.lptpp.resume)
+    result = train_stage(model, data, cfg, out_dir / "checkpoints" / f"{role}.pt", schedule, resume=cfg.lptpp.resume)
     save_expert(model, out_dir / f"{role}.safetensors", data, phase)
     return model, result
 
@@ -185,29 +243,10 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> ExpertCache:
     return ExpertCache(**parts)
 
 
-class MoEScorer(nn.Module):
-    """a(x) = softmax(MLP([f_1; ...; f_E])) over E experts; p(y|x) = sum_e a_e softmax(z_e / T_e), T_e learnable
-    (log-parametrised, initialised to 1). Features are L2-normalised per expert before concatenation."""
-
-    def __init__(self, feature_dims: list[int], hidden: int = 64):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(sum(feature_dims), hidden), nn.ReLU(), nn.Linear(hidden, len(feature_dims)))
-        self.log_temperature = nn.Parameter(torch.zeros(len(feature_dims)))
-
-    def gates(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return torch.softmax(self.mlp(torch.cat([F.normalize(f, dim=-1) for f in features], 1)), dim=1)
-
-    def forward(self, features: list[torch.Tensor], logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class probabilities (B, C), gate weights (B, E))."""
-        a = self.gates(features)
-        temps = self.log_temperature.exp()
-        probs = torch.stack([torch.softmax(z / temps[e], dim=1) for e, z in enumerate(logits)], 1)
-        return (a[:, :, None] * probs).sum(1), a
-
-
-def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dict]:
-    """Train the MoE scorer on the cached train outputs only, class-balanced sampling, AdamW; select on val
-    (when there is one) by overall accuracy. Returns the scorer and {'seconds', 'history'}."""
+def scorer_run(caches: list[ExpertCache], cfg: Config) -> Run:
+    """The run of the MoE scorer on the cached outputs only: class-balanced batches of the train cache, AdamW at a
+    constant learning rate, NLL of the mixture; selected on the val cache (mean per-class accuracy) when there is
+    one."""
     sc = cfg.lptpp.scorer
     torch.manual_seed(cfg.seed)
     labels = caches[0].labels["train"]
@@ -215,35 +254,41 @@ def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dic
         if not torch.equal(c.labels["train"], labels):
             raise ExpertError("the experts' caches hold different train labels; rebuild them from the same data")
     scorer = MoEScorer([c.features["train"].shape[1] for c in caches], sc.hidden)
-    opt = torch.optim.AdamW(scorer.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
     sampler = ClassAwareSampler(labels.numpy(), num_samples_cls=cfg.lpt.num_samples_cls, seed=cfg.seed)
-    has_val = "val" in caches[0].labels
+
+    def take(idx: torch.Tensor) -> tuple:
+        return [c.features["train"][idx] for c in caches], [c.logits["train"][idx] for c in caches], labels[idx]
+
+    def objective(model: MoEScorer, batch, epoch: int) -> torch.Tensor:
+        features, logits, y = batch
+        probs, _ = model(features, logits)
+        return F.nll_loss(probs.clamp_min(1e-12).log(), y)
+
+    def evaluation(model: MoEScorer, split: str) -> tuple[dict, torch.Tensor]:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            p, _ = model([c.features[split].to(device) for c in caches], [c.logits[split].to(device) for c in caches])
+        pred, y = p.argmax(1).cpu(), caches[0].labels[split]
+        return {"overall": float(np.mean([(pred[y == k] == k).float().mean().item() for k in y.unique()]))}, pred
+
+    return Run(
+        "MoE scorer",
+        scorer,
+        IndexBatches(sampler, sc.batch_size, take),
+        objective,
+        sc.epochs,
+        Optim("adamw", sc.lr, sc.weight_decay, decay="constant"),
+        evaluate=evaluation,
+        has_val="val" in caches[0].labels,
+    )
+
+
+def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dict]:
+    """`fit(scorer_run(...))`; returns the scorer (its selected state) and {'seconds', 'history'}."""
+    run = scorer_run(caches, cfg)
     start = time.perf_counter()
-    history, best = [], (-1.0, None)
-    for epoch in range(sc.epochs):
-        sampler.set_epoch(epoch)
-        order = torch.as_tensor(list(sampler))
-        losses = []
-        for i in range(0, len(order), sc.batch_size):
-            idx = order[i : i + sc.batch_size]
-            probs, _ = scorer([c.features["train"][idx] for c in caches], [c.logits["train"][idx] for c in caches])
-            loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        row = {"epoch": epoch, "loss": float(np.mean(losses))}
-        if has_val:
-            with torch.no_grad():
-                p, _ = scorer([c.features["val"] for c in caches], [c.logits["val"] for c in caches])
-            pred, y = p.argmax(1), caches[0].labels["val"]
-            row["val_overall"] = float(np.mean([(pred[y == k] == k).float().mean().item() for k in y.unique()]))
-            if row["val_overall"] >= best[0]:
-                best = (row["val_overall"], {k: v.clone() for k, v in scorer.state_dict().items()})
-        history.append(row)
-    if best[1] is not None:
-        scorer.load_state_dict(best[1])
-    return scorer, {"seconds": time.perf_counter() - start, "history": history}
+    result = fit(run)
+    return run.model, {"seconds": time.perf_counter() - start, "history": result.history}
 
 
 def evaluate_rows(

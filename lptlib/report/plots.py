@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 
 from lptlib.data.datasets import ImageDataset  # noqa: E402
 from lptlib.dist import is_main  # noqa: E402
-from lptlib.metrics import SHOT_GROUPS  # noqa: E402
+from lptlib.report.metrics import SHOT_GROUPS  # noqa: E402
 
 GROUP_COLORS = dict(zip(SHOT_GROUPS, sns.color_palette("deep", 3)))
 
@@ -188,7 +188,7 @@ def plot_key_usage(counts: Sequence[int], entropy: float, title: str = "") -> pl
 
 def plot_tea_gains(gains: pd.DataFrame, title: str = "TEA's gain over the plain PEFT model") -> plt.Figure:
     """Accuracy gain (points) of each TEA variant per class group, one panel per PEFT method and loss
-    (`lptlib.tea.tea_gains` rows)."""
+    (`lptlib.recipes.tea.tea_gains` rows)."""
     df = gains.assign(gain=100 * gains["gain"], setting=gains["peft"] + " + " + gains["loss"])
     settings = list(dict.fromkeys(df["setting"]))
     cols = min(3, len(settings))

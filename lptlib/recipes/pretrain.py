@@ -1,4 +1,4 @@
-"""Pretraining the miniature foundation models on the source pool (docs/methods.md#the-offline-miniature).
+"""The pretraining recipe: its `pretrain` section and the miniature foundation models trained on the source pool (docs/methods.md#the-offline-miniature).
 
 - `vit-mini`: supervised on the 4 coarse labels (tops; trousers + dress; footwear; bag), so the
   fine distinctions must be learned downstream, as IN21k features must be adapted to Places-LT.
@@ -16,20 +16,55 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lptlib.config import Config, PretrainRunConfig
-from lptlib.data import FASHION_MNIST_COARSE, LTData, ShuffleSampler, build_transforms, make_loader
+from lptlib.data import FASHION_MNIST_COARSE, LTData, ShuffleSampler, SingleSampling, build_transforms, make_loader
 from lptlib.data.datasets import ImageDataset
-from lptlib.engine import autocast, check_finite, cosine_lr, predict
+from lptlib.engine import Optim, Run, autocast, fit, predict
 from lptlib.models.backbones import build_open_clip, build_timm, normalization_of, save_weights
 from lptlib.models.heads import zero_shot_weights
 from lptlib.models.miniature import CLIP_MINI, VIT_MINI
-from lptlib.utils import default_device, progress, seed_everything
+from lptlib.schema import Field, Section, Templates, field_validator, templates_ok
+from lptlib.utils import default_device, seed_everything
+
+if TYPE_CHECKING:
+    from lptlib.config import Config
+
+
+class PretrainRunConfig(Section):
+    """One model's pretraining schedule (AdamW, warm-up steps then cosine decay per step)."""
+
+    epochs: int = Field(2, ge=0, description="passes over the source pool")
+    batch_size: int = Field(256, ge=1, description="images per step")
+    lr: float = Field(1e-3, ge=0.0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps, then cosine decay to 0")
+    max_images: int | None = Field(None, ge=1, description="smoke tests only: cap the source pool")
+
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {name}.",
+    "a picture of a {name}.",
+    "a black and white photo of a {name}.",
+    "a product photo of a {name}.",
+    "an image of a {name}.",
+)
+
+
+class PretrainConfig(Section):
+    """The `pretrain` section."""
+
+    vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
+    clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
+    caption_templates: Templates = Field(DEFAULT_TEMPLATES, description="captions of the contrastive pretraining")
+    zero_shot_templates: Templates = Field(("a photo of a {name}.",), description="prompts of the zero-shot classifier")
+
+    _templates = field_validator("caption_templates", "zero_shot_templates")(templates_ok)
 
 
 @dataclass
@@ -53,40 +88,43 @@ def _capped(dataset: ImageDataset, max_images: int | None, seed: int) -> ImageDa
     return dataset.subset(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images]))
 
 
-def _optimizer(model: nn.Module, run: PretrainRunConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, position/class embeddings (1-D or embedding tensors)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=run.lr,
-        betas=(0.9, 0.98),
-    )
+def _decay_groups(weight_decay: float):
+    """AdamW parameter groups: no weight decay on biases, norms, position/class embeddings (1-D or embedding
+    tensors)."""
+
+    def groups(model: nn.Module) -> list[dict]:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    return groups
 
 
 def _train(model: nn.Module, loader, run: PretrainRunConfig, loss_fn, device: torch.device, desc: str) -> list[dict]:
-    """The shared loop: AdamW, warm-up + cosine per step, bf16 autocast on CUDA, loss logged."""
-    opt = _optimizer(model, run)
+    """One model's pretraining through the engine: AdamW (betas 0.9, 0.98), warm-up + cosine per step, bf16
+    autocast on CUDA; returns the per-step history."""
     total = run.epochs * len(loader)
-    history, step = [], 0
-    model.train()
-    for epoch in range(run.epochs):
-        loader.sampler.set_epoch(epoch)
-        for x, y in progress(loader, desc=f"{desc} epoch {epoch + 1}/{run.epochs}"):
-            lr = cosine_lr(step, total, min(run.warmup_steps, total // 2), run.lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with autocast(device):
-                loss = loss_fn(x.to(device), y.to(device))
-            check_finite(loss, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append({"model": desc, "step": step, "epoch": epoch, "lr": lr, "loss": loss.item()})
-            step += 1
-    model.eval()
-    return history
+    optim = Optim(
+        "adamw",
+        run.lr,
+        run.weight_decay,
+        betas=(0.9, 0.98),
+        warmup_steps=min(run.warmup_steps, total // 2),
+        param_groups=_decay_groups(run.weight_decay),
+    )
+    result = fit(
+        Run(
+            desc,
+            model,
+            SingleSampling(loader),
+            lambda m, batch, epoch: loss_fn(*batch),
+            run.epochs,
+            optim,
+            device=device,
+        )
+    )
+    return [{"model": desc, **row} for row in result.steps]
 
 
 def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = None) -> PretrainResult:

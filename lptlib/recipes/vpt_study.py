@@ -1,24 +1,60 @@
-"""The preliminary VPT study (LPT Sec. 3; docs/methods.md#the-preliminary-vpt-study): linear probing vs VPT-deep, each with
-instance-balanced and class-balanced sampling (Table 1), and the features of the frozen vs the
-VPT-tuned backbone (LDA figure, Table 2)."""
+"""The recipe of the preliminary VPT study (LPT Sec. 3; docs/methods.md#the-preliminary-vpt-study): its `vpt_study`
+section; linear probing vs VPT-deep, each with instance-balanced and class-balanced sampling (Table 1), and the
+features of the frozen vs the VPT-tuned backbone (LDA figure, Table 2)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lptlib.analysis import distance_ratio, knn_accuracy
-from lptlib.config import Config, TrainConfig, to_dict
 from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
-from lptlib.engine import FitResult, fit, predict, run_settings
-from lptlib.models.backbones import Backbone
+from lptlib.data.samplers import SAMPLING_MODES, Sampling
+from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
+from lptlib.models.backbones import Backbone, Role
+from lptlib.models.blocks import PromptForm
 from lptlib.models.peft import PEFTClassifier, count_trainable
+from lptlib.report.analysis import distance_ratio, knn_accuracy
+from lptlib.schema import Field, Resume, Section, distinct, field_validator, resume_ok
 from lptlib.utils import default_device
+
+if TYPE_CHECKING:
+    from lptlib.config import Config
+
+
+class VPTStudyConfig(Section):
+    """The `vpt_study` section."""
+
+    backbone: Role = Field("visual", description="which `backbones` entry is studied")
+    prompt_length: int = Field(10, ge=0, description="VPT-deep prompt tokens per block (l_p)")
+    prompt_form: PromptForm = Field(
+        "kv", description="kv: prompts in keys/values only (LPT eq. 1); concat: concatenate and strip (same outputs)"
+    )
+    head: Literal["linear", "cosine"] = Field("linear", description="classifier on the final CLS feature")
+    cosine_scale: float = Field(20.0, ge=0.0, description="scale s of a cosine head")
+    samplings: tuple[Sampling, ...] = Field(
+        SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
+    )
+    # SGD, warm-up then cosine decay per step. Miniature learning rates chosen on the val split (instance-balanced
+    # runs): linear probe from {0.05, 0.5, 2.0}, VPT-deep from {0.05, 0.2, 0.5, 1.0, 2.0}.
+    linear_probe: Schedule = Field(Schedule(lr=2.0), description="linear probing")
+    vpt_deep: Schedule = Field(Schedule(lr=1.0), description="VPT-deep prompt tuning")
+    knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
+    feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+
+    @field_validator("samplings")
+    @classmethod
+    def _samplings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct(v, "sampling mode")
+
 
 METHODS = ("linear_probe", "vpt_deep")
 
@@ -37,45 +73,40 @@ class Row:
         return self.result.row(count_trainable(self.model))
 
 
-def train_classifier(
+def cross_entropy(model: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
+    """Plain cross-entropy on the model's logits: the VPT study's objective."""
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def table1_run(
     model: PEFTClassifier,
     data: LTData,
     sampling: str,
-    train: TrainConfig,
+    schedule: Schedule,
     cfg: Config,
     checkpoint: Path | None,
     resume: str = "auto",
-    desc: str = "train",
-) -> FitResult:
-    """Cross-entropy training of `model.tuner` with the given sampling; selection on val, test once."""
+    name: str = "train",
+) -> Run:
+    """The run of one Table 1 row: cross-entropy with the given sampling; selection on val, test once."""
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
     lt = data.with_transforms(train_tf, test_tf)
     workers = cfg.data.num_workers
-    train_loader = make_loader(lt.train, train.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed), workers)
-    val_loader, test_loader = eval_loaders(lt, train.eval_batch_size, workers)
-
-    def cross_entropy(m: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
-        return F.cross_entropy(m(batch[0]), batch[1])
-
-    return fit(
+    loader = make_loader(lt.train, schedule.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed), workers)
+    val_loader, test_loader = eval_loaders(lt, schedule.eval_batch_size, workers)
+    return classifier_run(
         model,
-        train_loader,
+        loader,
         val_loader,
         test_loader,
         cross_entropy,
-        epochs=train.epochs,
-        lr=train.lr,
-        weight_decay=train.weight_decay,
-        momentum=train.momentum,
-        warmup_epochs=train.warmup_epochs,
+        schedule,
         shot_counts=lt.shot_counts,
         convention=cfg.data.shot_convention,
         checkpoint=checkpoint,
         resume=resume,
-        desc=desc,
-        settings=run_settings(
-            cfg, data, run=desc, sampling=sampling, schedule=to_dict(train), prompt_length=model.prompt_length
-        ),
+        name=name,
+        settings=run_settings(cfg, data, run=name),
     )
 
 
@@ -95,16 +126,8 @@ def run_table1(backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Pa
                 head=study.head,
                 cosine_scale=study.cosine_scale,
             )
-            result = train_classifier(
-                model,
-                data,
-                sampling,
-                getattr(study, method),
-                cfg,
-                checkpoint_dir / f"{name.replace('/', '-')}.pt",
-                study.resume,
-                desc=name,
-            )
+            checkpoint = checkpoint_dir / f"{name.replace('/', '-')}.pt"
+            result = fit(table1_run(model, data, sampling, getattr(study, method), cfg, checkpoint, study.resume, name))
             rows[name] = Row(model, result)
     return rows
 

@@ -1,28 +1,113 @@
-"""TEA on CLIP PEFT (docs/methods.md#backbones-and-peft-modules, docs/methods.md#tea; TEA is **our reading** of its abstract): one member of the ablation
-matrix {PEFT} x {loss} x {TEA variant} — build the PEFT model with a text-initialised cosine head, train it
-with the loss and TEA's training-only parts, select on val, test once, and time its inference."""
+"""The TEA recipe (docs/methods.md#backbones-and-peft-modules, docs/methods.md#tea; TEA is **our reading** of its
+abstract): its `tea` section, and one member of the ablation matrix {PEFT} x {loss} x {TEA variant}: the PEFT
+model with a text-initialised cosine head, trained with the loss and TEA's training-only parts
+(`lptlib.objectives`), selected on val, tested once, and its inference timed."""
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-from lptlib.config import PEFT_METHODS, TEA_LOSSES, TEA_VARIANTS, Config, ConfigError
 from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
-from lptlib.engine import FitResult, autocast, fit, predict, run_settings
-from lptlib.losses import build_loss
-from lptlib.models.backbones import Backbone
-from lptlib.models.heads import text_head_weights
+from lptlib.data.samplers import Sampling
+from lptlib.engine import FitResult, Run, Schedule, autocast, classifier_run, fit, predict, run_settings
+from lptlib.models.backbones import Backbone, Role
+from lptlib.models.blocks import PromptForm
+from lptlib.models.heads import check_classnames, text_head_weights
 from lptlib.models.peft import PEFTClassifier
-from lptlib.models.tea import TEA
+from lptlib.objectives import TEA, TEA_VARIANTS, AGCLConfig, build_loss, tea_objective
+from lptlib.schema import (
+    ConfigError,
+    Field,
+    Resume,
+    Section,
+    Templates,
+    distinct,
+    field_validator,
+    resume_ok,
+    templates_ok,
+)
 from lptlib.utils import default_device
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lptlib.config import Config
+
+PEFT_METHODS = ("vpt_deep", "adaptformer", "lora")
+TEA_LOSSES = ("ce", "la", "bs", "agcl")
+
+
+class TEAMatrixConfig(Section):
+    """`tea.matrix`: the members of the DVC matrix stage `tea`."""
+
+    peft: tuple[Literal["vpt_deep", "adaptformer", "lora"], ...] = Field(
+        PEFT_METHODS, description="PEFT methods of the DVC matrix stage `tea`"
+    )
+    loss: tuple[Literal["ce", "la", "bs", "agcl"], ...] = Field(
+        ("ce", "la"), description="losses of the matrix (all: ce, la, bs, agcl)"
+    )
+    tea: tuple[Literal["none", "pea", "pea_pg", "pea_pg_tec"], ...] = Field(
+        ("none", "pea_pg_tec"), description="TEA variants of the matrix (all: none, pea, pea_pg, pea_pg_tec)"
+    )
+
+    @field_validator("peft", "loss", "tea")
+    @classmethod
+    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct(v, "value")
+
+
+class TEAConfig(Section):
+    """The `tea` section."""
+
+    backbone: Role = Field("vision_language", description="which `backbones` entry is tuned")
+    templates: Templates = Field(
+        ("a photo of a {name}.",), description="prompts of the text-initialised head and of the zero-shot classifier"
+    )
+    cosine_scale: float = Field(25.0, ge=0.0, description="s of the cosine head (LIFT / TEA: 25)")
+    head_init: Literal["text", "class_mean", "random"] = Field(
+        "text", description="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random"
+    )
+    sampling: Sampling = Field("instance_balanced", description="training sampler (LIFT: instance)")
+    prompt_length: int = Field(10, ge=1, description="vpt_deep: prompt tokens per block")
+    prompt_form: PromptForm = Field("kv", description="vpt_deep: kv | concat")
+    bottleneck: int | None = Field(
+        None,
+        ge=1,
+        description="adaptformer: bottleneck width; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
+    )
+    lora_rank: int = Field(4, ge=1, description="lora: rank r of the q and v updates")
+    la_tau: float = Field(1.0, ge=0.0, description="la: tau of the logit adjustment")
+    agcl: AGCLConfig = Field(
+        AGCLConfig(scale=25.0), description="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`"
+    )
+    temperature: float = Field(
+        0.1, ge=1e-6, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
+    )
+    mix: float = Field(0.5, ge=0.0, le=1.0, description="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
+    gate_max: float = Field(
+        0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
+    )
+    tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
+    # One schedule per PEFT method. Miniature learning rates chosen on the val split (LA, no TEA, 10 epochs; the
+    # selected epochs were 1-4, so 5 epochs run): vpt_deep from {0.1, 0.5}, adaptformer from {0.01, 0.05, 0.2},
+    # lora from {0.05, 0.2}.
+    vpt_deep: Schedule = Field(Schedule(epochs=5, lr=0.1), description="vpt_deep schedule")
+    adaptformer: Schedule = Field(Schedule(epochs=5, lr=0.01), description="adaptformer schedule")
+    lora: Schedule = Field(Schedule(epochs=5, lr=0.05), description="lora schedule")
+    latency_batches: int = Field(20, ge=1, description="batches of the inference-latency measurement")
+    matrix: TEAMatrixConfig = Field(TEAMatrixConfig(), description="the members of the DVC matrix stage")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+    _templates = field_validator("templates")(templates_ok)
+
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,33 +127,6 @@ def check_member(peft: str, loss: str, variant: str) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
-
-
-#: a class "name" that is an identifier: a WordNet id (ImageNet folders) or a number (iNaturalist folders)
-_ID_NAME = re.compile(r"n\d{8}|\d+")
-
-
-def check_classnames(classnames: list[str] | None, num_classes: int) -> None:
-    """The text-initialised head needs one real name per class, in label order (not empty, not a 'class N'
-    placeholder, not an id such as the WordNet ids ImageNet's folders are named by)."""
-    fix = "give them with data.classnames_file (one name per line, in label order)"
-    if not classnames:
-        raise ConfigError(f"the text-initialised head needs the class names and the dataset has none; {fix}")
-    if len(classnames) != num_classes:
-        raise ConfigError(f"{len(classnames)} class names for {num_classes} classes; {fix}")
-    blank = [i for i, n in enumerate(classnames) if not str(n).strip() or str(n).strip() == f"class {i}"]
-    if blank:
-        raise ConfigError(
-            f"class names missing for labels {blank[:5]}{' ...' if len(blank) > 5 else ''} "
-            f"(empty or a 'class N' placeholder); {fix}"
-        )
-    ids = [i for i, n in enumerate(classnames) if _ID_NAME.fullmatch(str(n).strip())]
-    if ids:  # the image-folder names of ImageNet (WordNet ids) and iNaturalist (category ids) are not names
-        raise ConfigError(
-            f"class names for labels {ids[:5]}{' ...' if len(ids) > 5 else ''} are ids, not names "
-            f"(e.g. {str(classnames[ids[0]]).strip()!r}: a WordNet or numeric category id, as the image "
-            f"folders are named); {fix}"
-        )
 
 
 @torch.no_grad()
@@ -140,20 +198,6 @@ def build_objective(loss: str, class_counts, cfg: Config) -> nn.Module:
     return build_loss(loss, class_counts)
 
 
-def tea_objective(loss: nn.Module, tea: TEA):
-    """loss_fn(model, (x, y), epoch): the classification loss on TEA's classifier input, plus TEC."""
-
-    def loss_fn(model: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
-        x, y = batch
-        out = model.forward_features(x)
-        head = model.tuner["head"]
-        features, tec = tea(out["cls"], out["patch"], y, head.weight)
-        cosine = head.cosine(model.dropout(features))
-        return loss(cosine if loss.takes_cosine else head.scale * cosine, y) + tec
-
-    return loss_fn
-
-
 def build_tea(class_counts, cfg: Config, variant: str) -> TEA:
     t = cfg.tea
     return TEA(
@@ -161,37 +205,42 @@ def build_tea(class_counts, cfg: Config, variant: str) -> TEA:
     )
 
 
-def train_member(
+def member_run(
     model: PEFTClassifier, data: LTData, cfg: Config, peft: str, loss: str, variant: str, checkpoint: Path | None
-) -> FitResult:
-    """Train one matrix member with `tea.sampling`; selection on val, test once."""
+) -> Run:
+    """The run of one matrix member: `tea.sampling`, the member's loss and TEA variant, the PEFT method's schedule;
+    selection on val, test once."""
     check_member(peft, loss, variant)
     t = cfg.tea
-    train = getattr(t, peft)
+    schedule = getattr(t, peft)
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
     lt = data.with_transforms(train_tf, test_tf)
     workers = cfg.data.num_workers
-    loader = make_loader(lt.train, train.batch_size, make_sampler(t.sampling, lt.train.targets, cfg.seed), workers)
-    val, test = eval_loaders(lt, train.eval_batch_size, workers)
+    loader = make_loader(lt.train, schedule.batch_size, make_sampler(t.sampling, lt.train.targets, cfg.seed), workers)
+    val, test = eval_loaders(lt, schedule.eval_batch_size, workers)
     objective = tea_objective(build_objective(loss, lt.train_counts, cfg), build_tea(lt.train_counts, cfg, variant))
-    return fit(
+    name = member_name(peft, loss, variant)
+    return classifier_run(
         model,
         loader,
         val,
         test,
         objective,
-        epochs=train.epochs,
-        lr=train.lr,
-        weight_decay=train.weight_decay,
-        momentum=train.momentum,
-        warmup_epochs=train.warmup_epochs,
+        schedule,
         shot_counts=lt.shot_counts,
         convention=cfg.data.shot_convention,
         checkpoint=checkpoint,
         resume=t.resume,
-        desc=member_name(peft, loss, variant),
-        settings=run_settings(cfg, data, member=member_name(peft, loss, variant)),
+        name=name,
+        settings=run_settings(cfg, data, member=name),
     )
+
+
+def train_member(
+    model: PEFTClassifier, data: LTData, cfg: Config, peft: str, loss: str, variant: str, checkpoint: Path | None
+) -> FitResult:
+    """`fit(member_run(...))`."""
+    return fit(member_run(model, data, cfg, peft, loss, variant, checkpoint))
 
 
 @torch.no_grad()

@@ -1,0 +1,175 @@
+"""The LPT recipe (docs/methods.md#lpt): its `lpt` section, the LPT model built from it, and the run of each stage.
+
+Both stages minimise the dual-sampling objective L = L_AGCL(B_cb) + beta_e L'_AGCL(B_ib), beta_e = eta (E - e) / E
+(e 0-based), plus `match_weight` x the key-query matching term on each branch in stage 2
+(`lptlib.objectives.dual_sampling_objective`). Stage 1 trains the shared prompts and the cosine head; stage 2
+loads them (frozen) and trains the group prompt pool, its keys and the head.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling
+from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
+from lptlib.models.backbones import Backbone, Role
+from lptlib.models.blocks import PromptForm
+from lptlib.models.peft import LPT
+from lptlib.objectives import AGCL, AGCLConfig, dual_sampling_objective
+from lptlib.schema import Field, Resume, RuleError, Section, field_validator, model_validator, resume_ok
+from lptlib.utils import default_device, read_safetensors, save_safetensors
+
+if TYPE_CHECKING:
+    from lptlib.config import Config
+
+
+class LPTConfig(Section):
+    """The `lpt` section."""
+
+    backbone: Role = Field("visual", description="which `backbones` entry LPT tunes")
+    prompt_length: int = Field(10, ge=0, description="l_p: shared prompts per block, and group prompts per block")
+    prompt_form: PromptForm = Field("kv", description="kv (LPT eq. 1) | concat")
+    cosine_scale: float = Field(20.0, ge=0.0, description="s of the cosine head at prediction (A-GCL has its own)")
+    head_dropout: float = Field(0.1, ge=0.0, le=1.0, description="dropout before the cosine head")
+    num_samples_cls: int = Field(4, ge=1, description="class-aware sampler: images per visited class")
+    eta: float = Field(0.5, ge=0.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
+    agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
+    pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
+    top_k: int = Field(2, ge=1, description="k: keys picked per image")
+    share_blocks: int = Field(6, ge=0, description="K: blocks 1..K use the shared prompts only")
+    match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
+    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). Miniature learning rates chosen on the val
+    # split: stage 1 from {0.05, 0.5, 2.0} (10 epochs), stage 2 from {0.05, 0.5}. batch_size is per branch.
+    stage1: Schedule = Field(Schedule(lr=0.5, weight_decay=0.01), description="stage 1")
+    stage2: Schedule = Field(Schedule(lr=0.05, weight_decay=0.01), description="stage 2")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+
+    @model_validator(mode="after")
+    def _rules(self) -> LPTConfig:
+        if self.top_k > self.pool_size:
+            raise RuleError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
+        return self
+
+
+def build_lpt(
+    backbone: Backbone,
+    num_classes: int,
+    lpt: LPTConfig,
+    stage: int,
+    adapter: bool = False,
+    bottleneck: int | None = None,
+) -> LPT:
+    """The LPT model of `stage` from the `lpt` section; with `adapter`, LPT++'s module (AdaptFormer adapters of
+    width `bottleneck` in every block)."""
+    return LPT(
+        backbone,
+        num_classes,
+        stage=stage,
+        prompt_length=lpt.prompt_length,
+        prompt_form=lpt.prompt_form,
+        pool_size=lpt.pool_size,
+        top_k=lpt.top_k,
+        share_blocks=lpt.share_blocks,
+        cosine_scale=lpt.cosine_scale,
+        head_dropout=lpt.head_dropout,
+        adapter=adapter,
+        bottleneck=bottleneck,
+    )
+
+
+def stage_run(
+    model: LPT,
+    data: LTData,
+    cfg: Config,
+    checkpoint: Path | None,
+    schedule: Schedule | None = None,
+    resume: str | None = None,
+) -> Run:
+    """The run of one LPT stage: dual sampling with A-GCL on both branches, selection on val, test once.
+    `schedule` / `resume` default to the `lpt` section's (LPT++ passes its phase schedules)."""
+    lpt = cfg.lpt
+    schedule = schedule or (lpt.stage1 if model.stage == 1 else lpt.stage2)
+    train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
+    lt = data.with_transforms(train_tf, test_tf)
+    workers = cfg.data.num_workers
+    batches = make_dual_sampling(
+        lt.train, lt.train.targets, schedule.batch_size, cfg.seed, lpt.num_samples_cls, workers
+    )
+    a, counts = lpt.agcl, lt.train_counts
+    cb = AGCL(counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
+    ib = AGCL(counts, a.alpha, a.margin, a.scale, *a.instance_balanced, a.smoothing)
+    val, test = eval_loaders(lt, schedule.eval_batch_size, workers)
+    objective = dual_sampling_objective(cb, ib, schedule.epochs, lpt.eta, lpt.match_weight)
+    return classifier_run(
+        model,
+        batches,
+        val,
+        test,
+        objective,
+        schedule,
+        shot_counts=lt.shot_counts,
+        convention=cfg.data.shot_convention,
+        checkpoint=checkpoint,
+        resume=resume or lpt.resume,
+        name=f"LPT stage {model.stage}",
+        settings=run_settings(cfg, data, stage=model.stage),
+    )
+
+
+def train_stage(
+    model: LPT,
+    data: LTData,
+    cfg: Config,
+    checkpoint: Path | None,
+    schedule: Schedule | None = None,
+    resume: str | None = None,
+) -> FitResult:
+    """`fit(stage_run(...))`: train one LPT stage, select on val, test once."""
+    return fit(stage_run(model, data, cfg, checkpoint, schedule, resume))
+
+
+def save_stage1(model: LPT, path: str | Path) -> Path:
+    """Stage 1's shared prompts and head as safetensors, with the backbone name and shapes as metadata."""
+    meta = {
+        "backbone": model.backbone.name,
+        "prompt_length": str(model.tuner["shared_prompts"].length),
+        "num_classes": str(model.tuner["head"].weight.shape[0]),
+    }
+    return save_safetensors(model.stage1_state(), path, meta)
+
+
+def load_stage1(model: LPT, path: str | Path) -> None:
+    """Load a stage-1 file into a stage-2 model; another backbone, prompt length or class list is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage-1 checkpoint {path} does not exist; run stage 1 first (`dvc repro lpt_stage1`)")
+    state, meta = read_safetensors(path, what="stage-1 checkpoint")
+    if meta.get("backbone") != model.backbone.name:
+        raise ValueError(
+            f"stage-1 checkpoint {path} was trained on backbone {meta.get('backbone')!r}, "
+            f"this run uses {model.backbone.name!r}"
+        )
+    model.load_stage1_state(state, source=f"stage-1 checkpoint {path}")
+
+
+@torch.no_grad()
+def key_usage(model: LPT, loader) -> np.ndarray:
+    """How often each pool entry is picked (top-k) over the images of `loader`."""
+    device = default_device()
+    model.to(device).eval()
+    picks, _ = predict(lambda x: model.forward_train(x)["topk"].float(), loader, device, desc="key usage")
+    return np.bincount(picks.long().flatten().numpy(), minlength=model.tuner["group_pool"].pool_size)
+
+
+def usage_entropy(counts: np.ndarray) -> float:
+    """Entropy of the key-usage distribution divided by log(m): 1 = uniform use, 0 = one entry only."""
+    p = counts / max(1, counts.sum())
+    h = -(p[p > 0] * np.log(p[p > 0])).sum()
+    return float(h / math.log(len(counts))) if len(counts) > 1 else 0.0

@@ -1,0 +1,7 @@
+"""`python -m lptlib.report`: print, check or rewrite the README's results table (see `lptlib.report.table`)."""
+
+import sys
+
+from lptlib.report.table import main
+
+sys.exit(main())
