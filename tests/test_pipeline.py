@@ -35,6 +35,7 @@ def clone(tmp_path_factory):
             shutil.copy2(ROOT / f, dst / f)
     yaml = YAML()
     params = yaml.load((dst / "params.yaml").read_text())
+
     def section(*keys):  # params.yaml names only the user's keys: create the nested sections the test sets
         node = params
         for key in keys:
