@@ -149,7 +149,8 @@ def _validate(values: dict, origin: Mapping[str, str] | None = None) -> Config:
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         message = _message(err)
-        where = origin.get(message.split(":", 1)[0]) if origin else None
+        key = message.split(":", 1)[0]
+        where = next((v for k, v in (origin or {}).items() if k == key or k.startswith(key + ".")), None)
         raise ConfigError(message + (f" (set by {where})" if where else "")) from None
 
 

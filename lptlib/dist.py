@@ -24,17 +24,13 @@ images is dropped in distributed runs.
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
-
-F = TypeVar("F", bound=Callable)
 
 
 def env_world_size() -> int:
@@ -67,18 +63,6 @@ def world_size() -> int:
 def is_main() -> bool:
     """True in a one-process run and on rank 0 (with torchrun, before the group exists too: RANK=0)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def main_only(fn: F) -> F:
-    """Run `fn` on rank 0 only (a file writer); other ranks return the path argument or None."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if is_main():
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def barrier() -> None:

@@ -147,8 +147,9 @@ class Work:
 
         def build(path):
             def make_model(prompt_length=2):
+                vit = self.vit()  # built (and its RNG draws made) before the seed, so every call starts alike
                 torch.manual_seed(0)
-                return PEFTClassifier(self.vit(), 3, prompt_length=prompt_length)
+                return PEFTClassifier(vit, 3, prompt_length=prompt_length)
 
             rng = np.random.default_rng(0)
             y = np.repeat(np.arange(3), [6, 3, 2])
@@ -229,6 +230,13 @@ def _write_idx(path: Path, array) -> None:
 def _write(path: Path, data: bytes | str) -> Path:
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     return path
+
+
+def _own_preset(w: Work, text: str, params: dict | None = None) -> None:
+    """Compose with a preset file of this text (presets/own.yaml in a scratch root)."""
+    (w.tmp / "presets").mkdir(exist_ok=True)
+    (w.tmp / "presets" / "own.yaml").write_text(text)
+    config.compose({"preset": "own", **(params or {})}, root=w.tmp)
 
 
 def _preset(w: Work, name: str, sets: list[str]) -> None:
@@ -665,6 +673,48 @@ CASES = [
         lambda w: _preset(w, "miniature", ["data.root.x=/x"]),
         ConfigError,
         r"data\.root: expected a string, got dict",
+    ),
+    case(
+        "preset-set-unknown-nested-key",
+        lambda w: _preset(w, "miniature", ["lpt.stage1.lrr=0.1"]),
+        ConfigError,
+        r"lpt\.stage1\.lrr: unknown key \(did you mean 'lr'\?\)",
+    ),
+    case(
+        "preset-value-out-of-range-names-the-preset",
+        lambda w: _own_preset(w, "lpt: {stage1: {epochs: 0}}\n"),
+        ConfigError,
+        r"lpt\.stage1\.epochs: must be >= 1, got 0 \(set by preset own\)",
+    ),
+    case(
+        "preset-unknown-key",
+        lambda w: _own_preset(w, "lpt: {stage_1: {epochs: 3}}\n"),
+        ConfigError,
+        r"lpt\.stage_1: unknown key \(did you mean 'stage1'\?\).*\(set by preset own\)",
+    ),
+    case(
+        "preset-names-preset",
+        lambda w: _own_preset(w, "preset: miniature\n"),
+        ConfigError,
+        r"own\.yaml: a preset must not name `preset`",
+    ),
+    case(
+        "preset-not-a-mapping",
+        lambda w: _own_preset(w, "- 1\n"),
+        ConfigError,
+        r"own\.yaml: a preset is a mapping of params\.yaml sections, got list",
+    ),
+    case(
+        "params-preset-not-a-name",
+        lambda w: config.compose({"preset": 3}),
+        ConfigError,
+        r"preset: expected a preset name, got int 3",
+    ),
+    case(
+        "params-top-level-not-a-mapping",
+        lambda w: config.compose([1, 2]),
+        ConfigError,
+        r"params: expected a mapping of params\.yaml sections",
     ),
     case(
         "preset-set-unknown-key",

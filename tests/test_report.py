@@ -9,8 +9,8 @@ import numpy as np
 import papermill as pm
 import pytest
 
-from lptlib import report
 from lptlib.report import ReportError, best_by_val, collect, frequency_ordered_confusion, readme_is_current
+from lptlib.report import table as report
 
 ROOT = Path(__file__).resolve().parents[1]
 
