@@ -26,7 +26,7 @@ import difflib
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -38,7 +38,7 @@ from lptlib.recipes.lptpp import LPTPPConfig
 from lptlib.recipes.pretrain import PretrainConfig
 from lptlib.recipes.tea import TEAConfig
 from lptlib.recipes.vpt_study import VPTStudyConfig
-from lptlib.schema import ConfigError, Field, Section, to_dict, without_resume
+from lptlib.schema import ConfigError, Field, Section, distinct, field_validator, to_dict, without_resume
 from lptlib.utils import atomic_write_bytes, git_revision
 
 __all__ = [
@@ -55,10 +55,33 @@ __all__ = [
 ]
 
 
+Seed = Annotated[int, Field(ge=0)]
+
+
+class Seeds(Section):
+    """The `seeds` section: the seeds the pipeline runs, one DVC stage per seed (`foreach` in dvc.yaml reads these
+    lists from params.yaml). A seed sets the long-tailed train set and the val draw (`data.split_seed: null`), the
+    initialisation, the sampler order and the augmentation; every method of a stage sees the same seed (paired)."""
+
+    vpt_study: tuple[Seed, ...] = Field((0, 1, 2, 3, 4), min_length=1, description="the VPT study")
+    lpt: tuple[Seed, ...] = Field((0, 1, 2, 3, 4), min_length=1, description="the LPT ladder and LPT stages 1 and 2")
+    tea: tuple[Seed, ...] = Field((0, 1, 2), min_length=1, description="the TEA matrix")
+    lptpp: tuple[Seed, ...] = Field((0, 1, 2), min_length=1, description="LPT++ (all three phases)")
+
+    @field_validator("vpt_study", "lpt", "tea", "lptpp")
+    @classmethod
+    def _distinct(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return distinct(v, "seed")
+
+
 class Config(Section):
     """All sections of params.yaml, resolved (defaults <- preset <- params.yaml <- overrides)."""
 
-    seed: int = Field(0, ge=0, description="seed of training randomness")
+    seed: int = Field(0, ge=0, description="seed of one run (split, initialisation, sampling); stages get it per seed")
+    seeds: Seeds = Field(Seeds(), description="the seeds each stage runs")
+    workers: int = Field(
+        2, ge=1, description="training runs in parallel within a stage (single-thread processes); 1: in-process"
+    )
     preset: str = Field("miniature", description="the overlay in presets/<name>.yaml merged over the defaults")
     data: DataConfig = Field(DataConfig(), description="the dataset")
     backbones: BackbonesConfig = Field(BackbonesConfig(), description="the two foundation models")

@@ -1,6 +1,6 @@
 """The training engine shared by every stage: learning-rate schedule, autocast, a non-finite-loss guard,
-batched prediction, evaluation by shot group, and `fit` (train / select on val / test once, with
-per-epoch checkpoints and resume)."""
+batched prediction, evaluation by shot group, and `fit` (train a fixed schedule, watch val, test the final state
+once; per-epoch checkpoints and resume)."""
 
 from __future__ import annotations
 
@@ -99,18 +99,24 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class FitResult:
-    best_epoch: int  # 0-based epoch whose trainable state was selected on val (last epoch without val)
-    val: dict | None  # val metrics of the selected state
-    test: dict  # test metrics of the selected state, evaluated once
+    """The outcome of a fixed schedule. Reported numbers (`test`, `val`) are those of the **last epoch**: the test
+    split is evaluated once, after training. The epoch val would have picked is recorded as information only
+    (`val_best_epoch`, `val_best_overall`), never used to choose the reported state."""
+
+    epochs: int  # epochs trained: the reported state is the one after the last
+    val: dict | None  # val metrics of the final state (None without a val split)
+    test: dict  # test metrics of the final state, evaluated once
     test_predictions: torch.Tensor
-    history: list[dict] = field(default_factory=list)  # per epoch: loss, lr, val accuracy
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, lr (+ val accuracy at the val points)
     resumed_from_epoch: int | None = None
     steps: list[dict] = field(default_factory=list)  # per step: step, epoch, lr, loss
+    val_best_epoch: int | None = None  # 0-based epoch with the best val overall among the val points (information)
+    val_best_overall: float | None = None
 
     def row(self, trainable_params: int) -> dict:
-        """A metrics-file row: test accuracy by shot group (with per-class and the confusion counts when
-        stored), trainable parameters,
-        the selected epoch and its val accuracy."""
+        """A metrics-file row: test accuracy by shot group of the final state (with per-class and the confusion
+        counts when stored), trainable parameters, epochs, the final val accuracy and, labelled as such, the
+        val-selected epoch and its val accuracy."""
         row = {
             k: self.test[k]
             for k in (
@@ -127,9 +133,14 @@ class FitResult:
             )
             if k in self.test
         }
-        row.update(trainable_params=trainable_params, best_epoch=self.best_epoch)
+        row.update(trainable_params=trainable_params, epochs=self.epochs)
         if self.val is not None:
-            row["val_overall"] = self.val["overall"]
+            row.update(
+                val_overall=self.val["overall"],
+                **{f"val_{g}": self.val[g] for g in ("many", "medium", "few") if g in self.val},
+                val_best_epoch=self.val_best_epoch,
+                val_best_overall=self.val_best_overall,
+            )
         return row
 
 
@@ -254,6 +265,9 @@ class Schedule(Section):
     momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
     warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length in epochs")
     eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch")
+    val_every: int = Field(
+        5, ge=1, description="evaluate val every this many epochs and after the last (test: once, after training)"
+    )
 
 
 @dataclass(frozen=True)
@@ -305,8 +319,9 @@ class Run:
     `model.tuner` holds the trainable tensors (a model without `tuner` trains as a whole, e.g. pretraining).
     `batches(epoch)` yields the epoch's batches and `len(batches)` is the steps per epoch; `objective(model,
     batch, epoch) -> loss` with the batch on the device. `evaluate(model, split) -> (metrics, predictions)` with
-    metrics['overall'] the selection score: called on 'val' after every epoch when `has_val`, and once on 'test'
-    after training with the selected state. `settings` identify the run for resume (see `run_settings`)."""
+    metrics['overall'] the val score: called on 'val' every `val_every` epochs and after the last when `has_val`,
+    and once on 'test' after training, with the final state. `settings` identify the run for resume (see
+    `run_settings`)."""
 
     name: str
     model: nn.Module
@@ -316,6 +331,7 @@ class Run:
     optim: Optim
     evaluate: Evaluation | None = None
     has_val: bool = False
+    val_every: int = 1
     checkpoint: str | os.PathLike | None = None
     resume: str = "never"
     settings: dict = field(default_factory=dict)
@@ -353,7 +369,7 @@ def classifier_run(
     device: torch.device | None = None,
 ) -> Run:
     """The run of a PEFT classifier: `model.tuner` trained with SGD by `schedule` on `train` (a DataLoader or a
-    batch source called with the epoch), selected on the val loader (if any), tested once."""
+    batch source called with the epoch), watched on the val loader (if any), its final state tested once."""
     device = device or default_device()
     batches = SingleSampling(train) if isinstance(train, DataLoader) else train
     return Run(
@@ -365,6 +381,7 @@ def classifier_run(
         Optim.sgd(schedule, len(batches)),
         evaluate=shot_evaluation(val_loader, test_loader, shot_counts, convention, device),
         has_val=val_loader is not None,
+        val_every=schedule.val_every,
         checkpoint=checkpoint,
         resume=resume,
         device=device,
@@ -372,17 +389,19 @@ def classifier_run(
     )
 
 
-def fit(run: Run) -> FitResult:
-    """The training loop of every stage: train `run.trainable` by `run.optim`, select on val, test once.
+def fit(run: Run, test: bool = True) -> FitResult:
+    """The training loop of every stage: train `run.trainable` by `run.optim` for the fixed schedule, report the
+    final state, test it once.
 
     bf16 autocast on CUDA, float32 on CPU. Under torchrun (`lptlib.dist`) the objective runs in
     DistributedDataParallel and each rank's mean loss is weighted by its share of the global batch, so the update
-    is the one-process update. After every epoch the val split (if any) is evaluated and the trainable state with
-    the best val `overall` is kept (ties: the later epoch); without a val split the last epoch is kept. A
-    checkpoint (trainable state, optimizer, epoch, RNG states, selection state) is written after every epoch.
-    `resume`: 'auto' continues from `checkpoint` when it exists and its fingerprint matches this run (code, config,
-    data, schedule, starting state), 'never' starts over, a path must exist and match. A non-finite loss stops the
-    run at once. The test split is evaluated once, with the selected state.
+    is the one-process update. The val split (if any) is evaluated every `val_every` epochs and after the last one;
+    the epoch with the best val `overall` is recorded (ties: the later epoch) but the reported state is always the
+    last one, so nothing is selected after the fact. A checkpoint (trainable state, optimizer, epoch, RNG states,
+    history) is written after every epoch. `resume`: 'auto' continues from `checkpoint` when it exists and its
+    fingerprint matches this run (code, config, data, schedule, starting state), 'never' starts over, a path must
+    exist and match. A non-finite loss stops the run at once. The test split is evaluated once, after training;
+    `test=False` (learning-rate grids, `lptlib.tune`) never touches it.
     """
     device = run.device or default_device()
     model, trainable = run.model.to(device), run.trainable
@@ -392,10 +411,15 @@ def fit(run: Run) -> FitResult:
     expected = fingerprint(
         trainable,
         model,
-        {"epochs": run.epochs, "optim": _optim_settings(run.optim), "steps_per_epoch": steps_per_epoch, **run.settings},
+        {
+            "epochs": run.epochs,
+            "optim": _optim_settings(run.optim),
+            "steps_per_epoch": steps_per_epoch,
+            "val_every": run.val_every,
+            **run.settings,
+        },
     )
     start, history, steps, resumed = 0, [], [], None
-    best = {"acc": -1.0, "epoch": -1, "state": _state_copy(trainable)}
     source = None
     if run.resume not in ("auto", "never"):
         source = Path(run.resume)
@@ -411,7 +435,7 @@ def fit(run: Run) -> FitResult:
         else:
             trainable.load_state_dict(ckpt["tuner"])
             opt.load_state_dict(ckpt["optimizer"])
-            start, history, best, resumed = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["epoch"]
+            start, history, resumed = ckpt["epoch"] + 1, ckpt["history"], ckpt["epoch"]
             steps = ckpt.get("steps", [])
             _set_rng_state(ckpt["rng"])
             print(f"resumed from {source} after epoch {ckpt['epoch']}")
@@ -423,6 +447,7 @@ def fit(run: Run) -> FitResult:
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
+    val_metrics = None
     for epoch in range(start, run.epochs):
         model.train()
         losses = []
@@ -444,14 +469,9 @@ def fit(run: Run) -> FitResult:
             losses.append(loss.item())
             steps.append({"step": step, "epoch": epoch, "lr": lr, "loss": losses[-1]})
         row = {"epoch": epoch, "loss": dist.mean_over_ranks(sum(losses) / len(losses)), "lr": opt.param_groups[0]["lr"]}
-        if run.has_val:
-            val, _ = run.evaluate(model, "val")
-            row.update({f"val_{k}": val[k] for k in ("overall", "many", "medium", "few") if k in val})
-            score = val["overall"]
-        else:
-            score = float(epoch)  # no val split: the last epoch is selected
-        if score >= best["acc"]:
-            best = {"acc": score, "epoch": epoch, "state": _state_copy(trainable)}
+        if run.has_val and ((epoch + 1) % run.val_every == 0 or epoch == run.epochs - 1):
+            val_metrics, _ = run.evaluate(model, "val")
+            row.update({f"val_{k}": val_metrics[k] for k in ("overall", "many", "medium", "few") if k in val_metrics})
         history.append(row)
         if run.checkpoint is not None:
             _save_checkpoint(
@@ -463,23 +483,22 @@ def fit(run: Run) -> FitResult:
                     "optimizer": opt.state_dict(),
                     "history": history,
                     "steps": steps,
-                    "best": best,
                     "rng": _rng_state(),
                 },
             )
 
-    trainable.load_state_dict(best["state"])
     model.eval()
-    val_metrics, test_metrics, test_preds = None, {}, torch.empty(0, dtype=torch.long)
+    test_metrics, test_preds = {}, torch.empty(0, dtype=torch.long)
     if run.evaluate is not None:
-        if run.has_val:
+        if run.has_val and val_metrics is None:  # resumed after the last epoch: the final val is recomputed
             val_metrics, _ = run.evaluate(model, "val")
-        test_metrics, test_preds = run.evaluate(model, "test")
-    return FitResult(best["epoch"], val_metrics, test_metrics, test_preds, history, resumed, steps)
-
-
-def _state_copy(module: nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        if test:
+            test_metrics, test_preds = run.evaluate(model, "test")
+    best_epoch, best_val = None, None
+    for row in history:
+        if "val_overall" in row and (best_val is None or row["val_overall"] >= best_val):
+            best_epoch, best_val = row["epoch"], row["val_overall"]
+    return FitResult(run.epochs, val_metrics, test_metrics, test_preds, history, resumed, steps, best_epoch, best_val)
 
 
 def _optim_settings(optim: Optim) -> dict:

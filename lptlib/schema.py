@@ -98,10 +98,15 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+#: top-level keys no single run's results depend on: the seed lists of the stages and the parallel worker count
+RUN_INDEPENDENT = ("seeds", "workers")
+
+
 def without_resume(cfg: BaseModel) -> dict:
-    """The resolved config as plain data minus every `resume` key: what a run's results depend on."""
+    """The resolved config as plain data minus every `resume` key and the top-level `seeds` and `workers`: what a
+    run's results depend on."""
 
     def strip(d: Any) -> Any:
         return {k: strip(v) for k, v in d.items() if k != "resume"} if isinstance(d, dict) else d
 
-    return strip(to_dict(cfg))
+    return {k: v for k, v in strip(to_dict(cfg)).items() if k not in RUN_INDEPENDENT}

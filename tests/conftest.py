@@ -44,9 +44,18 @@ def tiny_lt():
     return make_tiny_lt
 
 
-def fit_classifier(model, train, val, test, objective, *, epochs, lr, weight_decay, momentum, warmup_epochs, **rest):
-    """`fit(classifier_run(...))` with the schedule given as keywords (the tests' shorthand)."""
+def fit_classifier(
+    model, train, val, test, objective, *, epochs, lr, weight_decay, momentum, warmup_epochs, val_every=1, **rest
+):
+    """`fit(classifier_run(...))` with the schedule given as keywords (the tests' shorthand; val every epoch)."""
     from lptlib.engine import Schedule, classifier_run, fit
 
-    schedule = Schedule(epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_epochs=warmup_epochs)
+    schedule = Schedule(
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        warmup_epochs=warmup_epochs,
+        val_every=val_every,
+    )
     return fit(classifier_run(model, train, val, test, objective, schedule, **rest))

@@ -51,7 +51,7 @@ def main(out: Path) -> None:
     run = {"epochs": 2, "batch_size": 8, "eval_batch_size": 5, "lr": 0.05, "warmup_epochs": 0.5}
     cfg = parse(
         seed=0,
-        vpt_study={"linear_probe": run, "vpt_deep": run, "prompt_length": 2},
+        vpt_study={"linear_probe": run, "vpt_deep": run, "prompt_length": 2, "feature_views": 2},
         lpt={
             "stage1": run,
             "stage2": run,
@@ -65,9 +65,11 @@ def main(out: Path) -> None:
     backbone = create_backbone(BackboneConfig("vit-mini", "random"))
     data = tiny_data()
     metrics, tuners = {}, {}
-    for name, row in vpt_study.run_table1(backbone, data, cfg, out / "checkpoints").items():
-        metrics[name] = row.metrics()
-        tuners[name] = row.model.tuner.state_dict()
+    table = vpt_study.run_table1(backbone, data, cfg, out / "checkpoints")
+    for name, row in table.rows.items():
+        metrics[name] = {k: v for k, v in row.items() if k != "history"}
+    for sampling, m in table.models.items():
+        tuners[f"vpt_deep/{sampling}"] = m.tuner.state_dict()
     torch.manual_seed(cfg.seed)
     stage1 = lpt.build_lpt(backbone, data.num_classes, cfg.lpt, stage=1)
     metrics["lpt_stage1"] = lpt.train_stage(stage1, data, cfg, out / "checkpoints" / "stage1.pt").row(0)

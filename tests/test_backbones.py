@@ -29,7 +29,7 @@ def clip_file(tmp_path_factory):
 def test_timm_file_round_trip_and_features(vit_file):
     model, path = vit_file
     b = create_backbone(BackboneConfig("vit-mini", str(path)))
-    assert isinstance(b, Backbone) and b.family == "timm" and b.depth == 12 and b.embed_dim == 128
+    assert isinstance(b, Backbone) and b.family == "timm" and b.depth == 6 and b.embed_dim == 128
     model.eval()
     with torch.no_grad():
         feats = b.forward_features(X)
@@ -44,7 +44,7 @@ def test_timm_file_round_trip_and_features(vit_file):
 def test_open_clip_file_round_trip_and_features(clip_file):
     model, path = clip_file
     b = create_backbone(BackboneConfig("clip-mini", str(path)))
-    assert b.family == "open_clip" and b.is_vision_language and len(b.blocks) == 12
+    assert b.family == "open_clip" and b.is_vision_language and len(b.blocks) == 6
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(b.project(b(X)), model.encode_image(X), rtol=0, atol=0)
@@ -76,7 +76,7 @@ def test_wrapped_torch_checkpoints_are_unwrapped(vit_file, tmp_path):
     state = load_weight_file(vit_file[1])
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")  # wrapped checkpoint: unwrapped
     b = create_backbone(BackboneConfig("vit-mini", str(tmp_path / "ckpt.pth")))
-    assert b.depth == 12  # (pickled objects, files without tensors, damaged files: tests/test_reliability.py)
+    assert b.depth == 6  # (pickled objects, files without tensors, damaged files: tests/test_reliability.py)
 
 
 def test_paper_scale_local_files_load_strictly(tmp_path):

@@ -20,7 +20,7 @@ def test_partial_sections_keep_the_other_defaults():
     assert cfg.data.imbalance == 10.0 and isinstance(cfg.data.imbalance, float)
     assert cfg.data.crop_scale == (0.7, 1.0)
     # a nested section given in part keeps its parent's default for the rest (vpt_study.linear_probe.lr = 2.0)
-    assert parse(vpt_study={"linear_probe": {"epochs": 3}}).vpt_study.linear_probe.lr == 2.0
+    assert parse(vpt_study={"linear_probe": {"epochs": 3}}).vpt_study.linear_probe.lr == 0.5
 
 
 def test_params_yaml_is_accepted_and_is_the_miniature(root):
@@ -94,7 +94,7 @@ def test_describe_lists_every_leaf():
     assert len(keys) == len(set(keys))
     assert all(h for _, _, h in config.describe()), "every parameter has a help text"
     defaults = dict((k, v) for k, v, _ in config.describe())
-    assert defaults["vpt_study.linear_probe.lr"] == "2.0"  # the section's own default, not Schedule's
+    assert defaults["vpt_study.linear_probe.lr"] == "0.5"  # the section's own default, not Schedule's
 
 
 def test_parameters_doc_is_generated_from_the_models(root):

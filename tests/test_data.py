@@ -42,8 +42,10 @@ def test_miniature_split_sizes(miniature):
     assert miniature.classnames[0] == "t-shirt" and miniature.num_classes == 10
     np.testing.assert_array_equal(miniature.train_counts, [500, 299, 179, 107, 64, 38, 23, 13, 8, 5])
     assert len(miniature.train) == 1_236
-    np.testing.assert_array_equal(np.bincount(miniature.val.targets), [20] * 10)
-    np.testing.assert_array_equal(np.bincount(miniature.test.targets), [1_000] * 10)
+    np.testing.assert_array_equal(np.bincount(miniature.val.targets), [100] * 10)
+    np.testing.assert_array_equal(np.bincount(miniature.test.targets), [300] * 10)  # a fixed subset
+    full = build_data(parse(data={"max_test_per_class": None}).data)
+    np.testing.assert_array_equal(np.bincount(full.test.targets), [1_000] * 10)
     np.testing.assert_array_equal(np.bincount(miniature.source.targets), [3_000] * 10)
 
 
@@ -54,7 +56,7 @@ def test_miniature_pools_are_disjoint(miniature):
     source, train, val = keys(miniature.source), keys(miniature.train), keys(miniature.val)
     # Fashion-MNIST has a few exact duplicate images, so compare with index-level disjointness as well
     assert len(train & val) <= 1 and len(source & train) <= 5
-    assert len(train) >= 1_230 and len(val) >= 199
+    assert len(train) >= 1_230 and len(val) >= 995
 
 
 def test_miniature_is_deterministic_and_seeded():
@@ -62,6 +64,20 @@ def test_miniature_is_deterministic_and_seeded():
     np.testing.assert_array_equal(a.train.images, b.train.images)
     c = build_data(parse(data={"split_seed": 1}).data)
     assert not np.array_equal(a.train.images, c.train.images)
+
+
+def test_a_seed_draws_its_own_split_from_the_fixed_target_pool():
+    """split_seed null (the default): the run's seed draws the long-tailed train set and val; the source pool (what
+    the foundation models were pretrained on) and the test set never change."""
+    cfg = parse().data
+    a, b, again = build_data(cfg, 0), build_data(cfg, 1), build_data(cfg, 1)
+    np.testing.assert_array_equal(b.train.images, again.train.images)
+    assert not np.array_equal(a.train.images, b.train.images) and not np.array_equal(a.val.images, b.val.images)
+    np.testing.assert_array_equal(a.train_counts, b.train_counts)
+    np.testing.assert_array_equal(a.source.images, b.source.images)
+    np.testing.assert_array_equal(a.test.images, b.test.images)
+    pinned = parse(data={"split_seed": 0}).data
+    np.testing.assert_array_equal(build_data(pinned, 1).train.images, a.train.images)
 
 
 def test_miniature_index_level_disjointness(tmp_path):

@@ -70,13 +70,15 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     assert set(one) == {
         "linear_probe/instance_balanced",
         "linear_probe/class_balanced",
+        "linear_probe_la/instance_balanced",
+        "crt/class_balanced",
         "vpt_deep/instance_balanced",
         "vpt_deep/class_balanced",
         "lpt_stage1",
         "lpt_stage2",
     }
     for name in one:
-        for key in ("overall", "many", "medium", "few", "per_class", "confusion", "best_epoch", "val_overall"):
+        for key in ("overall", "many", "medium", "few", "per_class", "confusion", "val_best_epoch", "val_overall"):
             assert one[name][key] == two[name][key], (name, key)
     t1 = torch.load(tmp_path / "one" / "tuners.pt", weights_only=True)
     t2 = torch.load(tmp_path / "two" / "tuners.pt", weights_only=True)

@@ -158,7 +158,12 @@ def test_no_citation_of_documents_outside_the_repository(path):
 
 # --------------------------------------------------------------------------------- README size
 def test_readme_is_short():
-    n = len((ROOT / "README.md").read_text(encoding="utf-8"))
+    """The prose is short; the generated results and claims tables (between the results markers) do not count."""
+    from lptlib.report.table import README_BEGIN, README_END
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    head, rest = text.split(README_BEGIN, 1)
+    n = len(head) + len(rest.split(README_END, 1)[1])
     assert n <= README_MAX_CHARS, f"README.md: {n} characters, over the {README_MAX_CHARS} limit; move details to docs/"
 
 

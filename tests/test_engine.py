@@ -67,11 +67,11 @@ def test_resume_after_an_interruption_gives_identical_results(tmp_path):
     resumed = fit_classifier(model(), *loaders(), ce, checkpoint=tmp_path / "b.pt", resume="auto", **KW)
     assert resumed.resumed_from_epoch == 0
     assert resumed.history == full.history
-    assert resumed.test == full.test and resumed.best_epoch == full.best_epoch
+    assert resumed.test == full.test and resumed.val_best_epoch == full.val_best_epoch
     assert torch.equal(resumed.test_predictions, full.test_predictions)
 
 
-def test_selection_uses_val_and_test_is_evaluated_once(tmp_path):
+def test_the_final_state_is_reported_and_test_is_evaluated_once(tmp_path):
     seen = []
     m = model()
     original = m.forward
@@ -81,17 +81,49 @@ def test_selection_uses_val_and_test_is_evaluated_once(tmp_path):
         return original(x)
 
     m.forward = counting_forward
-    result = fit_classifier(m, *loaders(), ce, resume="never", **KW)
+    train, val, test = loaders()
+    result = fit_classifier(m, train, val, test, ce, resume="never", **KW)
     vals = [h["val_overall"] for h in result.history]
-    assert result.best_epoch == max(i for i, v in enumerate(vals) if v == max(vals))  # ties: the later epoch
-    assert result.val["overall"] == result.history[result.best_epoch]["val_overall"]
+    assert result.val["overall"] == vals[-1]  # the reported state is the last epoch's, whatever val says
+    assert result.val_best_epoch == max(i for i, v in enumerate(vals) if v == max(vals))  # info only; ties: later
+    assert result.val_best_overall == max(vals)
     assert seen.count(15) == 1  # the 15-image test set went through the model exactly once
+    m.forward = original
+    m.eval()
+    with torch.no_grad():
+        final = torch.cat([m(x).argmax(1) for x, _ in test])
+    assert torch.equal(result.test_predictions, final)  # the test predictions are the final state's
+    row = result.row(5)
+    assert row["epochs"] == 3 and row["val_best_epoch"] == result.val_best_epoch and "best_epoch" not in row
 
 
-def test_no_val_split_selects_the_last_epoch():
+def test_val_every_k_epochs_and_after_the_last():
+    train, val, test = loaders()
+    result = fit_classifier(model(), train, val, test, ce, resume="never", **{**KW, "epochs": 5}, val_every=2)
+    assert [h["epoch"] for h in result.history if "val_overall" in h] == [1, 3, 4]
+
+
+def test_without_test_the_test_split_is_never_touched():
+    from lptlib.engine import Schedule, classifier_run, fit
+
+    train, val, test = loaders()
+
+    class Untouchable:
+        def __iter__(self):
+            raise AssertionError("the test split was evaluated")
+
+    schedule = Schedule(epochs=1, lr=0.05, val_every=1)
+    run = classifier_run(
+        model(), train, val, Untouchable(), ce, schedule, shot_counts=KW["shot_counts"], resume="never"
+    )
+    result = fit(run, test=False)
+    assert result.test == {} and result.val is not None
+
+
+def test_no_val_split_reports_the_last_epoch():
     train, _, test = loaders()
     result = fit_classifier(model(), train, None, test, ce, resume="never", **KW)
-    assert result.best_epoch == 2 and result.val is None
+    assert result.epochs == 3 and result.val is None and result.val_best_epoch is None
 
 
 def test_auto_resume_with_a_mismatching_checkpoint_starts_over(tmp_path):

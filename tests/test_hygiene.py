@@ -60,11 +60,16 @@ def test_notebook_metadata_and_parameters(path):
     assert {"out_dir", "metrics_path", "fig_dir"} <= declared
 
 
+def _stages() -> dict:
+    """Every stage definition, a per-seed (`foreach`) stage by its `do` block."""
+    return {name: s.get("do", s) for name, s in DVC["stages"].items()}
+
+
 def test_every_notebook_is_a_stage_run_by_papermill():
-    cmds = {name: " ".join(s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]]) for name, s in DVC["stages"].items()}
+    cmds = {name: " ".join(s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]]) for name, s in _stages().items()}
     for path in NOTEBOOKS:
         rel = f"notebooks/{path.name}"
-        stages = [n for n, s in DVC["stages"].items() if rel in s.get("deps", [])]
+        stages = [n for n, s in _stages().items() if rel in s.get("deps", [])]
         assert stages, f"{rel} is not a dependency of any dvc.yaml stage"
         for n in stages:
             assert f"papermill {rel} outputs/nb/" in cmds[n] and "-k python3" in cmds[n] and "-f params.yaml" in cmds[n]
@@ -76,7 +81,7 @@ def test_stage_outputs_are_where_git_expects_them():
         return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
 
     assert ignored("outputs/nb/x.ipynb") and not ignored("metrics/x.json") and not ignored("figures/x/y.png")
-    for name, stage in DVC["stages"].items():
+    for name, stage in _stages().items():
         for m in stage.get("metrics", []):
             ((path, opts),) = m.items()
             assert path.startswith("metrics/") and opts == {"cache": False}, name

@@ -79,7 +79,7 @@ def test_stage2_trains_pool_keys_and_head_only(backbone):
     assert tuner["head"].weight.grad is not None and tuner["shared_prompts"].prompts.grad is None
     assert all(p.grad is None for p in backbone.parameters())
     d = backbone.embed_dim
-    assert count_trainable(model) == 20 * 6 * 10 * d + 20 * d + 10 * d
+    assert count_trainable(model) == 20 * 3 * 10 * d + 20 * d + 10 * d
 
 
 def test_vit_b16_parameter_count():
@@ -90,3 +90,39 @@ def test_vit_b16_parameter_count():
     prompts_and_keys = sum(p.numel() for n, p in model.tuner.named_parameters() if not n.startswith("head."))
     assert prompts_and_keys == 1_029_120
     assert sum(p.numel() for p in model.tuner.parameters()) == 1_029_120 + 768 * 365
+
+
+def test_ladder_rungs_add_one_part_each(tiny_lt):
+    """cosine head: CE on s cos; A-GCL: the class-balanced branch's loss; dual sampling: LPT's objective; all with
+    the VPT study's weight decay and stage 1's other settings (stage 1 = + LPT's weight decay)."""
+    from lptlib.config import parse
+    from lptlib.objectives import AGCL
+    from lptlib.recipes.lpt import LADDER, build_lpt, ladder_run, stage_run
+
+    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}, "head_dropout": 0.0})
+    data = tiny_lt()
+    torch.manual_seed(0)
+    model = build_lpt(create_backbone(BackboneConfig("vit-mini", "random")), data.num_classes, cfg.lpt, stage=1)
+    runs = {rung: ladder_run(model, data, cfg, rung, None) for rung in LADDER}
+    stage1 = stage_run(model, data, cfg, None)
+    for run in runs.values():
+        assert run.optim.weight_decay == cfg.vpt_study.vpt_deep.weight_decay != stage1.optim.weight_decay
+        assert run.optim.lr == stage1.optim.lr and run.epochs == stage1.epochs
+    x, y = next(iter(runs["cosine_head"].batches(0)))
+    model.eval()
+    cosine = model.forward_train(x)["cosine"]
+    expected = torch.nn.functional.cross_entropy(cfg.lpt.cosine_scale * cosine, y)
+    torch.testing.assert_close(runs["cosine_head"].objective(model, (x, y), 0), expected)
+    a = cfg.lpt.agcl
+    agcl = AGCL(data.train_counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
+    torch.manual_seed(5)
+    got = runs["agcl"].objective(model, (x, y), 0)
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, agcl(model.forward_train(x)["cosine"], y))
+    pair = next(iter(runs["dual_sampling"].batches(0)))
+    torch.manual_seed(5)
+    got = runs["dual_sampling"].objective(model, pair, 0)
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, stage1.objective(model, pair, 0))
+    with pytest.raises(ValueError, match="unknown ladder rung"):
+        ladder_run(model, data, cfg, "bogus", None)

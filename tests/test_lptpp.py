@@ -1,7 +1,9 @@
 """LPT++ (our reading, docs/methods.md#lpt-mixture-of-experts): the prompts + adapters module (LPT with adapters on), expert checkpoints and
-caches, and the MoE scorer against a direct computation (their errors: tests/test_reliability.py)."""
+caches, the MoE scorer against a direct computation and phase 3's metrics rows (their errors:
+tests/test_reliability.py)."""
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from lptlib.recipes.lptpp import (
     evaluate_rows,
     gate_weights_by_group,
     load_expert,
+    method_key,
+    phase3_rows,
     save_expert,
     train_scorer,
 )
@@ -44,20 +48,20 @@ def _perturb(module, std=0.1):
 
 def test_adapters_start_as_lpt_and_freeze_in_stage_2(backbone):
     torch.manual_seed(1)
-    lpt = LPT(backbone, 5, stage=1, prompt_length=3)
+    lpt = LPT(backbone, 5, stage=1, prompt_length=3, share_blocks=3)
     torch.manual_seed(1)
-    lptpp = LPT(backbone, 5, stage=1, prompt_length=3, adapter=True)
+    lptpp = LPT(backbone, 5, stage=1, prompt_length=3, adapter=True, share_blocks=3)
     lpt.eval(), lptpp.eval()  # no head dropout
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(lptpp.forward_train(x)["cosine"], lpt.forward_train(x)["cosine"])
-    stage2 = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4)
+    stage2 = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4, share_blocks=3)
     assert not any(p.requires_grad for p in stage2.tuner["adapters"].parameters())
     assert any(k.startswith("adapters.") for k in stage2.stage1_state())
 
 
 def test_block_k_reuse_holds_with_adapters(backbone):
-    model = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4, share_blocks=6).eval()
+    model = LPT(backbone, 5, stage=2, prompt_length=3, adapter=True, pool_size=4, share_blocks=3).eval()
     _perturb(model.tuner["adapters"])
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
@@ -136,7 +140,7 @@ def test_scorer_learns_which_expert_to_trust(tiny_lt):
     caches = _synthetic_caches()
     cfg = config.parse(lptpp={"scorer": {"epochs": 40, "lr": 0.01, "batch_size": 32}})
     scorer, info = train_scorer(list(caches.values()), cfg)
-    assert info["seconds"] > 0 and len(info["history"]) == 40
+    assert info["seconds"] > 0 and len(info["history"]) == 40 and info["val_best_epoch"] in range(40)
     data = tiny_lt(counts=(60, 20, 8))
     rows, out = evaluate_rows(caches, scorer, data, "decoupling")
     assert set(rows) == {"expert: a", "expert: b", "uniform average", "MoE scorer"}
@@ -148,3 +152,22 @@ def test_scorer_learns_which_expert_to_trust(tiny_lt):
     y = caches["a"].labels["test"]
     per_class = [(avg[y == k] == k).float().mean().item() for k in range(3)]
     assert rows["uniform average"]["class_mean"] == pytest.approx(np.mean(per_class))
+
+
+def test_phase3_rows_are_metrics_rows_with_val(tiny_lt):
+    """Phase 3's rows: the method keys of the metrics file, test accuracy of the final scorer, val accuracy from the
+    val cache, and trainable parameters (expert: its module; average: all modules; scorer: + the scorer)."""
+    caches = _synthetic_caches()
+    scorer, _ = train_scorer(list(caches.values()), config.parse(lptpp={"scorer": {"epochs": 2}}))
+    models = {"a": SimpleNamespace(tuner=torch.nn.Linear(2, 3)), "b": SimpleNamespace(tuner=torch.nn.Linear(4, 1))}
+    data = tiny_lt(counts=(60, 20, 8))
+    rows, out = phase3_rows(caches, models, scorer, data, "decoupling")
+    assert list(rows) == ["lptpp/a", "lptpp/b", "lptpp/uniform", "lptpp/moe"]
+    assert method_key("expert: vision_language") == "lptpp/vision_language"
+    test, _ = evaluate_rows(caches, scorer, data, "decoupling", "test")
+    val, _ = evaluate_rows(caches, scorer, data, "decoupling", "val")
+    assert rows["lptpp/moe"]["overall"] == test["MoE scorer"]["overall"]
+    assert rows["lptpp/a"]["val_overall"] == val["expert: a"]["overall"] and "val_few" in rows["lptpp/uniform"]
+    n_scorer = sum(p.numel() for p in scorer.parameters())
+    assert [r["trainable_params"] for r in rows.values()] == [9, 5, 14, 14 + n_scorer]
+    assert out["gates"].shape == (88, 2)

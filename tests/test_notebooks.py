@@ -30,7 +30,7 @@ def run(name: str, tmp_path: Path, **params) -> dict:
 @pytest.mark.notebook
 def test_00_data(tmp_path):
     m = run("00_data", tmp_path, data=TINY_DATA)
-    assert m["train_images"] == 1_236 and m["val_images"] == 200 and m["test_images"] == 200
+    assert m["train_images"] == 1_236 and m["val_images"] == 1_000 and m["test_images"] == 200
     assert (m["n_many"], m["n_medium"], m["n_few"]) == (4, 3, 3)
     assert m["imbalance"] == 100.0
     figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
@@ -69,22 +69,26 @@ def test_01_vpt_study(tmp_path):
         vpt_study={"linear_probe": tiny, "vpt_deep": tiny, "feature_images_per_class": 5},
         features_metrics_path=str(tmp_path / "out" / "features.json"),
     )
-    assert set(m) == {
+    assert list(m) == [
         "linear_probe/instance_balanced",
         "linear_probe/class_balanced",
+        "linear_probe_la/instance_balanced",
+        "crt/class_balanced",
         "vpt_deep/instance_balanced",
         "vpt_deep/class_balanced",
-    }
-    assert m["linear_probe/class_balanced"]["trainable_params"] == 128 * 10 + 10
-    assert m["vpt_deep/class_balanced"]["trainable_params"] == 12 * 10 * 128 + 128 * 10 + 10
+    ]
+    for name in ("linear_probe/class_balanced", "linear_probe_la/instance_balanced", "crt/class_balanced"):
+        assert m[name]["trainable_params"] == 128 * 10 + 10  # a head on cached features
+    assert m["vpt_deep/class_balanced"]["trainable_params"] == 6 * 10 * 128 + 128 * 10 + 10
     for row in m.values():
-        assert all(0 <= row[k] <= 1 for k in ("overall", "many", "medium", "few"))
+        assert all(0 <= row[k] <= 1 for k in ("overall", "many", "medium", "few", "val_overall"))
+        assert row["epochs"] == 1 and row["val_best_epoch"] == 0 and "best_epoch" not in row
     features = json.loads((tmp_path / "out" / "features.json").read_text())
     assert set(features) == {"frozen", "VPT-deep (instance_balanced)", "VPT-deep (class_balanced)"}
     assert all(v["gamma"] > 0 and 0 <= v["knn_acc"] <= 1 for v in features.values())
     figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
     assert figs == {"table1_shot_accuracy.png", "lda.png"}
-    assert len(list((tmp_path / "out" / "checkpoints").glob("*.pt"))) == 4
+    assert len(list((tmp_path / "out" / "checkpoints").glob("*.pt"))) == 2  # the end-to-end (VPT-deep) runs
 
 
 @pytest.mark.notebook
@@ -97,62 +101,81 @@ def test_02_and_03_lpt_stages(tmp_path):
     )
     stage1 = tmp_path / "stage1.safetensors"
     m1 = run("02_lpt_stage1", tmp_path / "s1", stage1_path=str(stage1), **common)
-    assert set(m1) == {"lpt_stage1"} and m1["lpt_stage1"]["trainable_params"] == 12 * 10 * 128 + 10 * 128
+    assert list(m1) == ["ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
+    assert all(row["trainable_params"] == 6 * 10 * 128 + 10 * 128 for row in m1.values())
     assert stage1.is_file() and (tmp_path / "s1" / "out" / "figures" / "history.png").is_file()
     m2 = run("03_lpt_stage2", tmp_path / "s2", stage1_path=str(stage1), **common)["lpt_stage2"]
-    assert m2["trainable_params"] == 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
+    assert m2["trainable_params"] == 4 * 3 * 10 * 128 + 4 * 128 + 10 * 128  # group prompts in blocks 4-6
     assert len(m2["key_usage"]) == 4 and sum(m2["key_usage"]) == 2 * 100  # top-2 picks of 100 test images
     assert 0 <= m2["key_usage_entropy"] <= 1 and 0 <= m2["overall"] <= 1
     assert (tmp_path / "s2" / "out" / "figures" / "key_usage.png").is_file()
 
 
 @pytest.mark.notebook
-def test_04_tea_members_and_report(tmp_path):
-    """Two matrix members (the same PEFT and loss without and with TEA) and the report that collects them."""
+def test_04_tea_seeds_and_report(tmp_path):
+    """The matrix (one PEFT method and loss, without and with TEA) for two seeds, one of them on two worker
+    processes, and the report that aggregates the seeds."""
     clip = {"vision_language": {"name": "clip-mini", "weights": "random"}}
     tiny = {"epochs": 1, "batch_size": 128}
     tea = {
         "lora": tiny,
         "latency_batches": 2,
-        "matrix": {"peft": ["lora"], "loss": ["agcl"], "tea": ["none", "pea_pg_tec"]},
+        "matrix": {"peft": ["lora"], "loss": ["la"], "tea": ["none", "pea_pg_tec"]},
     }
     members = tmp_path / "members"
-    for variant in ("none", "pea_pg_tec"):
+    data = {"max_test_per_class": 10, "val_per_class": 10}
+    for seed, workers in ((0, 2), (1, 1)):
         m = run(
             "04_tea",
-            tmp_path / variant,
-            data={"max_test_per_class": 10},
+            tmp_path / f"seed_{seed}",
+            seed=seed,
+            workers=workers,
+            data=data,
             backbones=clip,
             tea=tea,
-            peft="lora",
-            loss="agcl",
-            variant=variant,
-            metrics_path=str(members / f"lora-agcl-{variant}.json"),
+            metrics_path=str(members / f"seed_{seed}.json"),
         )
-        row = m[f"lora-agcl-{variant}"]
-        assert row["trainable_params"] == 12 * 2 * 2 * 4 * 128 + 10 * 128  # LoRA on q and v + the head
-        assert 0 <= row["few"] <= 1 and row["tea"] == variant and not any("latency" in k for k in row)
-        timing = json.loads((tmp_path / variant / "out" / "latency.json").read_text())  # timings stay out of metrics
-        assert timing["latency_ms_per_image"] > 0 and timing["device"] == "cpu"
+        assert set(m) == {"zero_shot_clip", "tea/lora-la-none", "tea/lora-la-pea_pg_tec"}
+        row = m["tea/lora-la-pea_pg_tec"]
+        assert row["tea"] == "pea_pg_tec" and row["epochs"] == 1 and 0 <= row["val_overall"] <= 1
+        assert row["trainable_params"] > 10 * 128 and not any("latency" in k for k in row) and "best_epoch" not in row
+        assert m["zero_shot_clip"]["trainable_params"] == 0 and 0 <= m["zero_shot_clip"]["val_overall"] <= 1
+        timing = json.loads((tmp_path / f"seed_{seed}" / "out" / "latency.json").read_text())
+        assert set(timing["latency_ms_per_image"]) == {"lora-la-none", "lora-la-pea_pg_tec"}
+        assert {p.name for p in (tmp_path / f"seed_{seed}" / "out" / "checkpoints").iterdir()} == {
+            "lora-la-none.pt",
+            "lora-la-pea_pg_tec.pt",
+        }
+    seed_rows = [json.loads((members / f"seed_{s}.json").read_text()) for s in (0, 1)]
     report = run(
         "04_tea_report",
         tmp_path / "report",
-        data={"max_test_per_class": 10},
+        data=data,
         backbones=clip,
         tea=tea,
+        seeds={"tea": [0, 1]},
         members_dir=str(members),
     )
-    assert set(report["members"]) == {"lora-agcl-none", "lora-agcl-pea_pg_tec"}
-    assert report["best_member"] in report["members"] and 0 <= report["zero_shot"]["overall"] <= 1
-    few = report["members"]["lora-agcl-pea_pg_tec"]["few"] - report["members"]["lora-agcl-none"]["few"]
-    assert report["tea_few_gain"] == {"lora-agcl-pea_pg_tec": pytest.approx(few)}
+    assert report["seeds"] == [0, 1]
+    assert set(report["members"]) == {"zero_shot_clip", "lora-la-none", "lora-la-pea_pg_tec"}
+    few = report["members"]["lora-la-pea_pg_tec"]["few"]
+    assert few["values"] == [r["tea/lora-la-pea_pg_tec"]["few"] for r in seed_rows] and few["n"] == 2
+    gain = next(g for g in report["tea_gains"] if g["group"] == "few")
+    diffs = [100 * (r["tea/lora-la-pea_pg_tec"]["few"] - r["tea/lora-la-none"]["few"]) for r in seed_rows]
+    assert gain["diffs"] == pytest.approx(diffs) and gain["seeds"] == [0, 1]
+    val = {n: sum(r[f"tea/{n}"]["val_overall"] for r in seed_rows) for n in ("lora-la-none", "lora-la-pea_pg_tec")}
+    assert report["best_member"] == {"lora": max(val, key=val.get)}
+    assert report["best_tea_member"] == {"lora": "lora-la-pea_pg_tec"}
     figs = {p.name for p in (tmp_path / "report" / "out" / "figures").iterdir()}
     assert figs == {"tea_gains.png", "shot_accuracy.png"}
+    with pytest.raises(pm.PapermillExecutionError, match=r"`dvc repro tea@2`"):
+        run("04_tea_report", tmp_path / "missing", tea=tea, seeds={"tea": [0, 2]}, members_dir=str(members))
 
 
 @pytest.mark.notebook
 def test_05_lptpp_three_phases(tmp_path):
-    """Phase 1 -> phase 2 -> phase 3 (cache + MoE scorer), each a separate papermill run as in the DVC stages."""
+    """Phase 1 (two experts on two worker processes) -> phase 2 -> phase 3 (cache + MoE scorer), each a separate
+    papermill run of one seed as in the DVC stages."""
     experts = {
         "visual": {"name": "vit-mini", "weights": "random"},
         "vision_language": {"name": "clip-mini", "weights": "random"},
@@ -164,17 +187,19 @@ def test_05_lptpp_three_phases(tmp_path):
         "cache_dir": str(tmp_path / "cache"),
     }
     common = dict(
-        data={"max_test_per_class": 10},
+        seed=1,
+        data={"max_test_per_class": 10, "val_per_class": 10},
         backbones=experts,
         lpt={"pool_size": 4},
         lptpp={"phase1": tiny, "phase2": tiny, "scorer": {"epochs": 3}},
         **dirs,
     )
-    for phase in (1, 2):
+    for phase, workers in ((1, 2), (2, 1)):
         m = run(
             "05_lptpp",
             tmp_path / f"run{phase}",
             phase=phase,
+            workers=workers,
             **{
                 **common,
                 "out_dir": dirs[f"phase{phase}_dir"],
@@ -184,24 +209,29 @@ def test_05_lptpp_three_phases(tmp_path):
         )
         assert set(m) == {f"visual/phase{phase}", f"vision_language/phase{phase}"}
         assert (tmp_path / f"p{phase}" / "visual.safetensors").is_file()
-    # phase 1 trains prompts + adapters (bottleneck 4) + head; phase 2 the pool (4 entries) + keys + head
-    adapters = 12 * (2 * 128 + (128 * 4 + 4) + (4 * 128 + 128) + 1)
-    assert m["visual/phase2"]["module_params"] == 12 * 10 * 128 + adapters + 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
-    assert m["visual/phase2"]["trainable_params"] == 4 * 6 * 10 * 128 + 4 * 128 + 10 * 128
+        assert all(r["epochs"] == 1 and "best_epoch" not in r and 0 <= r["val_overall"] <= 1 for r in m.values())
+    assert m["visual/phase2"]["trainable_params"] < m["visual/phase2"]["module_params"]
     m3 = run(
         "05_lptpp",
         tmp_path / "run3",
         phase=3,
         **{**common, "metrics_path": str(tmp_path / "lptpp.json")},
         fig_dir=str(tmp_path / "fig3"),
-        out_dir=str(tmp_path / "p3"),
+        out_dir=str(tmp_path / "cache"),
     )
-    assert set(m3["rows"]) == {"expert: visual", "expert: vision_language", "uniform average", "MoE scorer"}
-    assert set(m3["gate_weights"]) == {"many", "medium", "few"} and "scorer_train_seconds" not in m3
-    assert all(len(r["confusion"]) == 10 for r in m3["rows"].values())
-    assert 0 < m3["params"]["percent_of_backbones"] < 100
-    assert {p.name for p in (tmp_path / "fig3").iterdir()} == {"shot_accuracy.png", "gate_weights.png"}
-    assert {p.name for p in (tmp_path / "cache").iterdir()} == {"visual.safetensors", "vision_language.safetensors"}
+    assert set(m3) == {"lptpp/visual", "lptpp/vision_language", "lptpp/uniform", "lptpp/moe", "info"}
+    for key in ("lptpp/visual", "lptpp/vision_language", "lptpp/uniform", "lptpp/moe"):
+        assert len(m3[key]["confusion"]) == 10 and 0 <= m3[key]["val_overall"] <= 1
+    info = m3["info"]
+    assert set(info["gate_weights"]) == {"many", "medium", "few"} and set(info["params"]["module"]) == set(experts)
+    assert 0 < info["params"]["percent_of_backbones"] < 100
+    assert m3["lptpp/moe"]["trainable_params"] == sum(info["params"]["module"].values()) + info["params"]["scorer"]
+    assert {p.name for p in (tmp_path / "fig3").iterdir()} == {
+        "shot_accuracy.png",
+        "gate_weights.png",
+        "scorer_history.png",
+    }
+    assert {p.name for p in (tmp_path / "cache").iterdir()} >= {"visual.safetensors", "vision_language.safetensors"}
 
 
 @pytest.mark.notebook

@@ -377,18 +377,17 @@ def test_inat2018_vpt_study(backbones, tmp_path):
         check_classnames(lt.classnames, lt.num_classes)
     backbone = backbone_for(backbones, getattr(cfg.backbones, study.backbone))
 
-    rows = run_table1(backbone, lt, cfg, out / "checkpoints")
+    table = run_table1(backbone, lt, cfg, out / "checkpoints")
+    rows = table.rows  # no LA probe: most of the 8,142 classes have no training image in this sample
     assert set(rows) == {row_name(m, "class_balanced") for m in ("linear_probe", "vpt_deep")}
     for row in rows.values():
-        check_result(row.result, 8142)
-    assert rows["linear_probe/class_balanced"].metrics()["trainable_params"] == 8142 * 768 + 8142
-    assert rows["vpt_deep/class_balanced"].metrics()["trainable_params"] == 12 * 10 * 768 + 8142 * 768 + 8142
+        assert all(np.isfinite(h["loss"]) for h in row["history"])
+        assert len(row["per_class"]) == 8142 and 0.0 <= row["overall"] <= 1.0
+    assert rows["linear_probe/class_balanced"]["trainable_params"] == 8142 * 768 + 8142
+    assert rows["vpt_deep/class_balanced"]["trainable_params"] == 12 * 10 * 768 + 8142 * 768 + 8142
 
     # Table 2 and the LDA figure, as notebooks/01_vpt_study.ipynb computes them
-    extractors = {
-        "frozen": backbone,
-        **{f"VPT-deep ({s})": rows[row_name("vpt_deep", s)].model for s in study.samplings},
-    }
+    extractors = {"frozen": backbone, **{f"VPT-deep ({s})": m for s, m in table.models.items()}}
     _, test_tf = build_transforms(cfg.data, backbone.normalization)
     sets = {"target_train": lt.train, "target_test": feature_sample(lt.test, study.feature_images_per_class, cfg.seed)}
     features = {

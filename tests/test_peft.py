@@ -117,7 +117,7 @@ def test_only_the_tuner_trains(backbone, kind):
     key = "adapters.0.up.weight" if kind == "adaptformer" else "lora.0.b"
     assert grads[key].abs().sum() > 0
     per_block = 2 * 128 + (128 * 4 + 4) + (4 * 128 + 128) + 1 if kind == "adaptformer" else 2 * 2 * 4 * 128
-    assert count_trainable(model) == 12 * per_block + 5 * 128
+    assert count_trainable(model) == 6 * per_block + 5 * 128
 
 
 def test_adapter_bottleneck_rule():

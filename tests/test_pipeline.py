@@ -42,12 +42,14 @@ def clone(tmp_path_factory):
             node = node.setdefault(key, {})
         return node
 
-    section("data")["max_test_per_class"] = 20
+    section("data").update(max_test_per_class=20, val_per_class=10)
+    params["seeds"] = {"vpt_study": [0, 1], "lpt": [0, 1], "tea": [0], "lptpp": [0]}
+    params["workers"] = 1
     for run in ("vit_mini", "clip_mini"):
         section("pretrain", run).update(epochs=1, max_images=256, batch_size=64, warmup_steps=1)
     for run in ("linear_probe", "vpt_deep"):
         section("vpt_study", run).update(epochs=1, batch_size=128)
-    section("vpt_study")["feature_images_per_class"] = 5
+    section("vpt_study").update(feature_images_per_class=5, feature_views=1)
     for run in ("stage1", "stage2"):
         section("lpt", run).update(epochs=1, batch_size=128)
     section("tea", "lora").update(epochs=1, batch_size=128)
@@ -72,27 +74,40 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     data = json.loads((clone / "metrics" / "data.json").read_text())
     pretrain = json.loads((clone / "metrics" / "pretrain.json").read_text())
     assert data["train_images"] == 1_236 and set(pretrain) == {"vit-mini", "clip-mini"}
-    study = json.loads((clone / "metrics" / "vpt_study.json").read_text())
-    assert len(study) == 4 and (clone / "metrics" / "vpt_study_features.json").is_file()
+    for seed in (0, 1):
+        study = json.loads((clone / "metrics" / "vpt_study" / f"seed_{seed}.json").read_text())
+        assert len(study) == 6 and (clone / "metrics" / "vpt_study_features" / f"seed_{seed}.json").is_file()
+        stage1 = json.loads((clone / "metrics" / "lpt_stage1" / f"seed_{seed}.json").read_text())
+        assert list(stage1) == ["ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
+    seed0 = json.loads((clone / "metrics" / "vpt_study" / "seed_0.json").read_text())
+    assert seed0 != study  # each seed is its own split and run
     assert (clone / "outputs" / "pretrain" / "vit-mini.safetensors").is_file()
     assert (clone / "figures" / "data" / "class_counts.png").is_file()
     assert "up to date" in sh("dvc", "status", cwd=clone)
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=clone))
     assert shown  # DVC reads the metrics it declared
     dag = sh("dvc", "dag", "--md", cwd=clone)
-    assert all(stage in dag for stage in ("data", "pretrain", "vpt_study", "lpt_stage1", "lpt_stage2"))
-    assert json.loads((clone / "metrics" / "lpt_stage2.json").read_text())["lpt_stage2"]["key_usage"]
-    assert "tea@lora-la-pea_pg_tec" in dag and "tea_report" in dag
+    assert all(stage in dag for stage in ("data", "pretrain", "vpt_study@1", "lpt_stage1@1", "lpt_stage2@1"))
+    stage2 = json.loads((clone / "metrics" / "lpt_stage2" / "seed_1.json").read_text())
+    assert stage2["lpt_stage2"]["key_usage"]
+    claims = json.loads((clone / "metrics" / "claims.json").read_text())
+    assert claims  # the claims table was written from the per-seed metrics
+    assert "tea@0" in dag and "tea_report" in dag and "lptpp_phase3@0" in dag
+    tea = json.loads((clone / "metrics" / "tea" / "seed_0.json").read_text())
+    assert set(tea) == {"zero_shot_clip", "tea/lora-la-none", "tea/lora-la-pea_pg_tec"}
     report = json.loads((clone / "metrics" / "tea_report.json").read_text())
-    assert set(report["members"]) == {"lora-la-none", "lora-la-pea_pg_tec"}
+    assert set(report["members"]) >= {"lora-la-none", "lora-la-pea_pg_tec"}
     assert (clone / "figures" / "tea" / "tea_gains.png").is_file()
-    lptpp = json.loads((clone / "metrics" / "lptpp.json").read_text())
-    assert "MoE scorer" in lptpp["rows"] and (clone / "figures" / "lptpp" / "phase3" / "gate_weights.png").is_file()
+    lptpp = json.loads((clone / "metrics" / "lptpp" / "seed_0.json").read_text())
+    assert {"lptpp/moe", "lptpp/uniform", "info"} <= set(lptpp)
     report = json.loads((clone / "metrics" / "report.json").read_text())
-    assert {"lpt_stage2", "tea/lora-la-pea_pg_tec", "lptpp/MoE scorer"} <= set(report["rows"])
+    assert {"lpt_stage2", "ladder/agcl", "crt/class_balanced", "lptpp/moe"} <= set(report["rows"])
+    assert report["seeds"]["vpt_study"] == [0, 1]
     assert {p.name for p in (clone / "figures" / "report").iterdir()} == {
         "shot_accuracy.png",
+        "claims.png",
         "per_class_vs_count.png",
         "confusion.png",
     }
-    assert "report" in dag and "metrics/report.json" in sh("dvc", "metrics", "show", cwd=clone)
+    assert "report" in dag and "metrics/claims.json" in sh("dvc", "metrics", "show", cwd=clone)
+    assert "up to date" in sh("dvc", "status", cwd=clone)

@@ -34,14 +34,25 @@ BIN = Path(sys.executable).parent
 def test_every_stage_depends_on_its_notebook_the_package_and_the_presets():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
+        per_seed = "foreach" in stage
+        if per_seed:  # one stage per seed: the seed list comes from params.yaml, the seed from ${item}
+            assert stage["foreach"].startswith("${seeds."), name
+            stage = stage["do"]
+            assert "-p seed ${item}" in " ".join(stage["cmd"]), name
         deps = stage["deps"]
         notebooks = [d for d in deps if d.startswith("notebooks/")]
         assert len(notebooks) == 1 and notebooks[0] in " ".join(stage["cmd"]), name
         assert "lptlib" in deps and "presets" in deps, f"{name} must depend on the whole lptlib package and presets/"
         assert not [d for d in deps if d.startswith("lptlib/")], f"{name}: lptlib is one dependency, not a list"
-        params = stage.get("params", [])  # the report reads metrics files only
-        assert not params or {"seed", "preset"} <= set(params), name
-        assert set(params) <= set(config.SECTIONS), name
+        params = stage.get("params", [])
+        sections = {p.split(".", 1)[0] for p in params}
+        assert sections <= set(config.SECTIONS), name
+        if per_seed:  # a per-seed run depends on neither the top-level seed nor the seed lists nor `workers`
+            assert "preset" in params and not sections & {"seed", "seeds", "workers"}, name
+        elif name in ("data", "pretrain"):
+            assert {"seed", "preset"} <= set(params), name
+        else:  # aggregates over seeds: the seed lists (the report reads metrics files only)
+            assert "seeds" in sections, name
 
 
 def _copy_repo(dest: Path) -> Path:

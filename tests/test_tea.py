@@ -1,10 +1,16 @@
 """TEA (our reading, docs/methods.md#tea): PEA, the probability gate and TEC against reference computations; training-only
-(the trained model predicts through the plain PEFT modules). Bad member names, gate values and class names: the
-table of tests/test_reliability.py."""
+(the trained model predicts through the plain PEFT modules); one member trained in a worker process gives the
+in-process row; the report over seeds (mean / std, paired gains and their t intervals, the best member by val).
+Bad member names, gate values and class names: the table of tests/test_reliability.py."""
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 from lptlib import config
 from lptlib.models import create_backbone
@@ -12,13 +18,25 @@ from lptlib.models.backbones import BackboneConfig
 from lptlib.models.heads import check_classnames
 from lptlib.models.peft import count_trainable
 from lptlib.objectives import AGCL, TEA, gate_probabilities, patch_semantics, tea_objective, variant_parts
+from lptlib.pool import run_tasks
 from lptlib.recipes.tea import (
+    TEAMatrixConfig,
+    best_by_val,
     build_model,
     build_objective,
     build_tea,
     check_member,
+    load_members,
+    matrix_members,
     member_name,
+    member_summary,
+    member_task,
+    method_key,
+    plot_gains,
+    plot_members,
+    tea_gains,
 )
+from lptlib.schema import to_dict
 
 
 def test_variants_switch_components():
@@ -154,3 +172,105 @@ def test_member_names_and_the_class_mean_head(tiny_lt):
     vit = create_backbone(BackboneConfig("vit-mini", "random"))
     model = build_model(vit, tiny_lt(), config.parse(tea={"head_init": "class_mean"}), "adaptformer")
     torch.testing.assert_close(model.tuner["head"].weight.norm(dim=1), torch.ones(3))
+
+
+def test_default_matrix_and_member_keys():
+    m = TEAMatrixConfig()
+    assert m.loss == ("la",) and m.tea == ("none", "pea_pg_tec")
+    assert matrix_members(m)[:2] == [("vpt_deep", "la", "none"), ("vpt_deep", "la", "pea_pg_tec")]
+    assert method_key(member_name("lora", "la", "none")) == "tea/lora-la-none"
+
+
+def test_a_member_trained_in_a_worker_process_gives_the_in_process_row(tmp_path):
+    """`member_task` seeds itself and rebuilds data and model from the config dict: two workers (spawned
+    single-thread processes) give the row and history one in-process call gives."""
+    cfg = config.parse(
+        seed=1,
+        data={"n_max": 20, "imbalance": 10, "val_per_class": 2, "max_test_per_class": 2},
+        backbones={"vision_language": {"name": "clip-mini", "weights": "random"}},
+        tea={"lora": {"epochs": 1, "batch_size": 32}, "latency_batches": 1},
+    )
+
+    def task(variant, where):
+        ckpt = tmp_path / where / f"{variant}.pt"
+        return dict(config=to_dict(cfg), peft="lora", loss="la", variant=variant, checkpoint=str(ckpt))
+
+    alone = run_tasks(member_task, [task("pea_pg_tec", "in_process")], workers=1)[0]
+    pooled = run_tasks(member_task, [task("pea_pg_tec", "pool"), task("none", "pool")], workers=2)
+
+    def same(a, b):  # NaN-aware (this tiny split has no many-shot class)
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    assert same(pooled[0]["row"], alone["row"]) and same(pooled[0]["history"], alone["history"])
+    row = alone["row"]
+    assert (row["peft"], row["loss"], row["tea"], row["epochs"]) == ("lora", "la", "pea_pg_tec", 1)
+    assert 0 <= row["overall"] <= 1 and 0 <= row["val_overall"] <= 1 and "best_epoch" not in row
+    assert not any("latency" in k for k in row) and alone["latency_ms_per_image"] > 0
+    assert pooled[1]["name"] == "lora-la-none" and (tmp_path / "pool" / "none.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------------ the report
+MATRIX = TEAMatrixConfig(peft=("lora", "vpt_deep"), loss=("la",), tea=("none", "pea_pg_tec"))
+SEEDS = (0, 1, 2)
+
+
+def _row(test, val, peft=None, variant=None):
+    """A metrics row: test accuracy `test` overall / many / medium, `test + 0.1` few; val overall `val`."""
+    row = {"overall": test, "many": test, "medium": test, "few": test + 0.1, "val_overall": val}
+    row.update(trainable_params=10, per_class=[test], confusion=[[1]])
+    if peft:
+        row.update(peft=peft, loss="la", tea=variant)
+    return row
+
+
+def _write_seeds(tmp_path, seeds=SEEDS):
+    """lora: TEA is better on test but worse on val; vpt_deep: TEA is better on both."""
+    for s in seeds:
+        metrics = {
+            "zero_shot_clip": _row(0.5, 0.5),
+            "tea/lora-la-none": _row(0.60 + 0.01 * s, 0.70, "lora", "none"),
+            "tea/lora-la-pea_pg_tec": _row(0.65 + 0.02 * s, 0.60, "lora", "pea_pg_tec"),
+            "tea/vpt_deep-la-none": _row(0.50, 0.50 + 0.01 * s, "vpt_deep", "none"),
+            "tea/vpt_deep-la-pea_pg_tec": _row(0.55 - 0.01 * s, 0.60, "vpt_deep", "pea_pg_tec"),
+        }
+        (tmp_path / f"seed_{s}.json").write_text(json.dumps(metrics))
+
+
+def test_report_over_seeds(tmp_path):
+    _write_seeds(tmp_path)
+    members = load_members(tmp_path, MATRIX, SEEDS)
+    assert len(members) == 5 * 3 and "per_class" not in members
+    summary = member_summary(members)
+    assert list(summary)[0] == "zero_shot_clip" and summary["zero_shot_clip"]["peft"] is None
+    lora = summary["lora-la-pea_pg_tec"]
+    assert lora["seeds"] == [0, 1, 2] and lora["overall"]["values"] == pytest.approx([0.65, 0.67, 0.69])
+    assert lora["overall"]["mean"] == pytest.approx(0.67) and lora["overall"]["std"] == pytest.approx(0.02)
+
+    gains = tea_gains(members)
+    assert len(gains) == 2 * 4 and set(gains["group"]) == {"overall", "many", "medium", "few"}
+    g = gains[(gains["peft"] == "lora") & (gains["group"] == "few")].iloc[0]
+    diffs = [100 * ((0.75 + 0.02 * s) - (0.70 + 0.01 * s)) for s in SEEDS]  # 5, 6, 7 points
+    half = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert g["diffs"] == pytest.approx(diffs) and g["seeds"] == [0, 1, 2]
+    assert (g["mean"], g["low"], g["high"]) == pytest.approx((6.0, 6.0 - half, 6.0 + half))
+    assert g["verdict"] == "supported"
+    v = gains[(gains["peft"] == "vpt_deep") & (gains["group"] == "overall")].iloc[0]
+    assert v["diffs"] == pytest.approx([5.0, 4.0, 3.0]) and v["verdict"] == "supported"
+
+    # the best member is chosen on val: lora's TEA member wins on test but not on val
+    assert best_by_val(members) == {"lora": "lora-la-none", "vpt_deep": "vpt_deep-la-pea_pg_tec"}
+    assert best_by_val(members, tea_only=True) == {"lora": "lora-la-pea_pg_tec", "vpt_deep": "vpt_deep-la-pea_pg_tec"}
+    assert len(plot_gains(gains).axes) >= 2 and len(plot_members(members).axes) == 4
+
+
+def test_report_names_what_is_missing(tmp_path):
+    _write_seeds(tmp_path, seeds=(0, 1))
+    with pytest.raises(
+        FileNotFoundError, match=r"seed\(s\) 2 in .*\(seed_2\.json\); run them first \(`dvc repro tea@2`\)"
+    ):
+        load_members(tmp_path, MATRIX, SEEDS)
+    other = TEAMatrixConfig(peft=("lora",), loss=("ce",), tea=("none",))
+    with pytest.raises(
+        ValueError, match=r"seed_0\.json has no metrics for member\(s\) lora-ce-none .*`dvc repro tea@0`"
+    ):
+        load_members(tmp_path, other, (0, 1))

@@ -25,6 +25,7 @@ from lptlib.paths import resolve
 from lptlib.schema import Field, RuleError, Section, StrictBool, model_validator
 
 MINIATURE_DATASET = "fashion_mnist_lt"
+POOL_SEED = 0  # the fixed source / target partition of the miniature (pretraining sees the source pool only)
 DATASETS = (MINIATURE_DATASET, "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
 SHOT_CONVENTIONS = ("decoupling", "oltr", "lpt")
 Dataset = Literal["fashion_mnist_lt", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018"]
@@ -51,15 +52,26 @@ class DataConfig(Section):
         100.0, ge=1.0, description="imbalance factor n_max / n_min (fashion_mnist_lt, cifar100_lt)"
     )
     n_max: int = Field(500, ge=1, description="images of the head class (fashion_mnist_lt, cifar100_lt)")
-    val_per_class: int = Field(20, ge=0, description="balanced val images per class (fashion_mnist_lt)")
-    split_seed: int = Field(0, ge=0, description="seed of the pool / long-tail subsampling")
+    val_per_class: int = Field(
+        100, ge=0, description="balanced val images per class, drawn from the spare target pool (fashion_mnist_lt)"
+    )
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="seed of the long-tail subsampling and the val draw; null: the run's `seed` (a seed is a new split)",
+    )
     image_size: int = Field(28, ge=1, description="network input side in pixels")
     crop_scale: tuple[float, float] = Field((0.7, 1.0), description="RandomResizedCrop scale range for training")
     test_resize_ratio: float = Field(1.0, ge=1.0, description="test: resize to image_size * ratio, then centre-crop")
     shot_convention: Literal["decoupling", "oltr", "lpt"] = Field(
         "decoupling", description="many/medium/few thresholds"
     )
-    max_test_per_class: int | None = Field(None, ge=1, description="smoke tests only: cap the test set per class")
+    max_test_per_class: int | None = Field(
+        300,
+        ge=1,
+        description="test images per class, the first in file order (the miniature: 300 of Fashion-MNIST's 1,000, a "
+        "fixed set for every seed, so the pipeline fits its time budget); null: the whole test set (paper presets)",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
     @model_validator(mode="after")
@@ -329,7 +341,7 @@ def cap_per_class(targets: np.ndarray, k: int | None) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def build_fashion_mnist_lt(cfg: DataConfig) -> LTData:
+def build_fashion_mnist_lt(cfg: DataConfig, split_seed: int = 0) -> LTData:
     """The offline miniature (docs/methods.md#the-offline-miniature): source/target pools, LT train, balanced val, official test."""
     files = find_fashion_mnist(cfg.root, cfg.download)
     x_train, y_train = read_idx(files["train_images"]), read_idx(files["train_labels"]).astype(np.int64)
@@ -337,8 +349,10 @@ def build_fashion_mnist_lt(cfg: DataConfig) -> LTData:
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise DataError(f"Fashion-MNIST image and label counts differ in {files}")
     num_classes = len(FASHION_MNIST_CLASSES)
-    rng = np.random.default_rng(cfg.split_seed)
-    source_idx, target_idx = stratified_halves(y_train, rng)
+    # the source / target partition is fixed (the foundation models are pretrained once, on the source pool);
+    # the long-tailed train set and the val draw come from the target pool with the run's split seed
+    source_idx, target_idx = stratified_halves(y_train, np.random.default_rng(POOL_SEED))
+    rng = np.random.default_rng(split_seed)
 
     counts = lt_counts(cfg.n_max, cfg.imbalance, num_classes)
     train_idx, val_idx = [], []
@@ -378,7 +392,7 @@ def lt_subsample(targets: np.ndarray, counts: Sequence[int], seed: int = 0) -> n
     return np.concatenate(keep)
 
 
-def build_cifar100_lt(cfg: DataConfig) -> LTData:
+def build_cifar100_lt(cfg: DataConfig, split_seed: int = 0) -> LTData:
     """CIFAR-100-LT (exponential profile, class 0 = head, seed-0 subsampling) on torchvision's CIFAR-100.
 
     There is no val split by convention (LDAM/LIFT); the many/medium/few groups use IF 100's counts
@@ -398,7 +412,7 @@ def build_cifar100_lt(cfg: DataConfig) -> LTData:
         ) from None
     y_train = np.asarray(train.targets, dtype=np.int64)
     counts = lt_counts(cfg.n_max, cfg.imbalance, 100)
-    idx = lt_subsample(y_train, counts, cfg.split_seed)
+    idx = lt_subsample(y_train, counts, split_seed)
     y_test = np.asarray(test.targets, dtype=np.int64)
     test_set = ArrayDataset(test.data, y_test)
     return LTData(
@@ -522,12 +536,15 @@ def build_oltr(cfg: DataConfig) -> LTData:
 
 
 # ----------------------------------------------------------------------------------- dispatch
-def build_data(cfg: DataConfig) -> LTData:
-    """The benchmark named by `cfg.name`, without transforms (see `lptlib.data.transforms`)."""
+def build_data(cfg: DataConfig, seed: int = 0) -> LTData:
+    """The benchmark named by `cfg.name`, without transforms (see `lptlib.data.transforms`). The split seed is
+    `cfg.split_seed`, or the run's `seed` when that is null (each seed draws its own long-tailed train set and val
+    split; the published splits of paper-scale data sets never change)."""
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
     if cfg.name == "fashion_mnist_lt":
-        data = build_fashion_mnist_lt(cfg)
+        data = build_fashion_mnist_lt(cfg, split_seed)
     elif cfg.name == "cifar100_lt":
-        data = build_cifar100_lt(cfg)
+        data = build_cifar100_lt(cfg, split_seed)
     else:
         data = build_oltr(cfg)
     if cfg.classnames_file and cfg.name in ("fashion_mnist_lt", "cifar100_lt"):

@@ -153,7 +153,7 @@ class LPT(nn.Module):
         prompt_form: str = "kv",
         pool_size: int = 20,
         top_k: int = 2,
-        share_blocks: int = 6,
+        share_blocks: int | None = None,
         cosine_scale: float = 20.0,
         head_dropout: float = 0.1,
         adapter: bool = False,
@@ -163,6 +163,7 @@ class LPT(nn.Module):
         if stage not in (1, 2):
             raise ValueError(f"LPT has stages 1 and 2, got {stage}")
         depth = backbone.depth
+        share_blocks = depth // 2 if share_blocks is None else share_blocks  # default: the first half (LPT: 6 of 12)
         if not 0 <= share_blocks < depth:
             raise ValueError(
                 f"lpt.share_blocks (K) must be in [0, {depth - 1}] for a {depth}-block backbone, got {share_blocks}"

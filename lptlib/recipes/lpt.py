@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling
+from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling, make_loader, make_sampler
 from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
 from lptlib.models.backbones import Backbone, Role
 from lptlib.models.blocks import PromptForm
@@ -41,12 +42,14 @@ class LPTConfig(Section):
     agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
     pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
     top_k: int = Field(2, ge=1, description="k: keys picked per image")
-    share_blocks: int = Field(6, ge=0, description="K: blocks 1..K use the shared prompts only")
+    share_blocks: int = Field(
+        3, ge=0, description="K: blocks 1..K use the shared prompts only (the first half: 3 of vit-mini's 6, 6 of 12)"
+    )
     match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
-    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). Miniature learning rates chosen on the val
-    # split: stage 1 from {0.05, 0.5, 2.0} (10 epochs), stage 2 from {0.05, 0.5}. batch_size is per branch.
-    stage1: Schedule = Field(Schedule(lr=0.5, weight_decay=0.01), description="stage 1")
-    stage2: Schedule = Field(Schedule(lr=0.05, weight_decay=0.01), description="stage 2")
+    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). The miniature's learning rates are the
+    # val-chosen values of the learning-rate grid (docs/tuning.md, `python -m lptlib.tune`). batch_size is per branch.
+    stage1: Schedule = Field(Schedule(epochs=10, lr=0.0625, weight_decay=0.01), description="stage 1")
+    stage2: Schedule = Field(Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="stage 2")
     resume: Resume = "auto"
 
     _resume = field_validator("resume")(resume_ok)
@@ -92,7 +95,8 @@ def stage_run(
     schedule: Schedule | None = None,
     resume: str | None = None,
 ) -> Run:
-    """The run of one LPT stage: dual sampling with A-GCL on both branches, selection on val, test once.
+    """The run of one LPT stage: dual sampling with A-GCL on both branches for a fixed schedule, final state tested
+    once.
     `schedule` / `resume` default to the `lpt` section's (LPT++ passes its phase schedules)."""
     lpt = cfg.lpt
     schedule = schedule or (lpt.stage1 if model.stage == 1 else lpt.stage2)
@@ -123,6 +127,102 @@ def stage_run(
     )
 
 
+#: the LPT ladder: from VPT-deep with class-balanced sampling (Table 1), LPT's parts added one at a time; the
+#: rung after `dual_sampling` is stage 1 itself (+ LPT's weight decay), then stage 2 (+ the group prompt pool)
+LADDER = ("cosine_head", "agcl", "dual_sampling")
+
+
+def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Path | None) -> Run:
+    """The run of one ladder rung below stage 1, on the stage-1 model (shared prompts + cosine head with dropout)
+    and the stage-1 schedule with the VPT study's weight decay (`vpt_study.vpt_deep.weight_decay`):
+
+    - `cosine_head`: cross-entropy on s cos(f, w) (s = `lpt.cosine_scale`), class-balanced batches;
+    - `agcl`: A-GCL with the class-balanced branch's (lambda+, lambda-), class-balanced batches;
+    - `dual_sampling`: LPT's full objective L_AGCL(B_cb) + beta_e L'_AGCL(B_ib).
+    The next rung, `lpt_stage1`, differs from `dual_sampling` only by LPT's weight decay."""
+    if rung not in LADDER:
+        raise ValueError(f"unknown ladder rung {rung!r}; use one of {', '.join(LADDER)}")
+    lpt = cfg.lpt
+    schedule = lpt.stage1.model_copy(update={"weight_decay": cfg.vpt_study.vpt_deep.weight_decay})
+    if rung == "dual_sampling":
+        run = stage_run(model, data, cfg, checkpoint, schedule)
+        run.name, run.settings = f"ladder {rung}", {**run.settings, "rung": rung}
+        return run
+    train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
+    lt = data.with_transforms(train_tf, test_tf)
+    workers = cfg.data.num_workers
+    sampler = make_sampler("class_balanced", lt.train.targets, cfg.seed, lpt.num_samples_cls)
+    loader = make_loader(lt.train, schedule.batch_size, sampler, workers)
+    a = lpt.agcl
+    agcl = AGCL(lt.train_counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
+
+    def objective(m: LPT, batch, epoch: int) -> torch.Tensor:
+        cosine = m.forward_train(batch[0])["cosine"]
+        if rung == "cosine_head":
+            return F.cross_entropy(m.tuner["head"].scale * cosine, batch[1])
+        return agcl(cosine, batch[1])
+
+    val, test = eval_loaders(lt, schedule.eval_batch_size, workers)
+    return classifier_run(
+        model,
+        loader,
+        val,
+        test,
+        objective,
+        schedule,
+        shot_counts=lt.shot_counts,
+        convention=cfg.data.shot_convention,
+        checkpoint=checkpoint,
+        resume=lpt.resume,
+        name=f"ladder {rung}",
+        settings=run_settings(cfg, data, stage=1, rung=rung),
+    )
+
+
+def stage1_task(config: dict, rung: str, checkpoint: str | None, test: bool = True) -> dict:
+    """One run of stage 1's notebook for `config`'s seed, in a worker process (`lptlib.pool.run_tasks`): a ladder
+    rung (`LADDER`) or `lpt_stage1` itself. Every rung starts from the same initialisation (paired). Returns
+    {'row', 'history'} and, for `lpt_stage1`, the stage-1 state (shared prompts + head) for stage 2."""
+    from lptlib.config import parse
+    from lptlib.data import build_data
+    from lptlib.models import create_backbone
+    from lptlib.models.peft import count_trainable
+    from lptlib.utils import seed_everything
+
+    cfg = parse(**config)
+    seed_everything(cfg.seed)
+    data = build_data(cfg.data, cfg.seed)
+    backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
+    torch.manual_seed(cfg.seed)
+    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=1)
+    ckpt = Path(checkpoint) if checkpoint else None
+    run = stage_run(model, data, cfg, ckpt) if rung == "lpt_stage1" else ladder_run(model, data, cfg, rung, ckpt)
+    result = fit(run, test=test)
+    out = {"row": result.row(count_trainable(model)), "history": result.history}
+    if rung == "lpt_stage1":
+        out["stage1_state"] = {k: v.detach().cpu().clone() for k, v in model.stage1_state().items()}
+    return out
+
+
+def stage2_task(config: dict, stage1_path: str, checkpoint: str | None, test: bool = True) -> dict:
+    """Stage 2 for `config`'s seed on that seed's stage-1 file (for `lptlib.tune`; the notebook runs it inline)."""
+    from lptlib.config import parse
+    from lptlib.data import build_data
+    from lptlib.models import create_backbone
+    from lptlib.models.peft import count_trainable
+    from lptlib.utils import seed_everything
+
+    cfg = parse(**config)
+    seed_everything(cfg.seed)
+    data = build_data(cfg.data, cfg.seed)
+    backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
+    torch.manual_seed(cfg.seed)
+    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=2)
+    load_stage1(model, stage1_path)
+    result = fit(stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None), test=test)
+    return {"row": result.row(count_trainable(model)), "history": result.history}
+
+
 def train_stage(
     model: LPT,
     data: LTData,
@@ -131,7 +231,7 @@ def train_stage(
     schedule: Schedule | None = None,
     resume: str | None = None,
 ) -> FitResult:
-    """`fit(stage_run(...))`: train one LPT stage, select on val, test once."""
+    """`fit(stage_run(...))`: train one LPT stage, test its final state once."""
     return fit(stage_run(model, data, cfg, checkpoint, schedule, resume))
 
 

@@ -5,10 +5,13 @@
 - Each *expert* is one backbone with that module: the visual-only one (`backbones.visual`) and the
   vision-language one (`backbones.vision_language`, text-initialised cosine head).
 - Phase 1 trains shared prompts + adapters + head per expert; phase 2 the group prompts + keys + head with the
-  adapters and shared prompts frozen (both with A-GCL and dual sampling, as LPT); phase 3 caches the frozen
+  adapters and shared prompts frozen (both with A-GCL and dual sampling, as LPT; the experts train in parallel
+  worker processes, `phase_task` for `lptlib.pool.run_tasks`); phase 3 caches the frozen
   experts' features and logits on train / val / test once, then trains the **MoE scorer** on the cache only:
   a(x) = softmax(MLP([f_1(x); ...; f_E(x)])), p(y|x) = sum_e a_e(x) softmax(z_e(x) / T_e), T_e learnable,
-  with class-balanced sampling (`lptlib.models.moe.MoEScorer`).
+  with class-balanced sampling (`lptlib.models.moe.MoEScorer`). Every run reports its final state (fixed
+  schedules); phase 3's rows (`phase3_rows`) are the metrics-file rows of each expert, the uniform average and the
+  scorer.
 
 The experts' module settings (prompts, pool, A-GCL, dual sampling) are the `lpt` section's: LPT++ is LPT plus
 adapters, so it reads `cfg.lpt` (one direction: the LPT recipe never reads `lptpp`).
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lptlib.data import LTData, build_transforms, make_loader
+from lptlib.data import LTData, build_data, build_transforms, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
 from lptlib.engine import FitResult, Optim, Run, Schedule, fit, predict
 from lptlib.models.backbones import BACKBONE_ROLES, Role, create_backbone
@@ -47,7 +50,7 @@ from lptlib.schema import (
     templates_ok,
     without_resume,
 )
-from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors
+from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors, seed_everything
 
 if TYPE_CHECKING:
     from lptlib.config import Config
@@ -75,11 +78,12 @@ class LPTPPConfig(Section):
     templates: Templates = Field(
         ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
     )
+    # 5 epochs per phase on the miniature (two phases, two experts and three seeds fit the pipeline's time budget)
     phase1: Schedule = Field(
-        Schedule(epochs=10, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
+        Schedule(epochs=5, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
     )
     phase2: Schedule = Field(
-        Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
+        Schedule(epochs=5, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
     )
     scorer: ScorerConfig = Field(ScorerConfig(), description="phase 3: the MoE scorer")
     resume: Resume = "auto"
@@ -174,6 +178,22 @@ def train_phase(
     return model, result
 
 
+def phase_task(config: dict, phase: int, role: str, out_dir: str, phase1_dir: str | None = None) -> dict:
+    """One expert's phase 1 or 2 for one seed, self-contained for `lptlib.pool.run_tasks`: the resolved config
+    (`lptlib.schema.to_dict(cfg)`) is parsed back, the seed set, the data of `cfg.seed` rebuilt and `train_phase`
+    run. Returns {"row": `FitResult.row` + backbone and module_params (all tensors of the module), "history"}."""
+    from lptlib.config import parse  # lptlib.config imports this module
+
+    cfg = parse(**config)
+    seed_everything(cfg.seed)
+    data = build_data(cfg.data, cfg.seed)
+    model, result = train_phase(phase, role, data, cfg, out_dir, phase1_dir=phase1_dir)
+    trainable = sum(p.numel() for p in model.tuner.parameters() if p.requires_grad)
+    row = result.row(trainable)
+    row.update(backbone=model.backbone.name, module_params=sum(p.numel() for p in model.tuner.parameters()))
+    return {"row": row, "history": result.history}
+
+
 # ------------------------------------------------------------------------------------------ phase 3
 @dataclass
 class ExpertCache:
@@ -245,8 +265,8 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> ExpertCache:
 
 def scorer_run(caches: list[ExpertCache], cfg: Config) -> Run:
     """The run of the MoE scorer on the cached outputs only: class-balanced batches of the train cache, AdamW at a
-    constant learning rate, NLL of the mixture; selected on the val cache (mean per-class accuracy) when there is
-    one."""
+    constant learning rate, NLL of the mixture, for `lptpp.scorer.epochs` epochs; the val cache (mean per-class
+    accuracy) is watched when there is one, and the final state is kept."""
     sc = cfg.lptpp.scorer
     torch.manual_seed(cfg.seed)
     labels = caches[0].labels["train"]
@@ -284,11 +304,13 @@ def scorer_run(caches: list[ExpertCache], cfg: Config) -> Run:
 
 
 def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dict]:
-    """`fit(scorer_run(...))`; returns the scorer (its selected state) and {'seconds', 'history'}."""
+    """`fit(scorer_run(...))`; returns the scorer (its final state) and {'seconds', 'history', 'val_best_epoch'}
+    (the epoch val would have picked: information only)."""
     run = scorer_run(caches, cfg)
     start = time.perf_counter()
     result = fit(run)
-    return run.model, {"seconds": time.perf_counter() - start, "history": result.history}
+    info = {"seconds": time.perf_counter() - start, "history": result.history, "val_best_epoch": result.val_best_epoch}
+    return run.model, info
 
 
 def evaluate_rows(
@@ -309,6 +331,38 @@ def evaluate_rows(
     counts = data.shot_counts
     rows = {k: shot_accuracy(p, labels, counts, convention) for k, p in preds.items()}
     return rows, {"gates": gates.numpy(), "labels": labels.numpy()}
+
+
+def method_key(name: str) -> str:
+    """The metrics key of an `evaluate_rows` entry: 'expert: visual' -> 'lptpp/visual', 'uniform average' ->
+    'lptpp/uniform', 'MoE scorer' -> 'lptpp/moe'."""
+    return {"uniform average": "lptpp/uniform", "MoE scorer": "lptpp/moe"}.get(
+        name, "lptpp/" + name.removeprefix("expert: ")
+    )
+
+
+def phase3_rows(
+    caches: dict[str, ExpertCache], models: dict[str, LPT], scorer: MoEScorer, data: LTData, convention: str
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """The metrics rows of phase 3, keyed by `method_key`: test accuracy by group (per class and the confusion
+    counts too), `val_*` on the val cache when there is one (what a choice between the methods may read), and the
+    trainable parameters (an expert: its module; the average: all modules; the scorer: all modules + the scorer).
+    Also the test gate weights per sample (`evaluate_rows`)."""
+    test, out = evaluate_rows(caches, scorer, data, convention, "test")
+    has_val = "val" in next(iter(caches.values())).labels
+    val = evaluate_rows(caches, scorer, data, convention, "val")[0] if has_val else {}
+    module = {role: sum(p.numel() for p in m.tuner.parameters()) for role, m in models.items()}
+    params = {f"expert: {role}": n for role, n in module.items()}
+    params["uniform average"] = sum(module.values())
+    params["MoE scorer"] = sum(module.values()) + sum(p.numel() for p in scorer.parameters())
+    rows = {}
+    for name, m in test.items():
+        row = {k: m[k] for k in ("overall", "many", "medium", "few", "class_mean", "per_class", "confusion") if k in m}
+        if name in val:
+            row.update({f"val_{g}": val[name][g] for g in ("overall", "many", "medium", "few")})
+        row["trainable_params"] = params[name]
+        rows[method_key(name)] = row
+    return rows, out
 
 
 def gate_weights_by_group(gates: np.ndarray, labels: np.ndarray, groups: list[str], experts: list[str]) -> dict:

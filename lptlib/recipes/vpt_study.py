@@ -4,6 +4,7 @@ features of the frozen vs the VPT-tuned backbone (LDA figure, Table 2)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -11,17 +12,21 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.data.samplers import SAMPLING_MODES, Sampling
-from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
+from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
 from lptlib.models.backbones import Backbone, Role
 from lptlib.models.blocks import PromptForm
+from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier, count_trainable
+from lptlib.objectives import build_loss
 from lptlib.report.analysis import distance_ratio, knn_accuracy
+from lptlib.report.metrics import shot_accuracy
 from lptlib.schema import Field, Resume, Section, distinct, field_validator, resume_ok
-from lptlib.utils import default_device
+from lptlib.utils import default_device, seed_everything
 
 if TYPE_CHECKING:
     from lptlib.config import Config
@@ -40,10 +45,16 @@ class VPTStudyConfig(Section):
     samplings: tuple[Sampling, ...] = Field(
         SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
     )
-    # SGD, warm-up then cosine decay per step. Miniature learning rates chosen on the val split (instance-balanced
-    # runs): linear probe from {0.05, 0.5, 2.0}, VPT-deep from {0.05, 0.2, 0.5, 1.0, 2.0}.
-    linear_probe: Schedule = Field(Schedule(lr=2.0), description="linear probing")
-    vpt_deep: Schedule = Field(Schedule(lr=1.0), description="VPT-deep prompt tuning")
+    feature_views: int = Field(
+        4, ge=1, description="augmented views per training image whose cached features the linear probes train on"
+    )
+    la_tau: float = Field(1.0, ge=0.0, description="tau of the logit-adjusted linear probe (Menon et al. 2021)")
+    # SGD, warm-up then cosine decay per step. The miniature's learning rates are the val-chosen values of the
+    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
+    linear_probe: Schedule = Field(
+        Schedule(epochs=10, lr=0.5), description="linear probing on cached features (also the LA probe and cRT)"
+    )
+    vpt_deep: Schedule = Field(Schedule(epochs=10, lr=0.25), description="VPT-deep prompt tuning")
     knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
     feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
     resume: Resume = "auto"
@@ -57,6 +68,12 @@ class VPTStudyConfig(Section):
 
 
 METHODS = ("linear_probe", "vpt_deep")
+#: the decoupling baselines next to linear probing: (row method, sampling, representation, loss)
+PROBES = {
+    "linear_probe": ("frozen", "ce"),  # one row per configured sampling mode
+    "linear_probe_la": ("frozen", "la"),  # instance-balanced only: LA corrects the prior itself
+    "crt": ("vpt_deep/instance_balanced", "ce"),  # class-balanced only: cRT re-trains the classifier
+}
 
 
 def row_name(method: str, sampling: str) -> str:
@@ -64,18 +81,21 @@ def row_name(method: str, sampling: str) -> str:
     return f"{method}/{sampling}"
 
 
-@dataclass
-class Row:
-    model: PEFTClassifier
-    result: FitResult
-
-    def metrics(self) -> dict:
-        return self.result.row(count_trainable(self.model))
-
-
 def cross_entropy(model: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
     """Plain cross-entropy on the model's logits: the VPT study's objective."""
     return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def build_vpt_model(backbone: Backbone, num_classes: int, study: VPTStudyConfig, prompted: bool = True):
+    """The Table 1 model: VPT-deep prompts (or none: linear probing end to end) and the study's head."""
+    return PEFTClassifier(
+        backbone,
+        num_classes,
+        prompt_length=study.prompt_length if prompted else 0,
+        prompt_form=study.prompt_form,
+        head=study.head,
+        cosine_scale=study.cosine_scale,
+    )
 
 
 def table1_run(
@@ -88,7 +108,8 @@ def table1_run(
     resume: str = "auto",
     name: str = "train",
 ) -> Run:
-    """The run of one Table 1 row: cross-entropy with the given sampling; selection on val, test once."""
+    """The run of one end-to-end Table 1 row: cross-entropy with the given sampling for a fixed schedule; the
+    final state is tested once."""
     train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
     lt = data.with_transforms(train_tf, test_tf)
     workers = cfg.data.num_workers
@@ -110,26 +131,245 @@ def table1_run(
     )
 
 
-def run_table1(backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Path) -> dict[str, Row]:
-    """Train every Table 1 row: {linear probe, VPT-deep} x the configured sampling modes."""
+# --------------------------------------------------------------------------- cached-feature probes
+@dataclass
+class FeatureCache:
+    """Final CLS features of one representation: `train` (views, N, D) of augmented views of every training image,
+    `val` / `test` (N, D) with the test transform, and the labels of each split."""
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor | None
+    val_labels: torch.Tensor | None
+    test: torch.Tensor
+    test_labels: torch.Tensor
+
+
+@torch.no_grad()
+def feature_cache(
+    model: PEFTClassifier | Backbone, data: LTData, cfg: Config, views: int, batch_size: int, test: bool = True
+) -> FeatureCache:
+    """Cache `model`'s CLS features: `views` augmented passes over the train set (the training transform, drawn
+    from the torch RNG, so a seed fixes them), val and (unless `test=False`) test once."""
+    backbone = model.backbone if isinstance(model, PEFTClassifier) else model
+    train_tf, test_tf = build_transforms(cfg.data, backbone.normalization)
+    lt = data.with_transforms(train_tf, test_tf)
+    device = default_device()
+    model.to(device).eval()
+
+    def cls(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_features(x)["cls"]
+
+    def run(ds, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict(cls, make_loader(ds, batch_size, num_workers=cfg.data.num_workers), device, desc=desc)
+
+    train = [run(lt.train, f"train features, view {v + 1}/{views}") for v in range(views)]
+    val = run(lt.val, "val features") if lt.val is not None else (None, None)
+    tst = run(lt.test, "test features") if test else (torch.empty(0), torch.empty(0, dtype=torch.long))
+    return FeatureCache(torch.stack([f for f, _ in train]), train[0][1], *val, *tst)
+
+
+class FeatureProbe(nn.Module):
+    """A linear classifier on cached features; its only trainable tensors live in `tuner` (the head)."""
+
+    def __init__(self, dim: int, num_classes: int, head: str = "linear", cosine_scale: float = 20.0):
+        super().__init__()
+        self.tuner = nn.ModuleDict({"head": build_head(head, dim, num_classes, cosine_scale)})
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.tuner["head"](features)
+
+
+class ViewBatches:
+    """Training batches of cached features: the sampler's order of epoch e (`set_epoch(e)`), features of view
+    e mod V, so every epoch sees another augmentation of each image."""
+
+    def __init__(self, cache: FeatureCache, sampler, batch_size: int):
+        self.cache, self.sampler, self.batch_size = cache, sampler, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __call__(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        order = torch.as_tensor(list(self.sampler))
+        view = self.cache.train[epoch % len(self.cache.train)]
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield view[idx], self.cache.train_labels[idx]
+
+
+def probe_run(
+    cache: FeatureCache,
+    num_classes: int,
+    sampling: str,
+    loss: str,
+    cfg: Config,
+    shot_counts,
+    name: str,
+    schedule: Schedule | None = None,
+) -> Run:
+    """The run of a classifier on cached features (linear probe, LA probe, cRT): the study's head re-initialised
+    from the run's seed, `loss` ('ce' or 'la': CE(z + tau log pi)) under `sampling`, SGD by `schedule`
+    (default `vpt_study.linear_probe`); val and test are the cached val / test features."""
     study = cfg.vpt_study
+    schedule = schedule or study.linear_probe
+    torch.manual_seed(cfg.seed)
+    model = FeatureProbe(cache.train.shape[-1], num_classes, study.head, study.cosine_scale)
+    counts = np.bincount(cache.train_labels.numpy(), minlength=num_classes)
+    criterion = build_loss(loss, counts, **({"tau": study.la_tau} if loss == "la" else {}))
+    sampler = make_sampler(sampling, cache.train_labels.numpy(), cfg.seed)
+    batches = ViewBatches(cache, sampler, schedule.batch_size)
+
+    def objective(m: FeatureProbe, batch, epoch: int) -> torch.Tensor:
+        return criterion(m(batch[0]), batch[1])
+
+    def evaluation(m: FeatureProbe, split: str) -> tuple[dict, torch.Tensor]:
+        feats, labels = (cache.val, cache.val_labels) if split == "val" else (cache.test, cache.test_labels)
+        with torch.no_grad():
+            preds = m(feats.to(next(m.parameters()).device)).argmax(1).cpu()
+        return shot_accuracy(preds, labels, shot_counts, cfg.data.shot_convention), preds
+
+    return Run(
+        name,
+        model,
+        batches,
+        objective,
+        schedule.epochs,
+        Optim.sgd(schedule, len(batches)),
+        evaluate=evaluation,
+        has_val=cache.val is not None,
+        val_every=schedule.val_every,
+        device=default_device(),
+    )
+
+
+def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test: bool = True) -> dict[str, dict]:
+    """Table 1's cached-feature rows: the linear probe under every sampling mode, the logit-adjusted linear probe
+    (instance-balanced) and cRT (class-balanced, on the instance-balanced VPT-deep representation, when cached)."""
+    jobs = [(row_name("linear_probe", s), "frozen", s, "ce") for s in cfg.vpt_study.samplings]
+    if np.bincount(caches["frozen"].train_labels.numpy(), minlength=data.num_classes).min() > 0:
+        jobs.append((row_name("linear_probe_la", "instance_balanced"), "frozen", "instance_balanced", "la"))
+    else:  # log pi is undefined for a class without training images (only in down-sampled smoke tests)
+        print("linear_probe_la skipped: some classes have no training image, so the log prior is undefined")
+    if "vpt_deep/instance_balanced" in caches:
+        jobs.append((row_name("crt", "class_balanced"), "vpt_deep/instance_balanced", "class_balanced", "ce"))
     rows = {}
-    for method in METHODS:
-        for sampling in study.samplings:
-            name = row_name(method, sampling)
-            torch.manual_seed(cfg.seed)
-            model = PEFTClassifier(
-                backbone,
-                data.num_classes,
-                prompt_length=study.prompt_length if method == "vpt_deep" else 0,
-                prompt_form=study.prompt_form,
-                head=study.head,
-                cosine_scale=study.cosine_scale,
-            )
-            checkpoint = checkpoint_dir / f"{name.replace('/', '-')}.pt"
-            result = fit(table1_run(model, data, sampling, getattr(study, method), cfg, checkpoint, study.resume, name))
-            rows[name] = Row(model, result)
+    for name, rep, sampling, loss in jobs:
+        run = probe_run(caches[rep], data.num_classes, sampling, loss, cfg, data.shot_counts, name)
+        result = fit(run, test=test)
+        rows[name] = {**result.row(count_trainable(run.model)), "history": result.history}
     return rows
+
+
+# --------------------------------------------------------------------------- tasks (one process each)
+def vpt_deep_row(
+    backbone: Backbone,
+    data: LTData,
+    cfg: Config,
+    sampling: str,
+    checkpoint: str | None,
+    cache_views: int = 0,
+    test: bool = True,
+) -> dict:
+    """One VPT-deep row of Table 1 for `cfg.seed`: {'row', 'history', 'tuner'} and, with `cache_views`, the tuned
+    representation's `cache` (for cRT)."""
+    study = cfg.vpt_study
+    name = row_name("vpt_deep", sampling)
+    torch.manual_seed(cfg.seed)  # the same initialisation for every sampling mode (paired)
+    model = build_vpt_model(backbone, data.num_classes, study)
+    ckpt = Path(checkpoint) if checkpoint else None
+    result = fit(table1_run(model, data, sampling, study.vpt_deep, cfg, ckpt, study.resume, name), test=test)
+    out = {
+        "row": result.row(count_trainable(model)),
+        "history": result.history,
+        "tuner": {k: v.detach().cpu().clone() for k, v in model.tuner.state_dict().items()},
+    }
+    if cache_views:
+        torch.manual_seed(cfg.seed + 1)
+        out["cache"] = feature_cache(model, data, cfg, cache_views, study.vpt_deep.eval_batch_size, test=test)
+    return out
+
+
+def frozen_cache(backbone: Backbone, data: LTData, cfg: Config, test: bool = True) -> FeatureCache:
+    """The frozen backbone's feature cache for `cfg.seed`: the linear probes' input."""
+    torch.manual_seed(cfg.seed + 1)  # the augmentation draws of the cached views
+    study = cfg.vpt_study
+    return feature_cache(backbone, data, cfg, study.feature_views, study.vpt_deep.eval_batch_size, test=test)
+
+
+def vpt_deep_task(config: dict, **kwargs) -> dict:
+    """`vpt_deep_row` in a worker process (`lptlib.pool.run_tasks`): data and backbone rebuilt from `config`."""
+    return vpt_deep_row(*_task_setup(config), **kwargs)
+
+
+def frozen_cache_task(config: dict, test: bool = True) -> FeatureCache:
+    """`frozen_cache` in a worker process: data and backbone rebuilt from `config`."""
+    return frozen_cache(*_task_setup(config), test=test)
+
+
+def _task_setup(config: dict) -> tuple[Backbone, LTData, Config]:
+    from lptlib.config import parse
+    from lptlib.data import build_data
+    from lptlib.models import create_backbone
+
+    cfg = parse(**config)
+    seed_everything(cfg.seed)
+    data = build_data(cfg.data, cfg.seed)
+    return create_backbone(getattr(cfg.backbones, cfg.vpt_study.backbone)), data, cfg
+
+
+@dataclass
+class Table1:
+    """Table 1 of one seed: metrics rows by row name, and the VPT-deep models (tuned state loaded) by sampling."""
+
+    rows: dict[str, dict]
+    models: dict[str, PEFTClassifier]
+
+
+def run_table1(
+    backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Path | None, workers: int = 1, test: bool = True
+) -> Table1:
+    """Every Table 1 row of `cfg.seed`: VPT-deep under each sampling mode (end to end, same initialisation), then
+    the linear probe (each sampling), the LA probe and cRT on cached features. With `workers` > 1 the VPT-deep
+    runs and the frozen feature cache are computed in parallel processes that rebuild `backbone` and `data` from
+    `cfg` (so pass the ones `cfg` describes); with 1, in this process from the objects given. Rows are the final
+    states of fixed schedules; the test split is evaluated once per row."""
+    study = cfg.vpt_study
+    jobs = []
+    for sampling in study.samplings:
+        ckpt = checkpoint_dir / f"{row_name('vpt_deep', sampling).replace('/', '-')}.pt" if checkpoint_dir else None
+        crt = study.feature_views if sampling == "instance_balanced" else 0
+        jobs.append(dict(sampling=sampling, checkpoint=str(ckpt) if ckpt else None, cache_views=crt, test=test))
+    if workers > 1:
+        from lptlib.pool import run_tasks
+        from lptlib.schema import to_dict
+
+        config = to_dict(cfg)
+        tasks = [dict(kind="vpt", config=config, **j) for j in jobs] + [dict(kind="frozen", config=config, test=test)]
+        results = run_tasks(_table1_task, tasks, workers)
+    else:
+        results = [vpt_deep_row(backbone, data, cfg, **j) for j in jobs] + [frozen_cache(backbone, data, cfg, test)]
+    caches = {"frozen": results[-1]}
+    rows, models = {}, {}
+    for job, out in zip(jobs, results[:-1], strict=True):
+        name = row_name("vpt_deep", job["sampling"])
+        rows[name] = {**out["row"], "history": out["history"]}
+        model = build_vpt_model(backbone, data.num_classes, study)
+        model.tuner.load_state_dict(out["tuner"])
+        models[job["sampling"]] = model
+        if "cache" in out:
+            caches[name] = out["cache"]
+    probes = probe_rows(caches, data, cfg, test=test)
+    order = [row_name("linear_probe", s) for s in study.samplings]
+    order += ["linear_probe_la/instance_balanced", "crt/class_balanced"]
+    order += [row_name("vpt_deep", s) for s in study.samplings]
+    merged = {**probes, **rows}
+    return Table1({k: merged[k] for k in order if k in merged}, models)
+
+
+def _table1_task(kind: str, **kwargs):
+    return vpt_deep_task(**kwargs) if kind == "vpt" else frozen_cache_task(**kwargs)
 
 
 def feature_sample(dataset: ImageDataset, per_class: int, seed: int) -> ImageDataset:

@@ -1,4 +1,4 @@
-"""`python -m lptlib.report`: print, check or rewrite the README's results table (see `lptlib.report.table`)."""
+"""`python -m lptlib.report`: print, check or rewrite the README's results block (see `lptlib.report.table`)."""
 
 import sys
 

@@ -279,3 +279,41 @@ def plot_confusion(cm: np.ndarray, classnames: Sequence[str], title: str = "") -
     ax.set_ylabel("true class (most frequent first)")
     ax.set_title(title)
     return fig
+
+
+def plot_seed_accuracy(
+    values: dict[str, dict[str, Sequence[float]]],
+    metrics: Sequence[str] = ("overall", *SHOT_GROUPS),
+    highlight: str | None = None,
+    title: str = "",
+) -> plt.Figure:
+    """Test accuracy (%) over seeds, one panel per metric, one line per method (`values[method][metric]` = the
+    per-seed accuracies in [0, 1]): each seed as a dot, the mean as a bar with ± one sample std as a whisker.
+    `highlight` (e.g. the val-chosen best) is drawn in a second colour."""
+    names = list(values)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(2.9 * len(metrics) + 2.8, 0.9 + 0.3 * max(len(names), 1)), sharey=True, squeeze=False
+    )
+    ys = np.arange(len(names))
+    rng = np.random.default_rng(0)  # vertical jitter of the seed dots only
+    for ax, metric in zip(axes[0], metrics):
+        for y, name in zip(ys, names):
+            v = values[name].get(metric)
+            if v is None or len(v) == 0:
+                continue
+            v = 100 * np.asarray(v, dtype=float)
+            color = "C3" if name == highlight else "C0"
+            std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            ax.barh(y, v.mean(), height=0.6, color=color, alpha=0.25)
+            ax.errorbar(v.mean(), y, xerr=std, fmt="|", color=color, capsize=3, lw=1.2, ms=10)
+            ax.scatter(v, y + rng.uniform(-0.15, 0.15, len(v)), s=10, color=color, zorder=3, linewidths=0)
+        ax.set_title(metric)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(axis="y", visible=False)
+    axes[0, 0].set_yticks(ys, names, fontsize=8)
+    axes[0, 0].set_ylim(len(names) - 0.5, -0.5)  # first method on top
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,526 @@
+"""The claims table: each paper claim ("a beats b" on one metric) tested on several seeds per method.
+
+Input: ``results[method_key][seed] = {"overall", "many", "medium", "few", "val_overall"}`` (accuracies in [0, 1]).
+Per claim the two sides are paired on the seeds they share; the per-seed differences (percentage points) give a
+mean and a Student t interval, and the verdict is "supported" (interval above 0), "contradicted" (below 0),
+"inconclusive" (contains 0, or fewer than 2 seeds) or "not run" (a method key is absent from the results).
+Where a side is `Best(...)`, it is resolved on *val* accuracy (``val_overall``), never on test accuracy.
+
+    rows = evaluate_claims(results)
+    claims_json(rows); claims_markdown(rows); plot_claims(rows)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy import stats
+
+METRICS = ("overall", "many", "medium", "few")
+VAL_METRIC = "val_overall"
+VERDICTS = ("supported", "contradicted", "inconclusive", "not run")
+UNITS = "percentage points (a - b)"
+VERDICT_COLORS = {
+    "supported": "#1b9e77",
+    "contradicted": "#d95f02",
+    "inconclusive": "#7570b3",
+    "not run": "#b0b0b0",
+}
+
+Results = Mapping[str, Mapping[int, Mapping[str, float]]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def _interval(diffs: Sequence[float], confidence: float) -> dict:
+    """Mean, sample std and Student t interval of paired differences (None where undefined)."""
+    _check_confidence(confidence)
+    d = np.asarray(diffs, dtype=float)
+    n = int(d.size)
+    out = {"diffs": [float(x) for x in d], "n": n, "mean": None, "std": None, "low": None, "high": None, "width": None}
+    if n == 0:
+        return out
+    mean = float(d.mean())
+    out["mean"] = mean
+    if n < 2:
+        return out
+    std = float(d.std(ddof=1))
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
+    out.update(std=std, low=mean - half, high=mean + half, width=2.0 * half)
+    return out
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """Paired Student t interval of ``a - b`` (same seeds, same order).
+
+    Returns ``diffs``, ``n``, ``mean``, ``std`` (ddof=1), ``low``, ``high`` and ``width`` (= high - low); with
+    n < 2 the std and the bounds are None (and the mean too when n == 0).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values must be two 1-D sequences of one length, got shapes {a.shape} and {b.shape}")
+    return _interval(a - b, confidence)
+
+
+def verdict(low: float | None, high: float | None) -> str:
+    """ "supported" when the interval lies above 0, "contradicted" below 0, else "inconclusive"."""
+    if low is None or high is None:
+        return "inconclusive"
+    if low > 0:
+        return "supported"
+    if high < 0:
+        return "contradicted"
+    return "inconclusive"
+
+
+def seed_summary(values: Sequence[float]) -> dict:
+    """Mean, sample std (ddof=1; 0.0 for one value) and n of per-seed values."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError("seed_summary needs a non-empty 1-D sequence of values")
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def format_mean_std(values: Sequence[float], scale: float = 100, digits: int = 2) -> str:
+    """A "mean ± std" table cell (e.g. "62.61 ± 1.23"; just "62.61" for one seed), values multiplied by `scale`."""
+    s = seed_summary(values)
+    mean = f"{s['mean'] * scale:.{digits}f}"
+    return mean if s["n"] == 1 else f"{mean} ± {s['std'] * scale:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Best:
+    """The candidate with the highest mean val accuracy (``val_overall``) over the seeds all candidates share.
+
+    Test accuracy never takes part; a tie goes to the first candidate.
+    """
+
+    keys: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys or not all(isinstance(k, str) for k in self.keys):
+            raise ValueError(f"Best needs a non-empty tuple of method keys, got {self.keys!r}")
+
+    def __str__(self) -> str:
+        return f"Best({', '.join(self.keys)})"
+
+
+Side = str | Best
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim "a beats b" on `metric`, with the paper's own figure (`paper`) as a short string."""
+
+    id: str
+    group: str
+    text: str
+    a: Side
+    b: Side
+    metric: str
+    paper: str
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"claim {self.id!r}: metric must be one of {METRICS}, got {self.metric!r}")
+        for side in (self.a, self.b):
+            if not isinstance(side, str | Best):
+                raise TypeError(f"claim {self.id!r}: a side is a method key or Best(...), got {side!r}")
+
+    def keys(self) -> tuple[str, ...]:
+        """Every method key the claim reads (both sides, all Best candidates)."""
+        return tuple(k for side in (self.a, self.b) for k in ((side,) if isinstance(side, str) else side.keys))
+
+
+def method_keys(claims: Iterable[Claim]) -> set[str]:
+    """The method keys a set of claims needs results for."""
+    return {k for c in claims for k in c.keys()}
+
+
+_VPT_STUDY = "VPT study"
+_LADDER = "LPT ladder"
+_TEA = "TEA"
+_LPTPP = "LPT++"
+_T1 = "Places-LT, LPT Table 1"
+_NP = "not published here"
+_TEA_FEW = "improves few-shot (TEA abstract; no figure)"
+_TEA_ALL = "improves various PEFT methods (TEA abstract; no figure)"
+_LPTPP_MOE = "MoE scorer reweights the experts adaptively (LPT++ abstract; no figure)"
+_EXPERTS = Best(("lptpp/visual", "lptpp/vision_language"))
+_PEFT_NAMES = {"vpt_deep": "VPT-deep", "adaptformer": "AdaptFormer", "lora": "LoRA"}
+
+CLAIMS: tuple[Claim, ...] = (
+    # --- the preliminary VPT study (LPT Sec. 3) ---
+    *(
+        Claim(
+            f"vpt_vs_lp_ib_{m}",
+            _VPT_STUDY,
+            "VPT-deep beats linear probing (instance-balanced sampling)",
+            "vpt_deep/instance_balanced",
+            "linear_probe/instance_balanced",
+            m,
+            paper,
+        )
+        for m, paper in (
+            ("overall", f"{_NP} (VPT-deep 37.52% overall; {_T1})"),
+            ("many", f"+3.94 ({_T1})"),
+            ("medium", f"+3.33 ({_T1})"),
+            ("few", f"+4.52 ({_T1})"),
+        )
+    ),
+    *(
+        Claim(
+            f"vpt_vs_lp_cb_{m}",
+            _VPT_STUDY,
+            "VPT-deep beats linear probing (class-balanced sampling)",
+            "vpt_deep/class_balanced",
+            "linear_probe/class_balanced",
+            m,
+            paper,
+        )
+        for m, paper in (
+            ("overall", f"{_NP} (VPT-deep 44.17% overall; {_T1})"),
+            ("few", f"+8.67 ({_T1})"),
+        )
+    ),
+    *(
+        Claim(
+            f"lp_cb_vs_ib_{m}",
+            _VPT_STUDY,
+            "Class-balanced sampling beats instance-balanced sampling (linear probing)",
+            "linear_probe/class_balanced",
+            "linear_probe/instance_balanced",
+            m,
+            _NP,
+        )
+        for m in ("overall", "few")
+    ),
+    *(
+        Claim(
+            f"vpt_cb_vs_ib_{m}",
+            _VPT_STUDY,
+            "Class-balanced sampling beats instance-balanced sampling (VPT-deep)",
+            "vpt_deep/class_balanced",
+            "vpt_deep/instance_balanced",
+            m,
+            paper,
+        )
+        for m, paper in (("overall", f"+6.65 (44.17 vs 37.52; {_T1})"), ("few", _NP))
+    ),
+    # --- the LPT ladder: each rung adds one part of LPT to the rung before ---
+    Claim(
+        "ladder_cosine_head",
+        _LADDER,
+        "A cosine head beats a linear head (VPT-deep, class-balanced sampling)",
+        "ladder/cosine_head",
+        "vpt_deep/class_balanced",
+        "overall",
+        _NP,
+    ),
+    Claim(
+        "ladder_agcl",
+        _LADDER,
+        "A-GCL beats cross-entropy (VPT-deep, cosine head)",
+        "ladder/agcl",
+        "ladder/cosine_head",
+        "overall",
+        _NP,
+    ),
+    Claim(
+        "ladder_dual_sampling",
+        _LADDER,
+        "Dual sampling beats class-balanced sampling alone (VPT-deep, cosine head, A-GCL)",
+        "ladder/dual_sampling",
+        "ladder/agcl",
+        "overall",
+        _NP,
+    ),
+    Claim(
+        "ladder_weight_decay",
+        _LADDER,
+        "LPT's larger weight decay beats the earlier rungs' one (LPT stage 1 vs the dual-sampling rung)",
+        "lpt_stage1",
+        "ladder/dual_sampling",
+        "overall",
+        _NP,
+    ),
+    *(
+        Claim(
+            f"ladder_group_pool_{m}",
+            _LADDER,
+            "The group prompt pool beats shared prompts alone (LPT stage 2 vs stage 1)",
+            "lpt_stage2",
+            "lpt_stage1",
+            m,
+            _NP,
+        )
+        for m in ("overall", "few")
+    ),
+    Claim(
+        "lpt_vs_vpt_cb_overall",
+        _LADDER,
+        "LPT (stage 2) beats VPT-deep (class-balanced sampling)",
+        "lpt_stage2",
+        "vpt_deep/class_balanced",
+        "overall",
+        "+5.90 across sources (Places-LT: LPT 50.07, released checkpoint; VPT-deep 44.17, LPT Table 1)",
+    ),
+    # --- TEA vs the plain PEFT model, per PEFT method (CLIP, logit-adjusted loss) ---
+    *(
+        Claim(
+            f"tea_{peft}_{m}",
+            _TEA,
+            f"TEA beats plain {name} (CLIP, logit-adjusted loss)",
+            f"tea/{peft}-la-pea_pg_tec",
+            f"tea/{peft}-la-none",
+            m,
+            paper,
+        )
+        for peft, name in _PEFT_NAMES.items()
+        for m, paper in (("few", _TEA_FEW), ("overall", _TEA_ALL))
+    ),
+    # --- LPT++: the MoE scorer vs the better single expert (chosen on val) and vs a uniform average ---
+    *(
+        Claim(
+            f"lptpp_moe_vs_best_expert_{m}",
+            _LPTPP,
+            "The MoE scorer beats the better single expert (chosen on val)",
+            "lptpp/moe",
+            _EXPERTS,
+            m,
+            _LPTPP_MOE,
+        )
+        for m in ("overall", "few")
+    ),
+    *(
+        Claim(
+            f"lptpp_moe_vs_uniform_{m}",
+            _LPTPP,
+            "The MoE scorer beats a uniform average of the experts",
+            "lptpp/moe",
+            "lptpp/uniform",
+            m,
+            _LPTPP_MOE,
+        )
+        for m in ("overall", "few")
+    ),
+    # --- positive control: an effect the testbed must detect ---
+    Claim(
+        "control_la_probe_few",
+        "control",
+        "Logit adjustment beats plain cross-entropy (linear probe, instance-balanced sampling)",
+        "linear_probe_la/instance_balanced",
+        "linear_probe/instance_balanced",
+        "few",
+        f"{_NP} (positive control: must come out supported)",
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _value(results: Results, key: str, seed: int, metric: str) -> float:
+    row = results[key][seed]
+    if metric not in row:
+        raise ValueError(f"results[{key!r}][{seed!r}] has no {metric!r} (keys: {', '.join(map(str, row))})")
+    value = row[metric]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"results[{key!r}][{seed!r}][{metric!r}] is not a number: {value!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"results[{key!r}][{seed!r}][{metric!r}] = {value!r} is not an accuracy in [0, 1]")
+    return value
+
+
+def _shared_seeds(results: Results, keys: Iterable[str]) -> list[int]:
+    sets = [set(results[k]) for k in keys]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def resolve(side: Side, results: Results) -> tuple[str | None, str]:
+    """The method key a side stands for, and a note ("" when it can be evaluated) saying why it cannot.
+
+    A plain key is returned as it is (absent or not); an unresolvable `Best` gives None.
+    """
+    if isinstance(side, str):
+        return side, ("" if side in results else f"missing: {side}")
+    absent = [k for k in side.keys if k not in results]
+    if absent:
+        return None, f"missing: {', '.join(absent)}"
+    seeds = _shared_seeds(results, side.keys)
+    if not seeds:
+        return None, f"no seed shared by all of {side}"
+    val = {k: float(np.mean([_value(results, k, s, VAL_METRIC) for s in seeds])) for k in side.keys}
+    return max(side.keys, key=lambda k: (val[k], -side.keys.index(k))), ""
+
+
+def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> dict:
+    """One claims-table row (JSON-safe); differences in percentage points, 100 * (a - b)."""
+    _check_confidence(confidence)
+    a, note_a = resolve(claim.a, results)
+    b, note_b = resolve(claim.b, results)
+    row = {
+        "id": claim.id,
+        "group": claim.group,
+        "text": claim.text,
+        "metric": claim.metric,
+        "paper": claim.paper,
+        "a_spec": str(claim.a),
+        "b_spec": str(claim.b),
+        "a": a,
+        "b": b,
+        "confidence": confidence,
+        "seeds": [],
+        "a_mean": None,
+        "b_mean": None,
+    }
+    if note_a or note_b:
+        note = "; ".join(n for n in (note_a, note_b) if n)
+        return {**row, **_interval([], confidence), "verdict": "not run", "note": note}
+    seeds = _shared_seeds(results, (a, b))
+    va = [_value(results, a, s, claim.metric) for s in seeds]
+    vb = [_value(results, b, s, claim.metric) for s in seeds]
+    stats_ = _interval([100.0 * (x - y) for x, y in zip(va, vb)], confidence)
+    row.update(
+        seeds=[int(s) for s in seeds],
+        a_mean=100.0 * float(np.mean(va)) if seeds else None,
+        b_mean=100.0 * float(np.mean(vb)) if seeds else None,
+    )
+    note = "" if seeds else f"no seed shared by {a} and {b}"
+    return {**row, **stats_, "verdict": verdict(stats_["low"], stats_["high"]), "note": note}
+
+
+def evaluate_claims(results: Results, claims: Sequence[Claim] = CLAIMS, confidence: float = 0.95) -> list[dict]:
+    """The claims table: one row per claim (see `evaluate_claim`); absent methods give verdict "not run"."""
+    ids = [c.id for c in claims]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"duplicate claim ids: {', '.join(dup)}")
+    return [evaluate_claim(c, results, confidence) for c in claims]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output: JSON, markdown, forest plot
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _plain(x):
+    """Numpy scalars/arrays to Python numbers and lists; NaN/inf to None (strict JSON)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_plain(v) for v in x]
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def claims_json(rows: Sequence[dict], confidence: float | None = None) -> dict:
+    """``{"confidence", "units", "claims"}``, JSON-safe; `confidence` defaults to the rows' own."""
+    found = {r["confidence"] for r in rows if "confidence" in r}
+    if confidence is None:
+        if len(found) > 1:
+            raise ValueError(f"rows were computed at several confidence levels: {sorted(found)}")
+        confidence = found.pop() if found else 0.95
+    elif found - {confidence}:
+        raise ValueError(f"rows were computed at confidence {sorted(found)}, not {confidence}")
+    return {"confidence": float(confidence), "units": UNITS, "claims": _plain(list(rows))}
+
+
+def _signed(x: float) -> str:
+    s = f"{x:+.2f}"
+    return "+0.00" if s == "-0.00" else s
+
+
+def _ours(row: dict) -> str:
+    if row["verdict"] == "not run":
+        return "not run"
+    n = row["n"]
+    if n == 0:
+        return "no shared seeds"
+    seeds = f"({n} seed{'s' if n != 1 else ''})"
+    if row["low"] is None:
+        return f"{_signed(row['mean'])} {seeds}"
+    return f"{_signed(row['mean'])} [{_signed(row['low'])}, {_signed(row['high'])}] {seeds}"
+
+
+def _claim_label(row: dict) -> str:
+    text = row["text"]
+    for side in ("a", "b"):
+        if row[f"{side}_spec"].startswith("Best(") and row[side] is not None:
+            text += f" (best on val: `{row[side]}`)"
+    return text
+
+
+def claims_markdown(rows: Sequence[dict]) -> str:
+    """A markdown table: Claim | metric | paper | ours: mean [low, high] (n seeds) | verdict (percentage points)."""
+
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| Claim | metric | paper | ours: mean [low, high] (n seeds) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = (_claim_label(r), r["metric"], r["paper"], _ours(r), r["verdict"])
+        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_claims(rows: Sequence[dict], title: str = "") -> Figure:
+    """Forest plot: per claim the mean paired difference (dot) and its t interval (bar), coloured by verdict."""
+    n = len(rows)
+    fig = Figure(figsize=(11.0, 1.4 + 0.32 * max(n, 1)), layout="constrained")
+    ax = fig.subplots()
+    ys = np.arange(n)
+    for y, r in zip(ys, rows):
+        color = VERDICT_COLORS[r["verdict"]]
+        if r.get("mean") is None:
+            label = " not run" if r["verdict"] == "not run" else " no shared seeds"
+            ax.text(0.0, y, label, color=color, fontsize=8, fontstyle="italic", va="center", ha="left")
+            continue
+        if r.get("low") is not None:
+            ax.hlines(y, r["low"], r["high"], color=color, linewidth=2.0)
+        ax.plot([r["mean"]], [y], "o", color=color, markersize=5)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [f"{r['text']} [{r['metric']}]" for r in rows], fontsize=8)
+    ax.set_ylim(n - 0.5, -0.5)  # first claim on top
+    ax.set_xlabel(f"difference a − b (percentage points), {_confidence_pct(rows)}% t interval over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=VERDICT_COLORS[v], marker="o", linewidth=2.0, label=v) for v in VERDICTS]
+    ax.legend(handles=handles, title="verdict", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _confidence_pct(rows: Sequence[dict]) -> str:
+    levels = {r.get("confidence", 0.95) for r in rows} or {0.95}
+    return "/".join(f"{100 * c:g}" for c in sorted(levels))
