@@ -84,6 +84,7 @@ def _papermill(repo: Path, out: Path, **overrides) -> str:
     params = {
         "data": {"max_test_per_class": 20, "val_per_class": 5, **overrides.get("data", {})},
         "lpt": {"stage1": {"epochs": 1, "batch_size": 32}},
+        "ladder": [],  # stage 1 only
         "out_dir": str(out),
         "stage1_path": str(out / "stage1.safetensors"),
         "metrics_path": str(out / "metrics.json"),
@@ -127,25 +128,25 @@ def test_a_code_change_makes_the_stage_stale_and_is_never_resumed(tmp_path, root
     for name in ("vit-mini.safetensors", "clip-mini.safetensors"):
         shutil.copy2(root_with_pretrained / "outputs/pretrain" / name, repo / "outputs/pretrain" / name)
     for out in (
-        "outputs/nb/02_lpt_stage1.ipynb",
-        "outputs/lpt/stage1/lpt_stage1.safetensors",
-        "outputs/lpt/stage1/checkpoints/stage1.pt",
+        "outputs/nb/lpt_stage1/seed_0.ipynb",
+        "outputs/lpt/stage1/seed_0/lpt_stage1.safetensors",
+        "outputs/lpt/stage1/seed_0/checkpoints/stage1.pt",
     ):
         (repo / out).parent.mkdir(parents=True, exist_ok=True)
         (repo / out).write_text("stand-in")
-    _dvc(repo, "commit", "-f", "lpt_stage1")
-    assert "up to date" in _dvc(repo, "status", "lpt_stage1")
+    _dvc(repo, "commit", "-f", "lpt_stage1@0")
+    assert "up to date" in _dvc(repo, "status", "lpt_stage1@0")
 
     first = tmp_path / "run"
     _papermill(repo, first)  # also writes lptlib/__pycache__, which DVC ignores
-    assert "up to date" in _dvc(repo, "status", "lpt_stage1"), "interpreter caches made the stage stale"
+    assert "up to date" in _dvc(repo, "status", "lpt_stage1@0"), "interpreter caches made the stage stale"
     old_metrics = json.loads((first / "metrics.json").read_text())["lpt_stage1"]
 
     losses = repo / "lptlib" / "objectives.py"
     text = losses.read_text()
     assert "/ 3.0).clamp(-1.0, 1.0)" in text
     losses.write_text(text.replace("/ 3.0).clamp(-1.0, 1.0)", "/ 1.0).clamp(-1.0, 1.0)"))  # A-GCL's cloud
-    status = _dvc(repo, "status", "lpt_stage1")
+    status = _dvc(repo, "status", "lpt_stage1@0")
     assert "lpt_stage1" in status and "modified:" in status and "lptlib" in status, status
 
     executed = _papermill(repo, first)  # the same command: resume 'auto' must not continue the old checkpoint
