@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: repro test lint lab strip clean-venv
+.PHONY: repro test data lint lab strip clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# The miniature's Fashion-MNIST files: found, or installed (Debian package, as root or with password-less sudo),
+# or a stop at once with the one command to run (lptlib/data/install.py).
+data: $(STAMP)
+	$(BIN)/python -m lptlib.data.install
+
 # Paper scale: write `preset: <name>` and your data paths into params.yaml (docs/paper-scale.md), then `make repro`.
-repro: $(STAMP)
+repro: data
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-test: lint
+test: lint data
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): lint and formatting of the package, tests and notebooks
