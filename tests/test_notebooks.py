@@ -1,6 +1,16 @@
-"""Every notebook executed by papermill with tiny parameters, as the DVC stages run them."""
+"""Every notebook executed by papermill with tiny parameters, as the DVC stages run them.
+
+The golden check: every metrics file these runs write is compared with the one recorded in `tests/golden/` (timings
+left out). On the platform that recorded them (CPU model, torch and numpy versions) the numbers must be equal
+exactly, so a refactor that changes any result fails here; on another platform float results differ in their last
+bits and only the structure (keys, list lengths, strings) is compared. Record anew, after a change that is meant
+to move results, with `LPTLIB_GOLDEN=write pytest -m notebook tests/test_notebooks.py`.
+"""
 
 import json
+import os
+import platform
+import re
 from pathlib import Path
 
 import papermill as pm
@@ -9,9 +19,56 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"max_test_per_class": 20}
 TINY_RUN = {"epochs": 1, "max_images": 256, "batch_size": 64, "warmup_steps": 1}
+GOLDEN = ROOT / "tests" / "golden"
+TIMING = re.compile(r"seconds|latency|_ms\b|_ms_")
 
 
-def run(name: str, tmp_path: Path, **params) -> dict:
+def _platform() -> str:
+    import numpy
+    import torch
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        platform.processor(),
+    )
+    return f"{platform.machine()} | {cpu} | torch {torch.__version__} | numpy {numpy.__version__}"
+
+
+def _comparable(value):
+    """The metrics without timings."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if not TIMING.search(str(k))}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _shape(value):
+    """Keys, list lengths and strings: what must agree on any platform."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return value if isinstance(value, str | bool) or value is None else type(value).__name__.replace("int", "float")
+
+
+def check_golden(key: str, metrics: dict) -> None:
+    """`metrics` equal to the recorded `tests/golden/<key>.json` (see the module docstring)."""
+    path = GOLDEN / f"{key}.json"
+    found = _comparable(metrics)
+    if os.environ.get("LPTLIB_GOLDEN") == "write":
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"platform": _platform(), "metrics": found}, indent=1, sort_keys=True) + "\n")
+        return
+    golden = json.loads(path.read_text())
+    if golden["platform"] == _platform():
+        assert found == golden["metrics"], f"{key}: the metrics differ from the golden record {path}"
+    else:
+        assert _shape(found) == _shape(golden["metrics"]), f"{key}: the metrics' structure differs from {path}"
+
+
+def run(name: str, tmp_path: Path, golden: str | None = None, **params) -> dict:
+    """Execute notebook `name` with `params`; its metrics, checked against `tests/golden/<golden>.json` if named."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
     params = {"out_dir": str(out), "metrics_path": str(out / "metrics.json"), "fig_dir": str(out / "figures"), **params}
@@ -24,12 +81,15 @@ def run(name: str, tmp_path: Path, **params) -> dict:
         cwd=str(ROOT),
     )
     assert (Path(params["out_dir"]) / "config.yaml").is_file(), "the resolved config is saved next to the outputs"
-    return json.loads(Path(params["metrics_path"]).read_text())
+    metrics = json.loads(Path(params["metrics_path"]).read_text())
+    if golden:
+        check_golden(golden, metrics)
+    return metrics
 
 
 @pytest.mark.notebook
 def test_00_data(tmp_path):
-    m = run("00_data", tmp_path, data=TINY_DATA)
+    m = run("00_data", tmp_path, golden="00_data", data=TINY_DATA)
     assert m["train_images"] == 1_236 and m["val_images"] == 1_000 and m["test_images"] == 200
     assert (m["n_many"], m["n_medium"], m["n_few"]) == (4, 3, 3)
     assert m["imbalance"] == 100.0
@@ -47,6 +107,7 @@ def test_00_pretrain(tmp_path):
     m = run(
         "00_pretrain",
         tmp_path,
+        golden="00_pretrain",
         data=TINY_DATA,
         backbones=weights,
         pretrain={"vit_mini": TINY_RUN, "clip_mini": TINY_RUN},
@@ -64,6 +125,7 @@ def test_01_vpt_study(tmp_path):
     m = run(
         "01_vpt_study",
         tmp_path,
+        golden="01_vpt_study",
         data={"max_test_per_class": 10},
         backbones={"visual": {"name": "vit-mini", "weights": "random"}},
         vpt_study={"linear_probe": tiny, "vpt_deep": tiny, "feature_images_per_class": 5},
@@ -100,11 +162,11 @@ def test_02_and_03_lpt_stages(tmp_path):
         lpt={"stage1": tiny, "stage2": tiny, "pool_size": 4},
     )
     stage1 = tmp_path / "stage1.safetensors"
-    m1 = run("02_lpt_stage1", tmp_path / "s1", stage1_path=str(stage1), **common)
+    m1 = run("02_lpt_stage1", tmp_path / "s1", golden="02_lpt_stage1", stage1_path=str(stage1), **common)
     assert list(m1) == ["ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
     assert all(row["trainable_params"] == 6 * 10 * 128 + 10 * 128 for row in m1.values())
     assert stage1.is_file() and (tmp_path / "s1" / "out" / "figures" / "history.png").is_file()
-    m2 = run("03_lpt_stage2", tmp_path / "s2", stage1_path=str(stage1), **common)["lpt_stage2"]
+    m2 = run("03_lpt_stage2", tmp_path / "s2", golden="03_lpt_stage2", stage1_path=str(stage1), **common)["lpt_stage2"]
     assert m2["trainable_params"] == 4 * 3 * 10 * 128 + 4 * 128 + 10 * 128  # group prompts in blocks 4-6
     assert len(m2["key_usage"]) == 4 and sum(m2["key_usage"]) == 2 * 100  # top-2 picks of 100 test images
     assert 0 <= m2["key_usage_entropy"] <= 1 and 0 <= m2["overall"] <= 1
@@ -128,6 +190,7 @@ def test_04_tea_seeds_and_report(tmp_path):
         m = run(
             "04_tea",
             tmp_path / f"seed_{seed}",
+            golden=f"04_tea_seed_{seed}",
             seed=seed,
             workers=workers,
             data=data,
@@ -150,6 +213,7 @@ def test_04_tea_seeds_and_report(tmp_path):
     report = run(
         "04_tea_report",
         tmp_path / "report",
+        golden="04_tea_report",
         data=data,
         backbones=clip,
         tea=tea,
@@ -198,6 +262,7 @@ def test_05_lptpp_three_phases(tmp_path):
         m = run(
             "05_lptpp",
             tmp_path / f"run{phase}",
+            golden=f"05_lptpp_phase{phase}",
             phase=phase,
             workers=workers,
             **{
@@ -214,6 +279,7 @@ def test_05_lptpp_three_phases(tmp_path):
     m3 = run(
         "05_lptpp",
         tmp_path / "run3",
+        golden="05_lptpp_phase3",
         phase=3,
         **{**common, "metrics_path": str(tmp_path / "lptpp.json")},
         fig_dir=str(tmp_path / "fig3"),
