@@ -105,10 +105,3 @@ def test_openai_tag_uses_quick_gelu(monkeypatch):
     with pytest.raises(WeightsError):
         create_backbone(BackboneConfig("open_clip:ViT-B-16", "hub", "openai"))
     assert seen == {"name": "ViT-B-16", "pretrained": "openai", "quick_gelu": True}
-
-
-def test_miniature_registries_agree():
-    from lptlib.models.backbones import MINIATURE_BACKBONES
-    from lptlib.models.miniature import MINIATURE_ARCHS
-
-    assert MINIATURE_BACKBONES == {name: family for name, (family, _) in MINIATURE_ARCHS.items()}

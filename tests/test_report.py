@@ -15,7 +15,6 @@ from lptlib.report import (
     Row,
     collect,
     frequency_ordered_confusion,
-    is_single_seed_layout,
     readme_is_current,
     select_by_val,
 )
@@ -254,17 +253,6 @@ def test_inconsistent_or_incomplete_seed_files_are_errors(metrics_dir):
         collect(metrics_dir)
 
 
-def test_the_single_seed_layout_is_recognised(tmp_path):
-    old = tmp_path / "metrics"
-    old.mkdir()
-    (old / "data.json").write_text(json.dumps({"class_counts": COUNTS}))
-    (old / "vpt_study.json").write_text("{}")
-    assert is_single_seed_layout(old)
-    with pytest.raises(ReportError, match=r"single-seed layout.*`dvc repro vpt_study`"):
-        collect(old)
-    assert not is_single_seed_layout(write_metrics(tmp_path / "new"))
-
-
 def test_readme_round_trip(metrics_dir, readme, capsys):
     args = ["--file", str(readme), "--metrics-dir", str(metrics_dir)]
     assert report.main(["--check", *args]) == 1
@@ -323,22 +311,12 @@ def test_frequency_ordered_confusion():
 
 
 # ------------------------------------------------------------------------------ the repository's own metrics/
-def _skip_single_seed_layout():
-    if is_single_seed_layout(ROOT / "metrics"):
-        pytest.skip(
-            "metrics/ is still in the earlier single-seed layout (metrics/<stage>.json); the per-seed files "
-            "(metrics/<stage>/seed_<s>.json) are written by a full `dvc repro`"
-        )
-
-
 def test_readme_results_block_agrees_with_metrics():
-    _skip_single_seed_layout()
     ok, expected = readme_is_current(ROOT / "README.md", ROOT / "metrics")
     assert ok, f"README results block is stale: run `python -m lptlib.report --readme`; expected:\n{expected}"
 
 
 def test_report_and_claims_files_agree_with_metrics():
-    _skip_single_seed_layout()
     rep = collect(ROOT / "metrics")
     written = json.loads((ROOT / "metrics" / "report.json").read_text())
     assert written["best"] == (rep.best().name if rep.best() else None)

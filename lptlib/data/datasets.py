@@ -26,8 +26,6 @@ from lptlib.schema import Field, RuleError, Section, StrictBool, model_validator
 
 MINIATURE_DATASET = "fashion_mnist_lt"
 POOL_SEED = 0  # the fixed source / target partition of the miniature (pretraining sees the source pool only)
-DATASETS = (MINIATURE_DATASET, "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
-SHOT_CONVENTIONS = ("decoupling", "oltr", "lpt")
 Dataset = Literal["fashion_mnist_lt", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018"]
 
 

@@ -29,18 +29,17 @@ from lptlib.paths import resolve
 from lptlib.schema import ConfigError, Field, RuleError, Section, model_validator
 from lptlib.utils import save_safetensors
 
-MINIATURE_BACKBONES = {"vit-mini": "timm", "clip-mini": "open_clip"}
 BACKBONE_FAMILIES = ("timm", "open_clip")
 
 
 def backbone_family(name: str) -> str:
     """'timm' or 'open_clip' for a backbone name: a miniature name or '<family>:<model>'."""
-    if name in MINIATURE_BACKBONES:
-        return MINIATURE_BACKBONES[name]
+    if name in MINIATURE_ARCHS:
+        return MINIATURE_ARCHS[name][0]
     family = name.split(":", 1)[0]
     if ":" not in name or family not in BACKBONE_FAMILIES:
         raise ConfigError(
-            f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_BACKBONES)}) "
+            f"backbone name {name!r}: use a miniature ({', '.join(MINIATURE_ARCHS)}) "
             "or 'timm:<model>.<tag>' (e.g. timm:vit_base_patch16_224.augreg_in21k) "
             "or 'open_clip:<model>' (e.g. open_clip:ViT-B-16)"
         )
@@ -63,14 +62,14 @@ class BackboneConfig(Section):
             family = backbone_family(self.name)
         except ConfigError as e:
             raise RuleError("name", str(e)) from None
-        if self.name in MINIATURE_BACKBONES and self.weights == "hub":
+        if self.name in MINIATURE_ARCHS and self.weights == "hub":
             raise RuleError(
                 "weights",
                 f"{self.name} is pretrained by this pipeline (00_pretrain), not downloadable; give its weight file",
             )
         if family == "open_clip" and self.weights == "hub" and not self.tag:
             raise RuleError("tag", "open_clip weights from the hub need a pretrained tag (e.g. openai)")
-        if self.name not in MINIATURE_BACKBONES:
+        if self.name not in MINIATURE_ARCHS:
             _check_hub_name(self, family)
         return self
 
@@ -394,5 +393,5 @@ __all__ = [
     "save_weights",
     "build_timm",
     "build_open_clip",
-    "MINIATURE_BACKBONES",
+    "MINIATURE_ARCHS",
 ]

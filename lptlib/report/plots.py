@@ -186,37 +186,6 @@ def plot_key_usage(counts: Sequence[int], entropy: float, title: str = "") -> pl
     return fig
 
 
-def plot_tea_gains(gains: pd.DataFrame, title: str = "TEA's gain over the plain PEFT model") -> plt.Figure:
-    """Accuracy gain (points) of each TEA variant per class group, one panel per PEFT method and loss
-    (`lptlib.recipes.tea.tea_gains` rows)."""
-    df = gains.assign(gain=100 * gains["gain"], setting=gains["peft"] + " + " + gains["loss"])
-    settings = list(dict.fromkeys(df["setting"]))
-    cols = min(3, len(settings))
-    rows = -(-len(settings) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharey=True, squeeze=False)
-    for ax, setting in zip(axes.flat, settings):
-        sns.barplot(
-            df[df["setting"] == setting],
-            x="group",
-            y="gain",
-            hue="tea",
-            ax=ax,
-            order=["overall", "many", "medium", "few"],
-            palette="crest",
-        )
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_title(setting)
-        ax.set_xlabel("")
-        ax.set_ylabel("accuracy gain (points)")
-        if ax is not axes.flat[0] and ax.get_legend() is not None:
-            ax.get_legend().remove()
-    for ax in list(axes.flat)[len(settings) :]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def plot_gate_weights(gates: dict[str, dict[str, float]], title: str = "MoE gate weight by class group") -> plt.Figure:
     """Mean gate weight of each expert over the test images of each class group ({group: {expert: weight}})."""
     df = pd.DataFrame([{"group": g, "expert": e, "weight": w} for g, row in gates.items() for e, w in row.items()])

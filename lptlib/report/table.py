@@ -256,14 +256,6 @@ def seed_files(metrics_dir: str | Path, folder: str) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def is_single_seed_layout(metrics_dir: str | Path) -> bool:
-    """Whether `metrics_dir` still holds the earlier one-file-per-stage layout (e.g. `vpt_study.json`) and no
-    per-seed files."""
-    metrics_dir = Path(metrics_dir)
-    old = any((metrics_dir / f"{s.folder}.json").is_file() for s in STAGES)
-    return old and not any(seed_files(metrics_dir, s.folder) for s in STAGES)
-
-
 def _seeds_for(seeds: Any, key: str) -> list[int] | None:
     if seeds is None:
         return None
@@ -279,10 +271,8 @@ def _stage_seeds(metrics_dir: Path, spec: StageFiles, wanted: list[int] | None) 
     folder = metrics_dir / spec.folder
     if wanted is None:
         if not found:
-            old = metrics_dir / f"{spec.folder}.json"
-            hint = f" ({old} is the earlier single-seed layout)" if old.is_file() else ""
             raise ReportError(
-                f"{folder} holds no seed_<s>.json{hint}: run the `{spec.stage}` stage for every seed "
+                f"{folder} holds no seed_<s>.json: run the `{spec.stage}` stage for every seed "
                 f"(`dvc repro {spec.stage}`)"
             )
         return found
