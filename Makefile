@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 # The miniature's Fashion-MNIST files: found, or installed (Debian package, as root or with password-less sudo),
-# or a stop at once with the one command to run (lptlib/data/install.py).
+# or a stop at once with the one command to run (lptlib/install.py).
 data: $(STAMP)
-	$(BIN)/python -m lptlib.data.install
+	$(BIN)/python -m lptlib.install
 
 # Paper scale: write `preset: <name>` and your data paths into params.yaml (docs/paper-scale.md), then `make repro`.
 repro: data

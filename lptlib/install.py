@@ -1,7 +1,7 @@
 """Set up the offline miniature's data on this machine: `make data` (run by `make repro` and `make test`).
 
-    python -m lptlib.data.install            # find the Fashion-MNIST files, install them when they are missing
-    python -m lptlib.data.install --check    # only say whether they are there (exit 2 when not)
+    python -m lptlib.install            # find the Fashion-MNIST files, install them when they are missing
+    python -m lptlib.install --check    # only say whether they are there (exit 2 when not)
 
 The miniature reads Fashion-MNIST's four idx files from the places `find_fashion_mnist` searches (`data.root`,
 `$LPTLIB_DATA`, the Debian package's folder, lptlib's cache). When none holds them, the Debian/Ubuntu package
@@ -87,7 +87,7 @@ def _params_root() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m lptlib.data.install", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lptlib.install", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--check", action="store_true", help="do not install; exit 2 when the files are missing")
     ap.add_argument("--root", default=None, help="folder to look in first (default: data.root of params.yaml)")

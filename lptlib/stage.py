@@ -1,5 +1,6 @@
 """What every notebook does first: run from the repository root, validate its parameters before any
-data is read, seed, and write the resolved config next to the stage's outputs."""
+data is read, seed, and write the resolved config next to the stage's outputs. A notebook then gets its data from
+`lptlib.pool.setup(cfg)`, the door every worker task of `lptlib.pool.run_tasks` goes through too."""
 
 from __future__ import annotations
 

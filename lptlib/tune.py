@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lptlib.config import Config, load
+from lptlib.config import Config, load, parse
 from lptlib.paths import repo_root
 from lptlib.schema import to_dict
 
@@ -94,25 +94,22 @@ def _with_lr(config: dict, key: str, lr: float) -> dict:
 
 
 def _vpt_rows(config: dict, key: str, workers: int, state: dict) -> dict[str, float]:
-    from lptlib.pool import run_tasks
+    from lptlib.pool import run_tasks, setup
     from lptlib.recipes.vpt_study import frozen_cache_task, probe_rows, vpt_deep_task
 
     cfg = load_config(config)
     if key == "vpt_study.linear_probe":
-        from lptlib.data import build_data
-
+        data = setup(cfg)
         if "frozen" not in state:
-            state["frozen"] = frozen_cache_task(config, test=False)
-        rows = probe_rows({"frozen": state["frozen"]}, build_data(cfg.data, cfg.seed), cfg, test=False)
+            state["frozen"] = frozen_cache_task(cfg, data, test=False)
+        rows = probe_rows({"frozen": state["frozen"]}, data, cfg, test=False)
         return {k: v["val_overall"] for k, v in rows.items()}
-    tasks = [dict(config=config, sampling=s, checkpoint=None, test=False) for s in cfg.vpt_study.samplings]
+    tasks = [dict(cfg=cfg, sampling=s, checkpoint=None, test=False) for s in cfg.vpt_study.samplings]
     outs = run_tasks(vpt_deep_task, tasks, workers)
     return {f"vpt_deep/{t['sampling']}": o["row"]["val_overall"] for t, o in zip(tasks, outs, strict=True)}
 
 
 def load_config(config: dict) -> Config:
-    from lptlib.config import parse
-
     return parse(**config)
 
 
@@ -124,7 +121,7 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
     results: dict[float, dict] = {}
     if entry.key == "lpt.stage1":
         tasks = [
-            dict(config=_with_lr(base, entry.key, lr), rung="lpt_stage1", checkpoint=None, test=False)
+            dict(cfg=load_config(_with_lr(base, entry.key, lr)), rung="lpt_stage1", checkpoint=None, test=False)
             for lr in entry.lrs
         ]
         outs = run_tasks(stage1_task, tasks, workers)
@@ -139,11 +136,12 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
         from lptlib.utils import save_safetensors
 
         tmp = Path(tempfile.mkdtemp(prefix="lptlib-tune-")) / "stage1.safetensors"
-        cfg = load_config(base)
-        save_safetensors(state["stage1_state"], tmp, _stage1_meta(cfg))
+        save_safetensors(state["stage1_state"], tmp, _stage1_meta(load_config(base), state["stage1_state"]))
         stage1_base = _with_lr(base, "lpt.stage1", state["stage1_lr"])
         tasks = [
-            dict(config=_with_lr(stage1_base, entry.key, lr), stage1_path=str(tmp), checkpoint=None, test=False)
+            dict(
+                cfg=load_config(_with_lr(stage1_base, entry.key, lr)), stage1_path=str(tmp), checkpoint=None, test=False
+            )
             for lr in entry.lrs
         ]
         for lr, out in zip(entry.lrs, run_tasks(stage2_task, tasks, workers), strict=True):
@@ -154,7 +152,8 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
         peft = entry.key.split(".", 1)[1]
         jobs = [(lr, row.split("-")[-1]) for lr in entry.lrs for row in entry.rows]
         tasks = [
-            dict(config=_with_lr(base, entry.key, lr), peft=peft, loss="la", variant=v, test=False) for lr, v in jobs
+            dict(cfg=load_config(_with_lr(base, entry.key, lr)), peft=peft, loss="la", variant=v, test=False)
+            for lr, v in jobs
         ]
         for (lr, v), out in zip(jobs, run_tasks(member_task, tasks, workers), strict=True):
             results.setdefault(lr, {})[f"tea/{peft}-la-{v}"] = out["row"]["val_overall"]
@@ -167,16 +166,12 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
     return results
 
 
-def _stage1_meta(cfg: Config) -> dict[str, str]:
-    from lptlib.data import build_data
-    from lptlib.models import create_backbone
-
-    data = build_data(cfg.data, cfg.seed)
-    backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
+def _stage1_meta(cfg: Config, state: dict) -> dict[str, str]:
+    """The metadata `recipes.lpt.save_stage1` writes, from the config and the stage-1 state."""
     return {
-        "backbone": backbone.name,
+        "backbone": getattr(cfg.backbones, cfg.lpt.backbone).name,
         "prompt_length": str(cfg.lpt.prompt_length),
-        "num_classes": str(data.num_classes),
+        "num_classes": str(state["head.weight"].shape[0]),
     }
 
 
@@ -224,11 +219,6 @@ def markdown(store: dict) -> str:
         wall = f"{entry['seconds'] / 60:.1f}" if entry.get("seconds") is not None else entry.get("wall_note", "–")
         lines.append(f"| `{key}` | `{entry['command']}` | {wall} |")
     return "\n".join(lines) + "\n"
-
-
-def render(path: Path) -> None:
-    """Rewrite docs/tuning.md from its JSON store (no training)."""
-    path.write_text(markdown(json.loads(path.with_suffix(".json").read_text())))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`make data` (lptlib/data/install.py): a fresh machine without the Fashion-MNIST files gets them installed, or
+"""`make data` (lptlib/install.py): a fresh machine without the Fashion-MNIST files gets them installed, or
 stops at once with the one command to run; `make repro` and `make test` go through it."""
 
 import gzip
@@ -13,7 +13,7 @@ import pytest
 
 from lptlib.data import datasets
 from lptlib.data.datasets import FASHION_MNIST_FILES, DataError
-from lptlib.data.install import INSTALL_HINT, apt_prefix, ensure_fashion_mnist, install_package
+from lptlib.install import INSTALL_HINT, apt_prefix, ensure_fashion_mnist, install_package
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,14 +106,14 @@ def test_apt_prefix(euid, tools, sudo_ok, expected):
 
 
 def test_command_exit_code_and_message_without_files(tmp_path):
-    """`python -m lptlib.data.install --check` on a machine without the files: exit 2 at once, the command to run
+    """`python -m lptlib.install --check` on a machine without the files: exit 2 at once, the command to run
     on stderr; with the files in --root: exit 0 and where they are."""
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     env.pop("LPTLIB_DATA", None)
     code = (
         "import sys; from pathlib import Path; from lptlib.data import datasets; "
         f"datasets.DEBIAN_FASHION_MNIST = Path({str(tmp_path / 'nothing')!r}); "
-        "from lptlib.data.install import main; sys.exit(main(sys.argv[1:]))"
+        "from lptlib.install import main; sys.exit(main(sys.argv[1:]))"
     )
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -139,7 +139,7 @@ def test_make_repro_and_test_set_up_the_data_first():
     }
     for target, out in plan.items():
         lines = out.splitlines()
-        install = next(i for i, ln in enumerate(lines) if "lptlib.data.install" in ln)
+        install = next(i for i, ln in enumerate(lines) if "lptlib.install" in ln)
         later = "dvc repro" if target == "repro" else "pytest"
         assert install < next(i for i, ln in enumerate(lines) if later in ln), target
     ci = (ROOT / ".ci" / "run").read_text()

@@ -36,7 +36,6 @@ from lptlib.recipes.tea import (
     plot_members,
     tea_gains,
 )
-from lptlib.schema import to_dict
 
 
 def test_variants_switch_components():
@@ -182,8 +181,9 @@ def test_default_matrix_and_member_keys():
 
 
 def test_a_member_trained_in_a_worker_process_gives_the_in_process_row(tmp_path):
-    """`member_task` seeds itself and rebuilds data and model from the config dict: two workers (spawned
-    single-thread processes) give the row and history one in-process call gives."""
+    """A `member_task` goes through the worker door (`lptlib.pool.setup`: seed, data of the seed) and builds its
+    model from the ready Config: two workers (spawned single-thread processes) give the row and history one
+    in-process call gives."""
     cfg = config.parse(
         seed=1,
         data={"n_max": 20, "imbalance": 10, "val_per_class": 2, "max_test_per_class": 2},
@@ -193,7 +193,7 @@ def test_a_member_trained_in_a_worker_process_gives_the_in_process_row(tmp_path)
 
     def task(variant, where):
         ckpt = tmp_path / where / f"{variant}.pt"
-        return dict(config=to_dict(cfg), peft="lora", loss="la", variant=variant, checkpoint=str(ckpt))
+        return dict(cfg=cfg, peft="lora", loss="la", variant=variant, checkpoint=str(ckpt))
 
     alone = run_tasks(member_task, [task("pea_pg_tec", "in_process")], workers=1)[0]
     pooled = run_tasks(member_task, [task("pea_pg_tec", "pool"), task("none", "pool")], workers=2)

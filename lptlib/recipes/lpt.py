@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling, make_loader, make_sampler
 from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
-from lptlib.models.backbones import Backbone, Role
+from lptlib.models.backbones import Backbone, Role, create_backbone
 from lptlib.models.blocks import PromptForm
-from lptlib.models.peft import LPT
+from lptlib.models.peft import LPT, count_trainable
 from lptlib.objectives import AGCL, AGCLConfig, dual_sampling_objective
 from lptlib.schema import Field, Resume, RuleError, Section, field_validator, model_validator, resume_ok
 from lptlib.utils import default_device, read_safetensors, save_safetensors
@@ -179,19 +179,10 @@ def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Pat
     )
 
 
-def stage1_task(config: dict, rung: str, checkpoint: str | None, test: bool = True) -> dict:
-    """One run of stage 1's notebook for `config`'s seed, in a worker process (`lptlib.pool.run_tasks`): a ladder
-    rung (`LADDER`) or `lpt_stage1` itself. Every rung starts from the same initialisation (paired). Returns
-    {'row', 'history'} and, for `lpt_stage1`, the stage-1 state (shared prompts + head) for stage 2."""
-    from lptlib.config import parse
-    from lptlib.data import build_data
-    from lptlib.models import create_backbone
-    from lptlib.models.peft import count_trainable
-    from lptlib.utils import seed_everything
-
-    cfg = parse(**config)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
+def stage1_task(cfg: Config, data: LTData, rung: str, checkpoint: str | None, test: bool = True) -> dict:
+    """One run of stage 1's notebook for `cfg.seed`, a task of `lptlib.pool.run_tasks`: a ladder rung (`LADDER`)
+    or `lpt_stage1` itself. Every rung starts from the same initialisation (paired). Returns {'row', 'history'}
+    and, for `lpt_stage1`, the stage-1 state (shared prompts + head) for stage 2."""
     backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
     torch.manual_seed(cfg.seed)
     model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=1)
@@ -204,17 +195,9 @@ def stage1_task(config: dict, rung: str, checkpoint: str | None, test: bool = Tr
     return out
 
 
-def stage2_task(config: dict, stage1_path: str, checkpoint: str | None, test: bool = True) -> dict:
-    """Stage 2 for `config`'s seed on that seed's stage-1 file (for `lptlib.tune`; the notebook runs it inline)."""
-    from lptlib.config import parse
-    from lptlib.data import build_data
-    from lptlib.models import create_backbone
-    from lptlib.models.peft import count_trainable
-    from lptlib.utils import seed_everything
-
-    cfg = parse(**config)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
+def stage2_task(cfg: Config, data: LTData, stage1_path: str, checkpoint: str | None, test: bool = True) -> dict:
+    """Stage 2 for `cfg.seed` on that seed's stage-1 file, a task of `lptlib.pool.run_tasks` (for `lptlib.tune`;
+    the notebook runs it inline)."""
     backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
     torch.manual_seed(cfg.seed)
     model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=2)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lptlib.data import LTData, build_data, build_transforms, make_loader
+from lptlib.data import LTData, build_transforms, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
 from lptlib.engine import FitResult, Optim, Run, Schedule, fit, predict
 from lptlib.models.backbones import BACKBONE_ROLES, Role, create_backbone
@@ -50,7 +50,7 @@ from lptlib.schema import (
     templates_ok,
     without_resume,
 )
-from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors, seed_everything
+from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
     from lptlib.config import Config
@@ -178,15 +178,9 @@ def train_phase(
     return model, result
 
 
-def phase_task(config: dict, phase: int, role: str, out_dir: str, phase1_dir: str | None = None) -> dict:
-    """One expert's phase 1 or 2 for one seed, self-contained for `lptlib.pool.run_tasks`: the resolved config
-    (`lptlib.schema.to_dict(cfg)`) is parsed back, the seed set, the data of `cfg.seed` rebuilt and `train_phase`
-    run. Returns {"row": `FitResult.row` + backbone and module_params (all tensors of the module), "history"}."""
-    from lptlib.config import parse  # lptlib.config imports this module
-
-    cfg = parse(**config)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
+def phase_task(cfg: Config, data: LTData, phase: int, role: str, out_dir: str, phase1_dir: str | None = None) -> dict:
+    """One expert's phase 1 or 2 for `cfg.seed`, a task of `lptlib.pool.run_tasks`: `train_phase` run. Returns
+    {"row": `FitResult.row` + backbone and module_params (all tensors of the module), "history"}."""
     model, result = train_phase(phase, role, data, cfg, out_dir, phase1_dir=phase1_dir)
     trainable = sum(p.numel() for p in model.tuner.parameters() if p.requires_grad)
     row = result.row(trainable)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from lptlib.data import LTData, build_data, build_transforms, eval_loaders, make_loader, make_sampler
+from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
 from lptlib.data.samplers import Sampling
 from lptlib.engine import FitResult, Run, Schedule, autocast, classifier_run, evaluate, fit, predict, run_settings
 from lptlib.models.backbones import Backbone, Role, create_backbone
@@ -38,7 +38,7 @@ from lptlib.schema import (
     resume_ok,
     templates_ok,
 )
-from lptlib.utils import default_device, seed_everything
+from lptlib.utils import default_device
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -292,19 +292,13 @@ GROUPS = ("overall", "many", "medium", "few")
 
 
 def member_task(
-    config: dict, peft: str, loss: str, variant: str, checkpoint: str | None = None, test: bool = True
+    cfg: Config, data: LTData, peft: str, loss: str, variant: str, checkpoint: str | None = None, test: bool = True
 ) -> dict:
-    """One matrix member of one seed, self-contained for `lptlib.pool.run_tasks`: the resolved config
-    (`lptlib.schema.to_dict(cfg)`) is parsed back, the seed set, the data of `cfg.seed` and the backbone rebuilt,
-    the member trained for its fixed schedule (`train_member`, resumed from `checkpoint` as `tea.resume` says) and
-    its inference timed. Returns {"name", "row": `FitResult.row` + peft / loss / tea, "history",
+    """One matrix member of `cfg.seed`, a task of `lptlib.pool.run_tasks`: the backbone built from `cfg`, the member
+    trained for its fixed schedule (`train_member`, resumed from `checkpoint` as `tea.resume` says) and its
+    inference timed. Returns {"name", "row": `FitResult.row` + peft / loss / tea, "history",
     "latency_ms_per_image"} (the latency stays out of the row: timings vary between runs)."""
-    from lptlib.config import parse  # lptlib.config imports this module
-
     check_member(peft, loss, variant)
-    cfg = parse(**config)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
     backbone = create_backbone(getattr(cfg.backbones, cfg.tea.backbone))
     model = build_model(backbone, data, cfg, peft)
     result = train_member(model, data, cfg, peft, loss, variant, Path(checkpoint) if checkpoint else None, test)

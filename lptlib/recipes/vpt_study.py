@@ -18,15 +18,16 @@ from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, mak
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.data.samplers import SAMPLING_MODES, Sampling
 from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
-from lptlib.models.backbones import Backbone, Role
+from lptlib.models.backbones import Backbone, Role, create_backbone
 from lptlib.models.blocks import PromptForm
 from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.objectives import build_loss
+from lptlib.pool import run_tasks
 from lptlib.report.analysis import distance_ratio, knn_accuracy
 from lptlib.report.metrics import shot_accuracy
 from lptlib.schema import Field, Resume, Section, distinct, field_validator, resume_ok
-from lptlib.utils import default_device, seed_everything
+from lptlib.utils import default_device
 
 if TYPE_CHECKING:
     from lptlib.config import Config
@@ -65,15 +66,6 @@ class VPTStudyConfig(Section):
     @classmethod
     def _samplings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return distinct(v, "sampling mode")
-
-
-METHODS = ("linear_probe", "vpt_deep")
-#: the decoupling baselines next to linear probing: (row method, sampling, representation, loss)
-PROBES = {
-    "linear_probe": ("frozen", "ce"),  # one row per configured sampling mode
-    "linear_probe_la": ("frozen", "la"),  # instance-balanced only: LA corrects the prior itself
-    "crt": ("vpt_deep/instance_balanced", "ce"),  # class-balanced only: cRT re-trains the classifier
-}
 
 
 def row_name(method: str, sampling: str) -> str:
@@ -298,25 +290,14 @@ def frozen_cache(backbone: Backbone, data: LTData, cfg: Config, test: bool = Tru
     return feature_cache(backbone, data, cfg, study.feature_views, study.vpt_deep.eval_batch_size, test=test)
 
 
-def vpt_deep_task(config: dict, **kwargs) -> dict:
-    """`vpt_deep_row` in a worker process (`lptlib.pool.run_tasks`): data and backbone rebuilt from `config`."""
-    return vpt_deep_row(*_task_setup(config), **kwargs)
+def vpt_deep_task(cfg: Config, data: LTData, **kwargs) -> dict:
+    """`vpt_deep_row` as a task of `lptlib.pool.run_tasks`: the backbone built from `cfg`."""
+    return vpt_deep_row(create_backbone(getattr(cfg.backbones, cfg.vpt_study.backbone)), data, cfg, **kwargs)
 
 
-def frozen_cache_task(config: dict, test: bool = True) -> FeatureCache:
-    """`frozen_cache` in a worker process: data and backbone rebuilt from `config`."""
-    return frozen_cache(*_task_setup(config), test=test)
-
-
-def _task_setup(config: dict) -> tuple[Backbone, LTData, Config]:
-    from lptlib.config import parse
-    from lptlib.data import build_data
-    from lptlib.models import create_backbone
-
-    cfg = parse(**config)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
-    return create_backbone(getattr(cfg.backbones, cfg.vpt_study.backbone)), data, cfg
+def frozen_cache_task(cfg: Config, data: LTData, test: bool = True) -> FeatureCache:
+    """`frozen_cache` as a task of `lptlib.pool.run_tasks`: the backbone built from `cfg`."""
+    return frozen_cache(create_backbone(getattr(cfg.backbones, cfg.vpt_study.backbone)), data, cfg, test=test)
 
 
 @dataclass
@@ -342,11 +323,7 @@ def run_table1(
         crt = study.feature_views if sampling == "instance_balanced" else 0
         jobs.append(dict(sampling=sampling, checkpoint=str(ckpt) if ckpt else None, cache_views=crt, test=test))
     if workers > 1:
-        from lptlib.pool import run_tasks
-        from lptlib.schema import to_dict
-
-        config = to_dict(cfg)
-        tasks = [dict(kind="vpt", config=config, **j) for j in jobs] + [dict(kind="frozen", config=config, test=test)]
+        tasks = [dict(cfg=cfg, kind="vpt", **j) for j in jobs] + [dict(cfg=cfg, kind="frozen", test=test)]
         results = run_tasks(_table1_task, tasks, workers)
     else:
         results = [vpt_deep_row(backbone, data, cfg, **j) for j in jobs] + [frozen_cache(backbone, data, cfg, test)]
@@ -368,8 +345,8 @@ def run_table1(
     return Table1({k: merged[k] for k in order if k in merged}, models)
 
 
-def _table1_task(kind: str, **kwargs):
-    return vpt_deep_task(**kwargs) if kind == "vpt" else frozen_cache_task(**kwargs)
+def _table1_task(cfg: Config, data: LTData, kind: str, **kwargs):
+    return (vpt_deep_task if kind == "vpt" else frozen_cache_task)(cfg, data, **kwargs)
 
 
 def feature_sample(dataset: ImageDataset, per_class: int, seed: int) -> ImageDataset:
