@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from lptlib import dist
+from lptlib.data.datasets import LTData
 from lptlib.data.samplers import SingleSampling
 from lptlib.report.metrics import shot_accuracy
 from lptlib.schema import Field, Section, without_resume
@@ -145,13 +146,14 @@ class FitResult:
 
 
 def evaluate(
-    model: nn.Module, loader, device: torch.device, shot_counts, convention: str = "decoupling", desc: str = "evaluate"
+    model: nn.Module, loader, device: torch.device, data: LTData, desc: str = "evaluate"
 ) -> tuple[dict, torch.Tensor]:
-    """shot_accuracy of `model`'s argmax predictions on `loader`; returns (metrics, predictions)."""
+    """shot_accuracy of `model`'s argmax predictions on `loader`, by the shot groups `data` carries; returns
+    (metrics, predictions)."""
     model.eval()
     logits, labels = predict(model, loader, device, desc=desc)
     preds = logits.argmax(1)
-    return shot_accuracy(preds, labels, shot_counts, convention), preds
+    return shot_accuracy(preds, labels, data.shot_counts, groups=data.groups), preds
 
 
 def _rng_state() -> dict:
@@ -342,36 +344,36 @@ class Run:
         return getattr(self.model, "tuner", self.model)
 
 
-def shot_evaluation(val_loader, test_loader, shot_counts, convention: str, device: torch.device) -> Evaluation:
-    """`evaluate(model, split)`: shot-group accuracy of the argmax predictions on the val or test loader."""
+def shot_evaluation(data: LTData, batch_size: int, device: torch.device) -> tuple[Evaluation, bool]:
+    """(`evaluate(model, split)`: shot-group accuracy of the argmax predictions on `data`'s val or test split, in
+    sequential batches of `batch_size`; whether `data` has a val split)."""
+    val_loader, test_loader = data.eval_loaders(batch_size)
     loaders = {"val": val_loader, "test": test_loader}
 
     def evaluation(model: nn.Module, split: str) -> tuple[dict, torch.Tensor]:
-        return evaluate(model, loaders[split], device, shot_counts, convention, desc=split)
+        return evaluate(model, loaders[split], device, data, desc=split)
 
-    return evaluation
+    return evaluation, val_loader is not None
 
 
 def classifier_run(
     model: nn.Module,
     train,
-    val_loader,
-    test_loader,
     objective: Callable,
     schedule: Schedule,
+    data: LTData,
     *,
-    shot_counts,
-    convention: str = "decoupling",
     checkpoint: str | os.PathLike | None = None,
     resume: str = "auto",
     settings: dict | None = None,
     name: str = "train",
-    device: torch.device | None = None,
 ) -> Run:
     """The run of a PEFT classifier: `model.tuner` trained with SGD by `schedule` on `train` (a DataLoader or a
-    batch source called with the epoch), watched on the val loader (if any), its final state tested once."""
-    device = device or default_device()
+    batch source called with the epoch), watched on `data`'s val split (if any) and its final state tested once on
+    `data`'s test split, by the shot groups `data` carries (`data` as the model sees it: `LTData.transformed`)."""
+    device = default_device()
     batches = SingleSampling(train) if isinstance(train, DataLoader) else train
+    evaluation, has_val = shot_evaluation(data, schedule.eval_batch_size, device)
     return Run(
         name,
         model,
@@ -379,8 +381,8 @@ def classifier_run(
         objective,
         schedule.epochs,
         Optim.sgd(schedule, len(batches)),
-        evaluate=shot_evaluation(val_loader, test_loader, shot_counts, convention, device),
-        has_val=val_loader is not None,
+        evaluate=evaluation,
+        has_val=has_val,
         val_every=schedule.val_every,
         checkpoint=checkpoint,
         resume=resume,

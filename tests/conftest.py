@@ -45,9 +45,26 @@ def tiny_lt():
 
 
 def fit_classifier(
-    model, train, val, test, objective, *, epochs, lr, weight_decay, momentum, warmup_epochs, val_every=1, **rest
+    model,
+    train,
+    val,
+    test,
+    objective,
+    *,
+    epochs,
+    lr,
+    weight_decay,
+    momentum,
+    warmup_epochs,
+    shot_counts,
+    val_every=1,
+    **rest,
 ):
-    """`fit(classifier_run(...))` with the schedule given as keywords (the tests' shorthand; val every epoch)."""
+    """`fit(classifier_run(...))` with the schedule given as keywords and the data as loaders (the tests'
+    shorthand; val every epoch): the val / test loaders' datasets and `shot_counts` become the run's `LTData`."""
+    import numpy as np
+
+    from lptlib.data.datasets import LTData
     from lptlib.engine import Schedule, classifier_run, fit
 
     schedule = Schedule(
@@ -57,5 +74,9 @@ def fit_classifier(
         momentum=momentum,
         warmup_epochs=warmup_epochs,
         val_every=val_every,
+        eval_batch_size=test.batch_size,
     )
-    return fit(classifier_run(model, train, val, test, objective, schedule, **rest))
+    names = [f"class {c}" for c in range(len(shot_counts))]
+    val_set = val.dataset if val is not None else None
+    data = LTData("toy_lt", names, train.dataset, val_set, test.dataset, group_counts=np.asarray(shot_counts))
+    return fit(classifier_run(model, train, objective, schedule, data, **rest))

@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 from lptlib import dist  # noqa: E402
 from lptlib.config import parse  # noqa: E402
-from lptlib.data import build_transforms  # noqa: E402
+from lptlib.data import build_transforms, datasets  # noqa: E402
 from lptlib.data.datasets import ArrayDataset, LTData  # noqa: E402
 from lptlib.models import create_backbone  # noqa: E402
 from lptlib.models.backbones import BackboneConfig  # noqa: E402
@@ -47,7 +47,7 @@ def tiny_data() -> LTData:
 
 
 def main(out: Path) -> None:
-    vpt_study.build_transforms = lpt.build_transforms = deterministic_transforms
+    datasets.build_transforms = deterministic_transforms  # what LTData.transformed builds
     run = {"epochs": 2, "batch_size": 8, "eval_batch_size": 5, "lr": 0.05, "warmup_epochs": 0.5}
     cfg = parse(
         seed=0,

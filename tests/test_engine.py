@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from conftest import fit_classifier
 
 from lptlib.config import parse
-from lptlib.data import ArrayDataset, ClassAwareSampler, Normalization, build_transforms, make_loader
+from lptlib.data import ArrayDataset, ClassAwareSampler, LTData, Normalization, build_transforms, make_loader
 from lptlib.models import create_backbone
 from lptlib.models.backbones import BackboneConfig
 from lptlib.models.peft import PEFTClassifier
@@ -108,14 +108,14 @@ def test_without_test_the_test_split_is_never_touched():
 
     train, val, test = loaders()
 
-    class Untouchable:
-        def __iter__(self):
+    class Untouchable(ArrayDataset):
+        def load(self, i):
             raise AssertionError("the test split was evaluated")
 
+    untouchable = Untouchable(test.dataset.images, test.dataset.targets)
+    data = LTData("toy_lt", ["a", "b", "c"], train.dataset, val.dataset, untouchable, group_counts=KW["shot_counts"])
     schedule = Schedule(epochs=1, lr=0.05, val_every=1)
-    run = classifier_run(
-        model(), train, val, Untouchable(), ce, schedule, shot_counts=KW["shot_counts"], resume="never"
-    )
+    run = classifier_run(model(), train, ce, schedule, data, resume="never")
     result = fit(run, test=False)
     assert result.test == {} and result.val is not None
 

@@ -142,7 +142,7 @@ def test_scorer_learns_which_expert_to_trust(tiny_lt):
     scorer, info = train_scorer(list(caches.values()), cfg)
     assert info["seconds"] > 0 and len(info["history"]) == 40 and info["val_best_epoch"] in range(40)
     data = tiny_lt(counts=(60, 20, 8))
-    rows, out = evaluate_rows(caches, scorer, data, "decoupling")
+    rows, out = evaluate_rows(caches, scorer, data)
     assert set(rows) == {"expert: a", "expert: b", "uniform average", "MoE scorer"}
     best = max(rows["expert: a"]["class_mean"], rows["expert: b"]["class_mean"])
     assert rows["MoE scorer"]["class_mean"] > best + 0.15 and rows["MoE scorer"]["overall"] > 0.95
@@ -161,11 +161,11 @@ def test_phase3_rows_are_metrics_rows_with_val(tiny_lt):
     scorer, _ = train_scorer(list(caches.values()), config.parse(lptpp={"scorer": {"epochs": 2}}))
     models = {"a": SimpleNamespace(tuner=torch.nn.Linear(2, 3)), "b": SimpleNamespace(tuner=torch.nn.Linear(4, 1))}
     data = tiny_lt(counts=(60, 20, 8))
-    rows, out = phase3_rows(caches, models, scorer, data, "decoupling")
+    rows, out = phase3_rows(caches, models, scorer, data)
     assert list(rows) == ["lptpp/a", "lptpp/b", "lptpp/uniform", "lptpp/moe"]
     assert method_key("expert: vision_language") == "lptpp/vision_language"
-    test, _ = evaluate_rows(caches, scorer, data, "decoupling", "test")
-    val, _ = evaluate_rows(caches, scorer, data, "decoupling", "val")
+    test, _ = evaluate_rows(caches, scorer, data, "test")
+    val, _ = evaluate_rows(caches, scorer, data, "val")
     assert rows["lptpp/moe"]["overall"] == test["MoE scorer"]["overall"]
     assert rows["lptpp/a"]["val_overall"] == val["expert: a"]["overall"] and "val_few" in rows["lptpp/uniform"]
     n_scorer = sum(p.numel() for p in scorer.parameters())

@@ -326,7 +326,7 @@ def test_imagenet_lt_lptpp_phases(backbones, tmp_path, monkeypatch):
         assert tuple(caches[role].features["train"].shape) == (2, 768)
         assert tuple(caches[role].logits["test"].shape) == (2, 2)
     scorer, info = lpp.train_scorer([caches[e] for e in experts], cfg)
-    rows, gate_out = lpp.evaluate_rows(caches, scorer, lt, cfg.data.shot_convention)
+    rows, gate_out = lpp.evaluate_rows(caches, scorer, lt)
     assert set(rows) == {"expert: visual", "expert: vision_language", "uniform average", "MoE scorer"}
     assert gate_out["gates"].shape == (2, 2) and np.allclose(gate_out["gates"].sum(1), 1.0, atol=1e-5)
     groups = list(shot_groups(lt.shot_counts, cfg.data.shot_convention))

@@ -20,6 +20,7 @@ from lptlib.report import (
 )
 from lptlib.report import table as report
 from lptlib.report.claims import claims_json, format_mean_std
+from lptlib.report.metrics import shot_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -351,3 +352,31 @@ def test_06_report_notebook(metrics_dir, tmp_path):
     assert claims == json.loads(json.dumps(claims_json(rep.claims())))
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"shot_accuracy.png", "claims.png", "per_class_vs_count.png", "confusion.png"} <= figs
+
+
+@pytest.mark.parametrize("convention", ["decoupling", "oltr", "lpt"])
+def test_the_report_groups_are_the_groups_every_row_was_scored_with(tmp_path, convention):
+    """Under every shot convention, the groups the report (06_report's per-class figure) reads from
+    metrics/data.json are the ones the data carries and the engine scores every row with. The counts include the
+    thresholds (20, 100) where the conventions differ."""
+    from lptlib.data.datasets import ArrayDataset, DataConfig, LTData
+    from lptlib.report.metrics import shot_accuracy
+
+    counts = [150, 100, 60, 20, 19, 5]
+    labels = np.repeat(np.arange(len(counts)), counts)
+    images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+    test = ArrayDataset(images[: 2 * len(counts)], np.repeat(np.arange(len(counts)), 2))
+    names = [f"c{i}" for i in range(len(counts))]
+    data = LTData(
+        "toy_lt", names, ArrayDataset(images, labels), None, test, config=DataConfig(shot_convention=convention)
+    )
+    metrics = write_metrics(tmp_path / "metrics")
+    (metrics / "data.json").write_text(json.dumps(data.summary()))
+    rep = collect(metrics)
+    scored = shot_accuracy(test.targets, test.targets, data.shot_counts, groups=data.groups)
+    assert rep.groups == list(data.groups) == list(shot_groups(counts, convention))
+    assert [rep.groups.count(g) for g in ("many", "medium", "few")] == [
+        scored[f"n_{g}"] for g in ("many", "medium", "few")
+    ]
+    if convention != "oltr":  # the conventions disagree at the thresholds
+        assert rep.groups != list(shot_groups(counts, "oltr"))

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_lt
 
 from lptlib.config import parse
-from lptlib.data import build_data
+from lptlib.data import build_data, datasets
 from lptlib.data.samplers import ShuffleSampler
 from lptlib.engine import fit
 from lptlib.models import create_backbone
@@ -20,7 +21,7 @@ def deterministic_transforms(cfg, norm):
     return test, test
 
 
-vpt_study_build_transforms = vpt_study.build_transforms
+vpt_study_build_transforms = datasets.build_transforms
 
 
 def tiny_cfg(**study):
@@ -50,12 +51,12 @@ def test_view_batches_use_view_e_mod_v_in_the_samplers_epoch_order():
 def test_a_probe_on_cached_features_equals_end_to_end_linear_probing(monkeypatch):
     """With one deterministic view, training the head on cached CLS features is the end-to-end linear probe
     (prompt length 0, frozen backbone): the same batches, initialisation and updates."""
-    monkeypatch.setattr(vpt_study, "build_transforms", deterministic_transforms)
+    monkeypatch.setattr(datasets, "build_transforms", deterministic_transforms)
     cfg = tiny_cfg()
     data = build_data(cfg.data, cfg.seed)
     backbone = create_backbone(BackboneConfig("vit-mini", "random"))
     cache = vpt_study.frozen_cache(backbone, data, cfg)
-    probe = probe_run(cache, data.num_classes, "class_balanced", "ce", cfg, data.shot_counts, "probe")
+    probe = probe_run(cache, "class_balanced", "ce", cfg, data, "probe")
     cached = fit(probe)
 
     torch.manual_seed(cfg.seed)
@@ -72,7 +73,7 @@ def test_la_probe_shifts_its_training_logits_by_the_log_prior():
     labels = torch.as_tensor(np.repeat([0, 1], counts))
     feats = torch.randn(1, len(labels), 4)
     cache = FeatureCache(feats, labels, None, None, feats[0], labels)
-    run = probe_run(cache, 2, "instance_balanced", "la", cfg, counts, "la")
+    run = probe_run(cache, "instance_balanced", "la", cfg, make_tiny_lt(("a", "b"), counts=tuple(counts)), "la")
     x, y = next(iter(run.batches(0)))
     logits = run.model(x)
     prior = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)

@@ -8,6 +8,7 @@ Spec: docs/methods.md#the-offline-miniature, docs/paper-scale.md#datasets.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -19,8 +20,11 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from lptlib.data.profiles import lt_counts
+from lptlib.data.profiles import SHOT_GROUPS, lt_counts, shot_groups
+from lptlib.data.samplers import eval_loaders
+from lptlib.data.transforms import Normalization, build_transforms
 from lptlib.paths import resolve
 from lptlib.schema import Field, RuleError, Section, StrictBool, model_validator
 
@@ -177,7 +181,10 @@ class FileListDataset(ImageDataset):
 
 @dataclass
 class LTData:
-    """A long-tailed benchmark: what every stage reads."""
+    """A long-tailed benchmark: what every stage reads. It carries the `data` section it was built from, so the
+    many / medium / few groups (`groups`, from `shot_counts` under `data.shot_convention`) are computed once, here,
+    and every evaluation of the run uses them; `transformed(normalization)` gives a backbone's view of the splits
+    and `eval_loaders(batch_size)` their sequential val / test loaders."""
 
     name: str
     classnames: list[str]
@@ -186,6 +193,15 @@ class LTData:
     test: ImageDataset
     source: ImageDataset | None = None  # the miniature's source pool (pretraining only)
     group_counts: np.ndarray | None = field(default=None, repr=False)  # counts defining shot groups
+    config: DataConfig = field(default_factory=lambda: DataConfig(), repr=False)  # the section it was built from
+    groups: np.ndarray = field(init=False, repr=False)  # 'many' / 'medium' / 'few' per class
+
+    def __post_init__(self) -> None:
+        self.groups = shot_groups(self.shot_counts, self.config.shot_convention)
+
+    @property
+    def shot_convention(self) -> str:
+        return self.config.shot_convention
 
     @property
     def num_classes(self) -> int:
@@ -199,6 +215,25 @@ class LTData:
     def shot_counts(self) -> np.ndarray:
         """Training counts that define many/medium/few (IF 100's counts for CIFAR-100-LT IF 50/10)."""
         return self.train_counts if self.group_counts is None else self.group_counts
+
+    def summary(self) -> dict:
+        """The data stage's metrics (metrics/data.json): split sizes, imbalance, the shot convention and group
+        sizes, the class names, training counts and the group of every class."""
+        counts = self.train_counts
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "train_images": len(self.train),
+            "val_images": len(self.val) if self.val is not None else 0,
+            "test_images": len(self.test),
+            "source_images": len(self.source) if self.source is not None else 0,
+            "imbalance": float(counts.max() / max(1, counts[counts > 0].min())),
+            "shot_convention": self.shot_convention,
+            **{f"n_{g}": int((self.groups == g).sum()) for g in SHOT_GROUPS},
+            "classnames": list(self.classnames),
+            "class_counts": counts.tolist(),
+            "groups": self.groups.tolist(),
+        }
 
     def signature(self) -> dict[str, str]:
         """What a checkpoint or cache must have been made from: per split, the number of images, a digest of the
@@ -214,17 +249,26 @@ class LTData:
                 sig[split] = f"{len(labels)}:{hashlib.sha256(labels.tobytes()).hexdigest()[:16]}:{ds.content_digest()}"
         return sig
 
-    def with_transforms(self, train: Transform | None, test: Transform | None) -> "LTData":
+    def with_transforms(self, train: Transform | None, test: Transform | None) -> LTData:
         """A copy whose train split uses `train` and whose val/test/source splits use `test`."""
-        return LTData(
-            self.name,
-            self.classnames,
-            self.train.with_transform(train),
-            self.val.with_transform(test) if self.val is not None else None,
-            self.test.with_transform(test),
-            self.source.with_transform(test) if self.source is not None else None,
-            self.group_counts,
+        return dataclasses.replace(
+            self,
+            train=self.train.with_transform(train),
+            val=self.val.with_transform(test) if self.val is not None else None,
+            test=self.test.with_transform(test),
+            source=self.source.with_transform(test) if self.source is not None else None,
         )
+
+    def transformed(self, normalization: Normalization, augment: bool = True) -> LTData:
+        """The splits as a backbone sees them (`lptlib.data.transforms.build_transforms` with this data's sizes and
+        crops): the training transform on train (the test transform with `augment=False`), the test transform on
+        the other splits."""
+        train, test = build_transforms(self.config, normalization)
+        return self.with_transforms(train if augment else test, test)
+
+    def eval_loaders(self, batch_size: int) -> tuple[DataLoader | None, DataLoader]:
+        """Sequential (val, test) loaders; val is None when the benchmark has no val split."""
+        return eval_loaders(self, batch_size, self.config.num_workers)
 
 
 # ------------------------------------------------------------------------ Fashion-MNIST (miniature)
@@ -372,6 +416,7 @@ def build_fashion_mnist_lt(cfg: DataConfig, split_seed: int = 0) -> LTData:
         val=full.subset(np.concatenate(val_idx)) if cfg.val_per_class else None,
         test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)),
         source=full.subset(source_idx),
+        config=cfg,
     )
 
 
@@ -420,6 +465,7 @@ def build_cifar100_lt(cfg: DataConfig, split_seed: int = 0) -> LTData:
         val=None,
         test=test_set.subset(cap_per_class(y_test, cfg.max_test_per_class)),
         group_counts=np.asarray(lt_counts(cfg.n_max, 100.0, 100)),
+        config=cfg,
     )
 
 
@@ -530,6 +576,7 @@ def build_oltr(cfg: DataConfig) -> LTData:
         train=datasets["train"],
         val=datasets.get("val"),
         test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)),
+        config=cfg,
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lptlib.data import LTData, build_transforms, eval_loaders, make_dual_sampling, make_loader, make_sampler
+from lptlib.data import LTData, make_dual_sampling, make_loader, make_sampler
 from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
 from lptlib.models.backbones import Backbone, Role, create_backbone
 from lptlib.models.blocks import PromptForm
@@ -100,26 +100,20 @@ def stage_run(
     `schedule` / `resume` default to the `lpt` section's (LPT++ passes its phase schedules)."""
     lpt = cfg.lpt
     schedule = schedule or (lpt.stage1 if model.stage == 1 else lpt.stage2)
-    train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
-    lt = data.with_transforms(train_tf, test_tf)
-    workers = cfg.data.num_workers
+    lt = data.transformed(model.backbone.normalization)
     batches = make_dual_sampling(
-        lt.train, lt.train.targets, schedule.batch_size, cfg.seed, lpt.num_samples_cls, workers
+        lt.train, lt.train.targets, schedule.batch_size, cfg.seed, lpt.num_samples_cls, cfg.data.num_workers
     )
     a, counts = lpt.agcl, lt.train_counts
     cb = AGCL(counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
     ib = AGCL(counts, a.alpha, a.margin, a.scale, *a.instance_balanced, a.smoothing)
-    val, test = eval_loaders(lt, schedule.eval_batch_size, workers)
     objective = dual_sampling_objective(cb, ib, schedule.epochs, lpt.eta, lpt.match_weight)
     return classifier_run(
         model,
         batches,
-        val,
-        test,
         objective,
         schedule,
-        shot_counts=lt.shot_counts,
-        convention=cfg.data.shot_convention,
+        lt,
         checkpoint=checkpoint,
         resume=resume or lpt.resume,
         name=f"LPT stage {model.stage}",
@@ -148,11 +142,9 @@ def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Pat
         run = stage_run(model, data, cfg, checkpoint, schedule)
         run.name, run.settings = f"ladder {rung}", {**run.settings, "rung": rung}
         return run
-    train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
-    lt = data.with_transforms(train_tf, test_tf)
-    workers = cfg.data.num_workers
+    lt = data.transformed(model.backbone.normalization)
     sampler = make_sampler("class_balanced", lt.train.targets, cfg.seed, lpt.num_samples_cls)
-    loader = make_loader(lt.train, schedule.batch_size, sampler, workers)
+    loader = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)
     a = lpt.agcl
     agcl = AGCL(lt.train_counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
 
@@ -162,16 +154,12 @@ def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Pat
             return F.cross_entropy(m.tuner["head"].scale * cosine, batch[1])
         return agcl(cosine, batch[1])
 
-    val, test = eval_loaders(lt, schedule.eval_batch_size, workers)
     return classifier_run(
         model,
         loader,
-        val,
-        test,
         objective,
         schedule,
-        shot_counts=lt.shot_counts,
-        convention=cfg.data.shot_convention,
+        lt,
         checkpoint=checkpoint,
         resume=lpt.resume,
         name=f"ladder {rung}",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lptlib.data import LTData, build_transforms, make_loader
+from lptlib.data import LTData, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
 from lptlib.engine import FitResult, Optim, Run, Schedule, fit, predict
 from lptlib.models.backbones import BACKBONE_ROLES, Role, create_backbone
@@ -223,14 +223,14 @@ def build_cache(
         print(f"{role}: the cache {path} was built from other {', '.join(changed)}; rebuilding it")
     device = default_device()
     model.to(device).eval()
-    _, test_tf = build_transforms(cfg.data, model.backbone.normalization)
+    seen = data.transformed(model.backbone.normalization, augment=False)  # un-augmented outputs of every split
     scale = model.tuner["head"].scale
     tensors = {}
     for split in SPLITS:
-        ds = getattr(data, split)
+        ds = getattr(seen, split)
         if ds is None:
             continue
-        loader = make_loader(ds.with_transform(test_tf), batch_size, num_workers=cfg.data.num_workers)
+        loader = make_loader(ds, batch_size, num_workers=cfg.data.num_workers)
         out, labels = predict(
             lambda x: torch.cat([(o := model.forward_all(x))["features"], scale * o["cosine"]], 1),
             loader,
@@ -308,9 +308,9 @@ def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dic
 
 
 def evaluate_rows(
-    caches: dict[str, ExpertCache], scorer: MoEScorer, data: LTData, convention: str, split: str = "test"
+    caches: dict[str, ExpertCache], scorer: MoEScorer, data: LTData, split: str = "test"
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """shot_accuracy of each expert alone, the uniform average of their probabilities and the MoE scorer on
+    """shot_accuracy (by `data`'s shot groups) of each expert alone, the uniform average of their probabilities and the MoE scorer on
     `split`; and the scorer's gate weights per sample."""
     names = list(caches)
     labels = caches[names[0]].labels[split]
@@ -322,8 +322,7 @@ def evaluate_rows(
     with torch.no_grad():
         probs, gates = scorer(feats, logits)
     preds["MoE scorer"] = probs.argmax(1)
-    counts = data.shot_counts
-    rows = {k: shot_accuracy(p, labels, counts, convention) for k, p in preds.items()}
+    rows = {k: shot_accuracy(p, labels, data.shot_counts, groups=data.groups) for k, p in preds.items()}
     return rows, {"gates": gates.numpy(), "labels": labels.numpy()}
 
 
@@ -336,15 +335,15 @@ def method_key(name: str) -> str:
 
 
 def phase3_rows(
-    caches: dict[str, ExpertCache], models: dict[str, LPT], scorer: MoEScorer, data: LTData, convention: str
+    caches: dict[str, ExpertCache], models: dict[str, LPT], scorer: MoEScorer, data: LTData
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """The metrics rows of phase 3, keyed by `method_key`: test accuracy by group (per class and the confusion
     counts too), `val_*` on the val cache when there is one (what a choice between the methods may read), and the
     trainable parameters (an expert: its module; the average: all modules; the scorer: all modules + the scorer).
     Also the test gate weights per sample (`evaluate_rows`)."""
-    test, out = evaluate_rows(caches, scorer, data, convention, "test")
+    test, out = evaluate_rows(caches, scorer, data, "test")
     has_val = "val" in next(iter(caches.values())).labels
-    val = evaluate_rows(caches, scorer, data, convention, "val")[0] if has_val else {}
+    val = evaluate_rows(caches, scorer, data, "val")[0] if has_val else {}
     module = {role: sum(p.numel() for p in m.tuner.parameters()) for role, m in models.items()}
     params = {f"expert: {role}": n for role, n in module.items()}
     params["uniform average"] = sum(module.values())

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
+from lptlib.data import LTData, build_transforms, make_loader, make_sampler
 from lptlib.data.samplers import Sampling
 from lptlib.engine import FitResult, Run, Schedule, autocast, classifier_run, evaluate, fit, predict, run_settings
 from lptlib.models.backbones import Backbone, Role, create_backbone
@@ -226,22 +226,17 @@ def member_run(
     check_member(peft, loss, variant)
     t = cfg.tea
     schedule = getattr(t, peft)
-    train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
-    lt = data.with_transforms(train_tf, test_tf)
-    workers = cfg.data.num_workers
-    loader = make_loader(lt.train, schedule.batch_size, make_sampler(t.sampling, lt.train.targets, cfg.seed), workers)
-    val, test = eval_loaders(lt, schedule.eval_batch_size, workers)
+    lt = data.transformed(model.backbone.normalization)
+    sampler = make_sampler(t.sampling, lt.train.targets, cfg.seed)
+    loader = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)
     objective = tea_objective(build_objective(loss, lt.train_counts, cfg), build_tea(lt.train_counts, cfg, variant))
     name = member_name(peft, loss, variant)
     return classifier_run(
         model,
         loader,
-        val,
-        test,
         objective,
         schedule,
-        shot_counts=lt.shot_counts,
-        convention=cfg.data.shot_convention,
+        lt,
         checkpoint=checkpoint,
         resume=t.resume,
         name=name,
@@ -323,16 +318,14 @@ def zero_shot_row(backbone: Backbone, data: LTData, cfg: Config, batch_size: int
         return None
     check_classnames(data.classnames, data.num_classes)
     device = default_device()
-    _, test_tf = build_transforms(cfg.data, backbone.normalization)
-    lt = data.with_transforms(test_tf, test_tf)
-    val, test = eval_loaders(lt, batch_size, cfg.data.num_workers)
+    lt = data.transformed(backbone.normalization, augment=False)
+    val, test = lt.eval_loaders(batch_size)
     model = ZeroShotCLIP(backbone, data.classnames, cfg.tea.templates).to(device)
-    convention = cfg.data.shot_convention
-    m, _ = evaluate(model, test, device, lt.shot_counts, convention, desc="zero-shot test")
+    m, _ = evaluate(model, test, device, lt, desc="zero-shot test")
     row = {k: m[k] for k in (*GROUPS, "class_mean", "per_class", "confusion") if k in m}
     row["trainable_params"] = 0
     if val is not None:
-        v, _ = evaluate(model, val, device, lt.shot_counts, convention, desc="zero-shot val")
+        v, _ = evaluate(model, val, device, lt, desc="zero-shot val")
         row.update({f"val_{g}": v[g] for g in GROUPS})
     return row
 

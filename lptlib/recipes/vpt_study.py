@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lptlib.data import LTData, build_transforms, eval_loaders, make_loader, make_sampler
+from lptlib.data import LTData, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.data.samplers import SAMPLING_MODES, Sampling
 from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
@@ -102,20 +102,15 @@ def table1_run(
 ) -> Run:
     """The run of one end-to-end Table 1 row: cross-entropy with the given sampling for a fixed schedule; the
     final state is tested once."""
-    train_tf, test_tf = build_transforms(cfg.data, model.backbone.normalization)
-    lt = data.with_transforms(train_tf, test_tf)
-    workers = cfg.data.num_workers
-    loader = make_loader(lt.train, schedule.batch_size, make_sampler(sampling, lt.train.targets, cfg.seed), workers)
-    val_loader, test_loader = eval_loaders(lt, schedule.eval_batch_size, workers)
+    lt = data.transformed(model.backbone.normalization)
+    sampler = make_sampler(sampling, lt.train.targets, cfg.seed)
+    loader = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)
     return classifier_run(
         model,
         loader,
-        val_loader,
-        test_loader,
         cross_entropy,
         schedule,
-        shot_counts=lt.shot_counts,
-        convention=cfg.data.shot_convention,
+        lt,
         checkpoint=checkpoint,
         resume=resume,
         name=name,
@@ -144,8 +139,7 @@ def feature_cache(
     """Cache `model`'s CLS features: `views` augmented passes over the train set (the training transform, drawn
     from the torch RNG, so a seed fixes them), val and (unless `test=False`) test once."""
     backbone = model.backbone if isinstance(model, PEFTClassifier) else model
-    train_tf, test_tf = build_transforms(cfg.data, backbone.normalization)
-    lt = data.with_transforms(train_tf, test_tf)
+    lt = data.transformed(backbone.normalization)
     device = default_device()
     model.to(device).eval()
 
@@ -193,11 +187,10 @@ class ViewBatches:
 
 def probe_run(
     cache: FeatureCache,
-    num_classes: int,
     sampling: str,
     loss: str,
     cfg: Config,
-    shot_counts,
+    data: LTData,
     name: str,
     schedule: Schedule | None = None,
 ) -> Run:
@@ -207,8 +200,8 @@ def probe_run(
     study = cfg.vpt_study
     schedule = schedule or study.linear_probe
     torch.manual_seed(cfg.seed)
-    model = FeatureProbe(cache.train.shape[-1], num_classes, study.head, study.cosine_scale)
-    counts = np.bincount(cache.train_labels.numpy(), minlength=num_classes)
+    model = FeatureProbe(cache.train.shape[-1], data.num_classes, study.head, study.cosine_scale)
+    counts = np.bincount(cache.train_labels.numpy(), minlength=data.num_classes)
     criterion = build_loss(loss, counts, **({"tau": study.la_tau} if loss == "la" else {}))
     sampler = make_sampler(sampling, cache.train_labels.numpy(), cfg.seed)
     batches = ViewBatches(cache, sampler, schedule.batch_size)
@@ -220,7 +213,7 @@ def probe_run(
         feats, labels = (cache.val, cache.val_labels) if split == "val" else (cache.test, cache.test_labels)
         with torch.no_grad():
             preds = m(feats.to(next(m.parameters()).device)).argmax(1).cpu()
-        return shot_accuracy(preds, labels, shot_counts, cfg.data.shot_convention), preds
+        return shot_accuracy(preds, labels, data.shot_counts, groups=data.groups), preds
 
     return Run(
         name,
@@ -248,7 +241,7 @@ def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test:
         jobs.append((row_name("crt", "class_balanced"), "vpt_deep/instance_balanced", "class_balanced", "ce"))
     rows = {}
     for name, rep, sampling, loss in jobs:
-        run = probe_run(caches[rep], data.num_classes, sampling, loss, cfg, data.shot_counts, name)
+        run = probe_run(caches[rep], sampling, loss, cfg, data, name)
         result = fit(run, test=test)
         rows[name] = {**result.row(count_trainable(run.model)), "history": result.history}
     return rows

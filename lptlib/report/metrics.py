@@ -1,12 +1,7 @@
 """Accuracy by shot group (docs/methods.md#metrics): overall, many / medium / few and per class.
 
-Groups are defined by *training* counts, with the convention a parameter:
-
-| convention   | many    | medium          | few     |
-|--------------|---------|-----------------|---------|
-| `decoupling` | n > 100 | 20 <= n <= 100  | n < 20  |  (classifier-balancing, LIFT; default)
-| `oltr`       | n >= 100| 20 < n < 100    | n <= 20 |
-| `lpt`        | n > 100 | 20 < n <= 100   | n <= 20 |
+Groups are defined by *training* counts under a convention (`lptlib.data.profiles.shot_groups`, its table);
+an `LTData` carries its convention and groups from the moment it is built.
 
 Group accuracy is the mean of the per-class accuracies in the group (NaN for an empty group).
 """
@@ -18,29 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-SHOT_GROUPS = ("many", "medium", "few")
+from lptlib.data.profiles import CONVENTIONS, SHOT_GROUPS, shot_groups
+
+__all__ = ["CONVENTIONS", "SHOT_GROUPS", "confusion_matrix", "per_class_accuracy", "shot_accuracy", "shot_groups"]
+
 CONFUSION_MAX_CLASSES = 100  # shot_accuracy stores the confusion counts up to this many classes (report figure)
-_THRESHOLDS = {  # (is_many, is_few) given the count n
-    "decoupling": (lambda n: n > 100, lambda n: n < 20),
-    "oltr": (lambda n: n >= 100, lambda n: n <= 20),
-    "lpt": (lambda n: n > 100, lambda n: n <= 20),
-}
-CONVENTIONS = tuple(_THRESHOLDS)
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[int]
 
 
 def _np(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def shot_groups(train_counts: ArrayLike, convention: str = "decoupling") -> np.ndarray:
-    """'many' / 'medium' / 'few' for each class, from its training count."""
-    if convention not in _THRESHOLDS:
-        raise ValueError(f"unknown shot convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
-    counts = _np(train_counts)
-    is_many, is_few = _THRESHOLDS[convention]
-    return np.where(is_many(counts), "many", np.where(is_few(counts), "few", "medium"))
 
 
 def per_class_accuracy(preds: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:
@@ -54,17 +37,24 @@ def per_class_accuracy(preds: ArrayLike, labels: ArrayLike, num_classes: int) ->
         return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
 
 
-def shot_accuracy(preds: ArrayLike, labels: ArrayLike, train_counts: ArrayLike, convention: str = "decoupling") -> dict:
+def shot_accuracy(
+    preds: ArrayLike,
+    labels: ArrayLike,
+    train_counts: ArrayLike,
+    convention: str = "decoupling",
+    groups: np.ndarray | None = None,
+) -> dict:
     """Top-1 accuracy overall and per shot group, in [0, 1].
 
     Returns `overall` (fraction of correct samples; equal to the class mean on the balanced test sets
     of every benchmark here), `class_mean`, `many`, `medium`, `few` (class means within each
     group), the group sizes `n_many` / `n_medium` / `n_few`, `per_class` (a list) and, for up to
     `CONFUSION_MAX_CLASSES` classes, `confusion` (counts; rows = true class, columns = predicted class).
+    `groups` (per class, e.g. `LTData.groups`) replaces the groups `train_counts` and `convention` define.
     """
     counts = _np(train_counts)
     acc = per_class_accuracy(preds, labels, len(counts))
-    groups = shot_groups(counts, convention)
+    groups = shot_groups(counts, convention) if groups is None else np.asarray(groups)
     p, y = _np(preds), _np(labels)
     out: dict = {
         "overall": float((p == y).mean()) if len(y) else float("nan"),

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from lptlib.data.profiles import shot_groups
 from lptlib.paths import repo_root
 from lptlib.report.claims import claims_markdown, evaluate_claims, format_mean_std, seed_summary
 
@@ -202,6 +203,9 @@ class Report:
     classnames: list[str]
     dataset: str
     tea_selection: dict[str, dict] = field(default_factory=dict)  # per PEFT method: best TEA member, plain one
+    #: 'many' / 'medium' / 'few' per class, as the data stage computed them (metrics/data.json): the groups of
+    #: every row's many / medium / few
+    groups: list[str] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -386,7 +390,16 @@ def collect(metrics_dir: str | Path = "metrics", seeds: Any = None) -> Report:
         list(data.get("classnames", [])),
         data.get("dataset", ""),
         selection,
+        _groups(data),
     )
+
+
+def _groups(data: dict) -> list[str]:
+    """The shot groups of metrics/data.json: its `groups`, or (files written before they were recorded) the groups
+    of its class counts under its `shot_convention`."""
+    if "groups" in data:
+        return [str(g) for g in data["groups"]]
+    return [str(g) for g in shot_groups(data["class_counts"], data.get("shot_convention", "decoupling"))]
 
 
 def frequency_ordered_confusion(row: Row, class_counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
