@@ -190,7 +190,7 @@ def tea_overhead(
     from lptlib import config
     from lptlib.models.peft import count_trainable
     from lptlib.objectives import tea_objective
-    from lptlib.recipes.tea import build_objective, build_tea
+    from lptlib.recipes.tea import PEFT_METHODS, build_objective, build_tea, peft_arguments
 
     torch.manual_seed(0)
     backbone = create_backbone(BackboneConfig(arch, "random")).to(device)
@@ -200,19 +200,13 @@ def tea_overhead(
     x = torch.randn(batch_size, 3, size, size, device=device)
     y = torch.randint(0, classes, (batch_size,), device=device)
     results = {}
-    for peft in ("vpt_deep", "adaptformer", "lora"):
+    for peft in PEFT_METHODS:
         models, steps = {}, {}
         for variant in ("none", "pea_pg_tec"):
             torch.manual_seed(1)
             model = (
                 PEFTClassifier(
-                    backbone,
-                    classes,
-                    prompt_length=prompt_length if peft == "vpt_deep" else 0,
-                    adapter=peft == "adaptformer",
-                    lora_rank=4 if peft == "lora" else 0,
-                    head="cosine",
-                    cosine_scale=25.0,
+                    backbone, classes, **peft_arguments(peft, cfg.tea), head="cosine", cosine_scale=cfg.tea.cosine_scale
                 )
                 .to(device)
                 .train()

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 from lptlib import dist
 from lptlib.data.datasets import LTData
 from lptlib.data.samplers import SingleSampling
-from lptlib.report.metrics import shot_accuracy
+from lptlib.measure.metrics import shot_accuracy
 from lptlib.schema import Field, Section, without_resume
 from lptlib.utils import atomic_write_bytes, code_digest, default_device, progress
 

@@ -29,10 +29,14 @@ from pathlib import Path
 
 from lptlib.config import Config, load, parse
 from lptlib.paths import repo_root
+from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW
+from lptlib.recipes.tea import member_name, method_key
+from lptlib.recipes.vpt_study import LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB, row_name
 from lptlib.schema import to_dict
 
 TUNING_SEED = 1000
 GRID_SIZE = 5
+TEA_LOSS, TEA_VARIANTS_TUNED = "la", ("none", "pea_pg_tec")  # the TEA members a PEFT method's schedule is tuned on
 
 
 @dataclass(frozen=True)
@@ -51,26 +55,26 @@ GRID: dict[str, Entry] = {
         Entry(
             "vpt_study.linear_probe",
             (0.25, 0.5, 1.0, 2.0, 4.0),
-            ("linear_probe/instance_balanced", "linear_probe/class_balanced", "linear_probe_la/instance_balanced"),
+            (LP_IB, LP_CB, LP_LA_IB),
             "cached frozen features; also cRT's schedule",
         ),
         Entry(
             "vpt_study.vpt_deep",
             (0.125, 0.25, 0.5, 1.0, 2.0),
-            ("vpt_deep/instance_balanced", "vpt_deep/class_balanced"),
+            (VPT_IB, VPT_CB),
         ),
         Entry(
             "lpt.stage1",
             (0.0625, 0.125, 0.25, 0.5, 1.0),
-            ("lpt_stage1",),
+            (STAGE1_ROW,),
             "also the schedule of the ladder rungs below stage 1",
         ),
-        Entry("lpt.stage2", (0.0125, 0.025, 0.05, 0.1, 0.2), ("lpt_stage2",), "on the best stage-1 state of the grid"),
+        Entry("lpt.stage2", (0.0125, 0.025, 0.05, 0.1, 0.2), (STAGE2_ROW,), "on the best stage-1 state of the grid"),
         *(
             Entry(
                 f"tea.{peft}",
                 lrs,
-                (f"tea/{peft}-la-none", f"tea/{peft}-la-pea_pg_tec"),
+                tuple(method_key(member_name(peft, TEA_LOSS, v)) for v in TEA_VARIANTS_TUNED),
                 "the schedule of every TEA variant of this PEFT method",
             )
             for peft, lrs in (
@@ -106,7 +110,7 @@ def _vpt_rows(config: dict, key: str, workers: int, state: dict) -> dict[str, fl
         return {k: v["val_overall"] for k, v in rows.items()}
     tasks = [dict(cfg=cfg, sampling=s, checkpoint=None, test=False) for s in cfg.vpt_study.samplings]
     outs = run_tasks(vpt_deep_task, tasks, workers)
-    return {f"vpt_deep/{t['sampling']}": o["row"]["val_overall"] for t, o in zip(tasks, outs, strict=True)}
+    return {row_name("vpt_deep", t["sampling"]): o["row"]["val_overall"] for t, o in zip(tasks, outs, strict=True)}
 
 
 def load_config(config: dict) -> Config:
@@ -121,13 +125,13 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
     results: dict[float, dict] = {}
     if entry.key == "lpt.stage1":
         tasks = [
-            dict(cfg=load_config(_with_lr(base, entry.key, lr)), rung="lpt_stage1", checkpoint=None, test=False)
+            dict(cfg=load_config(_with_lr(base, entry.key, lr)), rung=STAGE1_ROW, checkpoint=None, test=False)
             for lr in entry.lrs
         ]
         outs = run_tasks(stage1_task, tasks, workers)
         for lr, out in zip(entry.lrs, outs, strict=True):
-            results[lr] = {"lpt_stage1": out["row"]["val_overall"]}
-        best = max(entry.lrs, key=lambda lr: results[lr]["lpt_stage1"])
+            results[lr] = {STAGE1_ROW: out["row"]["val_overall"]}
+        best = max(entry.lrs, key=lambda lr: results[lr][STAGE1_ROW])
         state["stage1_state"] = outs[entry.lrs.index(best)]["stage1_state"]
         state["stage1_lr"] = best
     elif entry.key == "lpt.stage2":
@@ -145,18 +149,18 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
             for lr in entry.lrs
         ]
         for lr, out in zip(entry.lrs, run_tasks(stage2_task, tasks, workers), strict=True):
-            results[lr] = {"lpt_stage2": out["row"]["val_overall"]}
+            results[lr] = {STAGE2_ROW: out["row"]["val_overall"]}
     elif entry.key.startswith("tea."):
         from lptlib.recipes.tea import member_task
 
         peft = entry.key.split(".", 1)[1]
-        jobs = [(lr, row.split("-")[-1]) for lr in entry.lrs for row in entry.rows]
+        jobs = [(lr, v) for lr in entry.lrs for v in TEA_VARIANTS_TUNED]
         tasks = [
-            dict(cfg=load_config(_with_lr(base, entry.key, lr)), peft=peft, loss="la", variant=v, test=False)
+            dict(cfg=load_config(_with_lr(base, entry.key, lr)), peft=peft, loss=TEA_LOSS, variant=v, test=False)
             for lr, v in jobs
         ]
         for (lr, v), out in zip(jobs, run_tasks(member_task, tasks, workers), strict=True):
-            results.setdefault(lr, {})[f"tea/{peft}-la-{v}"] = out["row"]["val_overall"]
+            results.setdefault(lr, {})[method_key(member_name(peft, TEA_LOSS, v))] = out["row"]["val_overall"]
     else:
         for lr in entry.lrs:
             results[lr] = _vpt_rows(_with_lr(base, entry.key, lr), entry.key, workers, state)

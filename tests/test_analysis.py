@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lptlib.measure.analysis import distance_ratio, knn_accuracy, lda_projection
 from lptlib.models.heads import CosineHead, build_head
-from lptlib.report.analysis import distance_ratio, knn_accuracy, lda_projection
 
 
 def test_distance_ratio_against_a_direct_computation():

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
 
+from lptlib.measure.stats import format_mean_std, paired_interval, seed_summary  # noqa: E402
 from lptlib.report.claims import (  # noqa: E402
     CLAIMS,
     METRICS,
@@ -20,11 +21,8 @@ from lptlib.report.claims import (  # noqa: E402
     claims_json,
     claims_markdown,
     evaluate_claims,
-    format_mean_std,
     method_keys,
-    paired_interval,
     plot_claims,
-    seed_summary,
 )
 
 # The method keys the pipeline produces (documented in the claims brief); CLAIMS may use no other.

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lptlib.data import lt_counts
-from lptlib.report.metrics import confusion_matrix, shot_accuracy, shot_groups
+from lptlib.measure.metrics import confusion_matrix, shot_accuracy, shot_groups
 
 
 @pytest.mark.parametrize(

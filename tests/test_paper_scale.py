@@ -37,6 +37,8 @@ from lptlib import stage
 from lptlib.config import ConfigError, parse
 from lptlib.data import build_data, build_transforms, lt_counts, make_loader
 from lptlib.data.datasets import LTData
+from lptlib.measure.analysis import lda_projection
+from lptlib.measure.metrics import shot_groups
 from lptlib.models.backbones import Backbone, BackboneConfig, create_backbone
 from lptlib.models.heads import check_classnames
 from lptlib.models.peft import count_trainable
@@ -44,8 +46,6 @@ from lptlib.recipes import lptpp as lpp
 from lptlib.recipes.lpt import build_lpt, key_usage, load_stage1, save_stage1, train_stage, usage_entropy
 from lptlib.recipes.tea import build_model, inference_latency, member_name, train_member
 from lptlib.recipes.vpt_study import cls_features, feature_sample, feature_table, row_name, run_table1
-from lptlib.report.analysis import lda_projection
-from lptlib.report.metrics import shot_groups
 from lptlib.report.plots import plot_lda
 
 VIT_B16 = "timm:vit_base_patch16_224.augreg_in21k"

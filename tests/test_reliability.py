@@ -55,6 +55,7 @@ from lptlib.data import (
 )
 from lptlib.data import datasets as ds
 from lptlib.engine import CheckpointError, NonFiniteLossError, check_finite
+from lptlib.measure.metrics import per_class_accuracy, shot_groups
 from lptlib.models import Backbone, WeightsError, create_backbone, load_weight_file, save_weights
 from lptlib.models.backbones import BackboneConfig
 from lptlib.models.blocks import run_blocks, tuned_block
@@ -75,8 +76,8 @@ from lptlib.recipes.lptpp import (
     train_scorer,
 )
 from lptlib.recipes.pretrain import run_pretraining
-from lptlib.recipes.tea import build_model, check_member, load_members
-from lptlib.report.metrics import per_class_accuracy, shot_groups
+from lptlib.recipes.tea import build_model, check_member
+from lptlib.report.tea import load_members
 
 ROOT = Path(__file__).resolve().parents[1]
 RANDOM = {

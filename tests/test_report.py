@@ -10,6 +10,8 @@ import numpy as np
 import papermill as pm
 import pytest
 
+from lptlib.measure.metrics import shot_groups
+from lptlib.measure.stats import format_mean_std
 from lptlib.report import (
     ReportError,
     Row,
@@ -19,8 +21,7 @@ from lptlib.report import (
     select_by_val,
 )
 from lptlib.report import table as report
-from lptlib.report.claims import claims_json, format_mean_std
-from lptlib.report.metrics import shot_groups
+from lptlib.report.claims import claims_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -360,7 +361,7 @@ def test_the_report_groups_are_the_groups_every_row_was_scored_with(tmp_path, co
     metrics/data.json are the ones the data carries and the engine scores every row with. The counts include the
     thresholds (20, 100) where the conventions differ."""
     from lptlib.data.datasets import ArrayDataset, DataConfig, LTData
-    from lptlib.report.metrics import shot_accuracy
+    from lptlib.measure.metrics import shot_accuracy
 
     counts = [150, 100, 60, 20, 19, 5]
     labels = np.repeat(np.arange(len(counts)), counts)

@@ -21,21 +21,16 @@ from lptlib.objectives import AGCL, TEA, gate_probabilities, patch_semantics, te
 from lptlib.pool import run_tasks
 from lptlib.recipes.tea import (
     TEAMatrixConfig,
-    best_by_val,
     build_model,
     build_objective,
     build_tea,
     check_member,
-    load_members,
     matrix_members,
     member_name,
-    member_summary,
     member_task,
     method_key,
-    plot_gains,
-    plot_members,
-    tea_gains,
 )
+from lptlib.report.tea import best_by_val, load_members, member_summary, plot_gains, plot_members, tea_gains
 
 
 def test_variants_switch_components():

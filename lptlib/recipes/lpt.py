@@ -124,6 +124,14 @@ def stage_run(
 #: the LPT ladder: from VPT-deep with class-balanced sampling (Table 1), LPT's parts added one at a time; the
 #: rung after `dual_sampling` is stage 1 itself (+ LPT's weight decay), then stage 2 (+ the group prompt pool)
 LADDER = ("cosine_head", "agcl", "dual_sampling")
+#: the row keys LPT's stages write, declared once (the claims table, the results table and the grid import them)
+STAGE1_ROW = "lpt_stage1"
+STAGE2_ROW = "lpt_stage2"
+
+
+def ladder_row(rung: str) -> str:
+    """The row key of a ladder rung, e.g. 'ladder/agcl'."""
+    return f"ladder/{rung}"
 
 
 def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Path | None) -> Run:
@@ -169,16 +177,16 @@ def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Pat
 
 def stage1_task(cfg: Config, data: LTData, rung: str, checkpoint: str | None, test: bool = True) -> dict:
     """One run of stage 1's notebook for `cfg.seed`, a task of `lptlib.pool.run_tasks`: a ladder rung (`LADDER`)
-    or `lpt_stage1` itself. Every rung starts from the same initialisation (paired). Returns {'row', 'history'}
+    or `STAGE1_ROW` (stage 1 itself). Every rung starts from the same initialisation (paired). Returns {'row', 'history'}
     and, for `lpt_stage1`, the stage-1 state (shared prompts + head) for stage 2."""
     backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
     torch.manual_seed(cfg.seed)
     model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=1)
     ckpt = Path(checkpoint) if checkpoint else None
-    run = stage_run(model, data, cfg, ckpt) if rung == "lpt_stage1" else ladder_run(model, data, cfg, rung, ckpt)
+    run = stage_run(model, data, cfg, ckpt) if rung == STAGE1_ROW else ladder_run(model, data, cfg, rung, ckpt)
     result = fit(run, test=test)
     out = {"row": result.row(count_trainable(model)), "history": result.history}
-    if rung == "lpt_stage1":
+    if rung == STAGE1_ROW:
         out["stage1_state"] = {k: v.detach().cpu().clone() for k, v in model.stage1_state().items()}
     return out
 

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from lptlib.data import LTData, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
 from lptlib.engine import FitResult, Optim, Run, Schedule, fit, predict
+from lptlib.measure.metrics import shot_accuracy
 from lptlib.models.backbones import BACKBONE_ROLES, Role, create_backbone
 from lptlib.models.heads import check_classnames, text_head_weights
 from lptlib.models.moe import MoEScorer
 from lptlib.models.peft import LPT
 from lptlib.recipes.lpt import build_lpt, train_stage
-from lptlib.report.metrics import shot_accuracy
 from lptlib.schema import (
     Field,
     Resume,
@@ -329,9 +329,19 @@ def evaluate_rows(
 def method_key(name: str) -> str:
     """The metrics key of an `evaluate_rows` entry: 'expert: visual' -> 'lptpp/visual', 'uniform average' ->
     'lptpp/uniform', 'MoE scorer' -> 'lptpp/moe'."""
-    return {"uniform average": "lptpp/uniform", "MoE scorer": "lptpp/moe"}.get(
-        name, "lptpp/" + name.removeprefix("expert: ")
+    return {"uniform average": UNIFORM_ROW, "MoE scorer": MOE_ROW}.get(name) or expert_row(
+        name.removeprefix("expert: ")
     )
+
+
+#: the row keys phase 3 writes, declared once (the claims table and the results table import them)
+MOE_ROW = "lptpp/moe"
+UNIFORM_ROW = "lptpp/uniform"
+
+
+def expert_row(role: str) -> str:
+    """The row key of one expert alone, e.g. 'lptpp/visual'."""
+    return f"lptpp/{role}"
 
 
 def phase3_rows(

@@ -18,14 +18,14 @@ from lptlib.data import LTData, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.data.samplers import SAMPLING_MODES, Sampling
 from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
+from lptlib.measure.analysis import distance_ratio, knn_accuracy
+from lptlib.measure.metrics import shot_accuracy
 from lptlib.models.backbones import Backbone, Role, create_backbone
 from lptlib.models.blocks import PromptForm
 from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.objectives import build_loss
 from lptlib.pool import run_tasks
-from lptlib.report.analysis import distance_ratio, knn_accuracy
-from lptlib.report.metrics import shot_accuracy
 from lptlib.schema import Field, Resume, Section, distinct, field_validator, resume_ok
 from lptlib.utils import default_device
 
@@ -71,6 +71,17 @@ class VPTStudyConfig(Section):
 def row_name(method: str, sampling: str) -> str:
     """Table 1 row key, e.g. 'vpt_deep/class_balanced'."""
     return f"{method}/{sampling}"
+
+
+#: the row keys Table 1 writes (the default samplings), declared once: the claims table, the results table and the
+#: learning-rate grid import them
+LP_IB = row_name("linear_probe", "instance_balanced")
+LP_CB = row_name("linear_probe", "class_balanced")
+LP_LA_IB = row_name("linear_probe_la", "instance_balanced")  # the logit-adjusted probe
+CRT_CB = row_name("crt", "class_balanced")  # cRT on the instance-balanced VPT-deep representation
+VPT_IB = row_name("vpt_deep", "instance_balanced")
+VPT_CB = row_name("vpt_deep", "class_balanced")
+TABLE1_ROWS = (LP_IB, LP_CB, LP_LA_IB, CRT_CB, VPT_IB, VPT_CB)
 
 
 def cross_entropy(model: PEFTClassifier, batch, epoch: int) -> torch.Tensor:
@@ -234,11 +245,11 @@ def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test:
     (instance-balanced) and cRT (class-balanced, on the instance-balanced VPT-deep representation, when cached)."""
     jobs = [(row_name("linear_probe", s), "frozen", s, "ce") for s in cfg.vpt_study.samplings]
     if np.bincount(caches["frozen"].train_labels.numpy(), minlength=data.num_classes).min() > 0:
-        jobs.append((row_name("linear_probe_la", "instance_balanced"), "frozen", "instance_balanced", "la"))
+        jobs.append((LP_LA_IB, "frozen", "instance_balanced", "la"))
     else:  # log pi is undefined for a class without training images (only in down-sampled smoke tests)
         print("linear_probe_la skipped: some classes have no training image, so the log prior is undefined")
-    if "vpt_deep/instance_balanced" in caches:
-        jobs.append((row_name("crt", "class_balanced"), "vpt_deep/instance_balanced", "class_balanced", "ce"))
+    if VPT_IB in caches:
+        jobs.append((CRT_CB, VPT_IB, "class_balanced", "ce"))
     rows = {}
     for name, rep, sampling, loss in jobs:
         run = probe_run(caches[rep], sampling, loss, cfg, data, name)
@@ -332,7 +343,7 @@ def run_table1(
             caches[name] = out["cache"]
     probes = probe_rows(caches, data, cfg, test=test)
     order = [row_name("linear_probe", s) for s in study.samplings]
-    order += ["linear_probe_la/instance_balanced", "crt/class_balanced"]
+    order += [LP_LA_IB, CRT_CB]
     order += [row_name("vpt_deep", s) for s in study.samplings]
     merged = {**probes, **rows}
     return Table1({k: merged[k] for k in order if k in merged}, models)

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import stats
+
+from lptlib.measure.stats import VERDICTS, check_confidence, diff_interval, verdict
+from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW, ladder_row
+from lptlib.recipes.lptpp import MOE_ROW, UNIFORM_ROW, expert_row
+from lptlib.recipes.tea import PEFT, member_name, method_key
+from lptlib.recipes.vpt_study import LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB
 
 METRICS = ("overall", "many", "medium", "few")
 VAL_METRIC = "val_overall"
-VERDICTS = ("supported", "contradicted", "inconclusive", "not run")
 UNITS = "percentage points (a - b)"
 VERDICT_COLORS = {
     "supported": "#1b9e77",
@@ -33,72 +37,6 @@ VERDICT_COLORS = {
 }
 
 Results = Mapping[str, Mapping[int, Mapping[str, float]]]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _check_confidence(confidence: float) -> None:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-
-
-def _interval(diffs: Sequence[float], confidence: float) -> dict:
-    """Mean, sample std and Student t interval of paired differences (None where undefined)."""
-    _check_confidence(confidence)
-    d = np.asarray(diffs, dtype=float)
-    n = int(d.size)
-    out = {"diffs": [float(x) for x in d], "n": n, "mean": None, "std": None, "low": None, "high": None, "width": None}
-    if n == 0:
-        return out
-    mean = float(d.mean())
-    out["mean"] = mean
-    if n < 2:
-        return out
-    std = float(d.std(ddof=1))
-    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
-    out.update(std=std, low=mean - half, high=mean + half, width=2.0 * half)
-    return out
-
-
-def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
-    """Paired Student t interval of ``a - b`` (same seeds, same order).
-
-    Returns ``diffs``, ``n``, ``mean``, ``std`` (ddof=1), ``low``, ``high`` and ``width`` (= high - low); with
-    n < 2 the std and the bounds are None (and the mean too when n == 0).
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired values must be two 1-D sequences of one length, got shapes {a.shape} and {b.shape}")
-    return _interval(a - b, confidence)
-
-
-def verdict(low: float | None, high: float | None) -> str:
-    """ "supported" when the interval lies above 0, "contradicted" below 0, else "inconclusive"."""
-    if low is None or high is None:
-        return "inconclusive"
-    if low > 0:
-        return "supported"
-    if high < 0:
-        return "contradicted"
-    return "inconclusive"
-
-
-def seed_summary(values: Sequence[float]) -> dict:
-    """Mean, sample std (ddof=1; 0.0 for one value) and n of per-seed values."""
-    v = np.asarray(values, dtype=float)
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError("seed_summary needs a non-empty 1-D sequence of values")
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
-
-
-def format_mean_std(values: Sequence[float], scale: float = 100, digits: int = 2) -> str:
-    """A "mean ± std" table cell (e.g. "62.61 ± 1.23"; just "62.61" for one seed), values multiplied by `scale`."""
-    s = seed_summary(values)
-    mean = f"{s['mean'] * scale:.{digits}f}"
-    return mean if s["n"] == 1 else f"{mean} ± {s['std'] * scale:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,8 +102,7 @@ _NP = "not published here"
 _TEA_FEW = "improves few-shot (TEA abstract; no figure)"
 _TEA_ALL = "improves various PEFT methods (TEA abstract; no figure)"
 _LPTPP_MOE = "MoE scorer reweights the experts adaptively (LPT++ abstract; no figure)"
-_EXPERTS = Best(("lptpp/visual", "lptpp/vision_language"))
-_PEFT_NAMES = {"vpt_deep": "VPT-deep", "adaptformer": "AdaptFormer", "lora": "LoRA"}
+_EXPERTS = Best((expert_row("visual"), expert_row("vision_language")))
 
 CLAIMS: tuple[Claim, ...] = (
     # --- the preliminary VPT study (LPT Sec. 3) ---
@@ -174,8 +111,8 @@ CLAIMS: tuple[Claim, ...] = (
             f"vpt_vs_lp_ib_{m}",
             _VPT_STUDY,
             "VPT-deep beats linear probing (instance-balanced sampling)",
-            "vpt_deep/instance_balanced",
-            "linear_probe/instance_balanced",
+            VPT_IB,
+            LP_IB,
             m,
             paper,
         )
@@ -191,8 +128,8 @@ CLAIMS: tuple[Claim, ...] = (
             f"vpt_vs_lp_cb_{m}",
             _VPT_STUDY,
             "VPT-deep beats linear probing (class-balanced sampling)",
-            "vpt_deep/class_balanced",
-            "linear_probe/class_balanced",
+            VPT_CB,
+            LP_CB,
             m,
             paper,
         )
@@ -206,8 +143,8 @@ CLAIMS: tuple[Claim, ...] = (
             f"lp_cb_vs_ib_{m}",
             _VPT_STUDY,
             "Class-balanced sampling beats instance-balanced sampling (linear probing)",
-            "linear_probe/class_balanced",
-            "linear_probe/instance_balanced",
+            LP_CB,
+            LP_IB,
             m,
             _NP,
         )
@@ -218,8 +155,8 @@ CLAIMS: tuple[Claim, ...] = (
             f"vpt_cb_vs_ib_{m}",
             _VPT_STUDY,
             "Class-balanced sampling beats instance-balanced sampling (VPT-deep)",
-            "vpt_deep/class_balanced",
-            "vpt_deep/instance_balanced",
+            VPT_CB,
+            VPT_IB,
             m,
             paper,
         )
@@ -230,8 +167,8 @@ CLAIMS: tuple[Claim, ...] = (
         "ladder_cosine_head",
         _LADDER,
         "A cosine head beats a linear head (VPT-deep, class-balanced sampling)",
-        "ladder/cosine_head",
-        "vpt_deep/class_balanced",
+        ladder_row("cosine_head"),
+        VPT_CB,
         "overall",
         _NP,
     ),
@@ -239,8 +176,8 @@ CLAIMS: tuple[Claim, ...] = (
         "ladder_agcl",
         _LADDER,
         "A-GCL beats cross-entropy (VPT-deep, cosine head)",
-        "ladder/agcl",
-        "ladder/cosine_head",
+        ladder_row("agcl"),
+        ladder_row("cosine_head"),
         "overall",
         _NP,
     ),
@@ -248,8 +185,8 @@ CLAIMS: tuple[Claim, ...] = (
         "ladder_dual_sampling",
         _LADDER,
         "Dual sampling beats class-balanced sampling alone (VPT-deep, cosine head, A-GCL)",
-        "ladder/dual_sampling",
-        "ladder/agcl",
+        ladder_row("dual_sampling"),
+        ladder_row("agcl"),
         "overall",
         _NP,
     ),
@@ -257,8 +194,8 @@ CLAIMS: tuple[Claim, ...] = (
         "ladder_weight_decay",
         _LADDER,
         "LPT's larger weight decay beats the earlier rungs' one (LPT stage 1 vs the dual-sampling rung)",
-        "lpt_stage1",
-        "ladder/dual_sampling",
+        STAGE1_ROW,
+        ladder_row("dual_sampling"),
         "overall",
         _NP,
     ),
@@ -267,8 +204,8 @@ CLAIMS: tuple[Claim, ...] = (
             f"ladder_group_pool_{m}",
             _LADDER,
             "The group prompt pool beats shared prompts alone (LPT stage 2 vs stage 1)",
-            "lpt_stage2",
-            "lpt_stage1",
+            STAGE2_ROW,
+            STAGE1_ROW,
             m,
             _NP,
         )
@@ -278,8 +215,8 @@ CLAIMS: tuple[Claim, ...] = (
         "lpt_vs_vpt_cb_overall",
         _LADDER,
         "LPT (stage 2) beats VPT-deep (class-balanced sampling)",
-        "lpt_stage2",
-        "vpt_deep/class_balanced",
+        STAGE2_ROW,
+        VPT_CB,
         "overall",
         "+5.90 across sources (Places-LT: LPT 50.07, released checkpoint; VPT-deep 44.17, LPT Table 1)",
     ),
@@ -289,12 +226,12 @@ CLAIMS: tuple[Claim, ...] = (
             f"tea_{peft}_{m}",
             _TEA,
             f"TEA beats plain {name} (CLIP, logit-adjusted loss)",
-            f"tea/{peft}-la-pea_pg_tec",
-            f"tea/{peft}-la-none",
+            method_key(member_name(peft, "la", "pea_pg_tec")),
+            method_key(member_name(peft, "la", "none")),
             m,
             paper,
         )
-        for peft, name in _PEFT_NAMES.items()
+        for peft, name in ((p, spec.title) for p, spec in PEFT.items())
         for m, paper in (("few", _TEA_FEW), ("overall", _TEA_ALL))
     ),
     # --- LPT++: the MoE scorer vs the better single expert (chosen on val) and vs a uniform average ---
@@ -303,7 +240,7 @@ CLAIMS: tuple[Claim, ...] = (
             f"lptpp_moe_vs_best_expert_{m}",
             _LPTPP,
             "The MoE scorer beats the better single expert (chosen on val)",
-            "lptpp/moe",
+            MOE_ROW,
             _EXPERTS,
             m,
             _LPTPP_MOE,
@@ -315,8 +252,8 @@ CLAIMS: tuple[Claim, ...] = (
             f"lptpp_moe_vs_uniform_{m}",
             _LPTPP,
             "The MoE scorer beats a uniform average of the experts",
-            "lptpp/moe",
-            "lptpp/uniform",
+            MOE_ROW,
+            UNIFORM_ROW,
             m,
             _LPTPP_MOE,
         )
@@ -327,8 +264,8 @@ CLAIMS: tuple[Claim, ...] = (
         "control_la_probe_few",
         "control",
         "Logit adjustment beats plain cross-entropy (linear probe, instance-balanced sampling)",
-        "linear_probe_la/instance_balanced",
-        "linear_probe/instance_balanced",
+        LP_LA_IB,
+        LP_IB,
         "few",
         f"{_NP} (positive control: must come out supported)",
     ),
@@ -378,7 +315,7 @@ def resolve(side: Side, results: Results) -> tuple[str | None, str]:
 
 def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> dict:
     """One claims-table row (JSON-safe); differences in percentage points, 100 * (a - b)."""
-    _check_confidence(confidence)
+    check_confidence(confidence)
     a, note_a = resolve(claim.a, results)
     b, note_b = resolve(claim.b, results)
     row = {
@@ -398,11 +335,11 @@ def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> 
     }
     if note_a or note_b:
         note = "; ".join(n for n in (note_a, note_b) if n)
-        return {**row, **_interval([], confidence), "verdict": "not run", "note": note}
+        return {**row, **diff_interval([], confidence), "verdict": "not run", "note": note}
     seeds = _shared_seeds(results, (a, b))
     va = [_value(results, a, s, claim.metric) for s in seeds]
     vb = [_value(results, b, s, claim.metric) for s in seeds]
-    stats_ = _interval([100.0 * (x - y) for x, y in zip(va, vb)], confidence)
+    stats_ = diff_interval([100.0 * (x - y) for x, y in zip(va, vb)], confidence)
     row.update(
         seeds=[int(s) for s in seeds],
         a_mean=100.0 * float(np.mean(va)) if seeds else None,

@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 
 from lptlib.data.datasets import ImageDataset  # noqa: E402
 from lptlib.dist import is_main  # noqa: E402
-from lptlib.report.metrics import SHOT_GROUPS  # noqa: E402
+from lptlib.measure.metrics import SHOT_GROUPS  # noqa: E402
 
 GROUP_COLORS = dict(zip(SHOT_GROUPS, sns.color_palette("deep", 3)))
 
