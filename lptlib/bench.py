@@ -190,7 +190,8 @@ def tea_overhead(
     from lptlib import config
     from lptlib.models.peft import count_trainable
     from lptlib.objectives import tea_objective
-    from lptlib.recipes.tea import PEFT_METHODS, build_objective, build_tea, peft_arguments
+    from lptlib.recipes.tea import build_objective, build_tea
+    from lptlib.sections import PEFT_METHODS, peft_arguments
 
     torch.manual_seed(0)
     backbone = create_backbone(BackboneConfig(arch, "random")).to(device)

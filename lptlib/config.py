@@ -1,7 +1,9 @@
 """The configuration: the `params.yaml` sections composed into one validated `Config`.
 
-Each section's model lives next to the code that uses it (`DataConfig` in `lptlib.data`, `BackbonesConfig` in
-`lptlib.models.backbones`, `LPTConfig` in `lptlib.recipes.lpt`, ...; the base `Section` in `lptlib.schema`).
+Each section's model lives below this module: next to the code that uses it for the data and the backbones
+(`DataConfig` in `lptlib.data`, `BackbonesConfig` in `lptlib.models.backbones`, schedules in `lptlib.engine`), and in
+`lptlib.sections` for the methods (`VPTStudyConfig`, `LPTConfig`, `TEAConfig`, ...), so that the recipes, which
+import `Config`, are never imported by it (the base `Section` is in `lptlib.schema`).
 
 The configuration of a run is composed in one place, `compose`:
 
@@ -33,12 +35,8 @@ from pydantic import BaseModel, ValidationError
 
 from lptlib.data.datasets import DataConfig
 from lptlib.models.backbones import BackbonesConfig
-from lptlib.recipes.lpt import LPTConfig
-from lptlib.recipes.lptpp import LPTPPConfig
-from lptlib.recipes.pretrain import PretrainConfig
-from lptlib.recipes.tea import TEAConfig
-from lptlib.recipes.vpt_study import VPTStudyConfig
 from lptlib.schema import ConfigError, Field, Section, distinct, field_validator, to_dict, without_resume
+from lptlib.sections import LPTConfig, LPTPPConfig, PretrainConfig, TEAConfig, VPTStudyConfig
 from lptlib.utils import atomic_write_bytes, git_revision
 
 __all__ = [

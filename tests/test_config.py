@@ -6,8 +6,8 @@ import yaml
 
 from lptlib import config
 from lptlib.config import ConfigError, parse
-from lptlib.data.datasets import MINIATURE_DATASET
-from lptlib.recipes.tea import PEFT_METHODS
+from lptlib.data.config import MINIATURE_DATASET
+from lptlib.sections import PEFT_METHODS
 
 PRESETS = ("miniature", "cifar100_lt", "places_lt", "imagenet_lt", "inat2018")
 DATA_PATHS = ["data.root=/data/x", "data.split_dir=/data/splits"]

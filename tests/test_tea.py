@@ -20,7 +20,6 @@ from lptlib.models.peft import count_trainable
 from lptlib.objectives import AGCL, TEA, gate_probabilities, patch_semantics, tea_objective, variant_parts
 from lptlib.pool import run_tasks
 from lptlib.recipes.tea import (
-    TEAMatrixConfig,
     build_model,
     build_objective,
     build_tea,
@@ -31,6 +30,7 @@ from lptlib.recipes.tea import (
     method_key,
 )
 from lptlib.report.tea import best_by_val, load_members, member_summary, plot_gains, plot_members, tea_gains
+from lptlib.sections import TEAMatrixConfig
 
 
 def test_variants_switch_components():

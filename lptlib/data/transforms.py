@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from torchvision import transforms as T
 
-if TYPE_CHECKING:
-    from lptlib.data.datasets import DataConfig
-
+from lptlib.data.config import DataConfig
 
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,

@@ -18,47 +18,14 @@ import torch.nn.functional as F
 
 from lptlib.data import LTData, make_dual_sampling, make_loader, make_sampler
 from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
-from lptlib.models.backbones import Backbone, Role, create_backbone
-from lptlib.models.blocks import PromptForm
+from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.peft import LPT, count_trainable
-from lptlib.objectives import AGCL, AGCLConfig, dual_sampling_objective
-from lptlib.schema import Field, Resume, RuleError, Section, field_validator, model_validator, resume_ok
+from lptlib.objectives import AGCL, dual_sampling_objective
+from lptlib.sections import LPTConfig
 from lptlib.utils import default_device, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
     from lptlib.config import Config
-
-
-class LPTConfig(Section):
-    """The `lpt` section."""
-
-    backbone: Role = Field("visual", description="which `backbones` entry LPT tunes")
-    prompt_length: int = Field(10, ge=0, description="l_p: shared prompts per block, and group prompts per block")
-    prompt_form: PromptForm = Field("kv", description="kv (LPT eq. 1) | concat")
-    cosine_scale: float = Field(20.0, ge=0.0, description="s of the cosine head at prediction (A-GCL has its own)")
-    head_dropout: float = Field(0.1, ge=0.0, le=1.0, description="dropout before the cosine head")
-    num_samples_cls: int = Field(4, ge=1, description="class-aware sampler: images per visited class")
-    eta: float = Field(0.5, ge=0.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
-    agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
-    pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
-    top_k: int = Field(2, ge=1, description="k: keys picked per image")
-    share_blocks: int = Field(
-        3, ge=0, description="K: blocks 1..K use the shared prompts only (the first half: 3 of vit-mini's 6, 6 of 12)"
-    )
-    match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
-    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). The miniature's learning rates are the
-    # val-chosen values of the learning-rate grid (docs/tuning.md, `python -m lptlib.tune`). batch_size is per branch.
-    stage1: Schedule = Field(Schedule(epochs=10, lr=0.0625, weight_decay=0.01), description="stage 1")
-    stage2: Schedule = Field(Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="stage 2")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(resume_ok)
-
-    @model_validator(mode="after")
-    def _rules(self) -> LPTConfig:
-        if self.top_k > self.pool_size:
-            raise RuleError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
-        return self
 
 
 def build_lpt(

@@ -32,69 +32,20 @@ import torch.nn.functional as F
 
 from lptlib.data import LTData, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
-from lptlib.engine import FitResult, Optim, Run, Schedule, fit, predict
+from lptlib.engine import FitResult, Optim, Run, fit, predict
 from lptlib.measure.metrics import shot_accuracy
-from lptlib.models.backbones import BACKBONE_ROLES, Role, create_backbone
+from lptlib.models.backbones import create_backbone
 from lptlib.models.heads import check_classnames, text_head_weights
 from lptlib.models.moe import MoEScorer
 from lptlib.models.peft import LPT
 from lptlib.recipes.lpt import build_lpt, train_stage
 from lptlib.schema import (
-    Field,
-    Resume,
-    Section,
-    Templates,
-    distinct,
-    field_validator,
-    resume_ok,
-    templates_ok,
     without_resume,
 )
 from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
     from lptlib.config import Config
-
-
-class ScorerConfig(Section):
-    """`lptlib.scorer`: phase 3's MoE scorer (AdamW at a constant learning rate, class-balanced batches)."""
-
-    hidden: int = Field(64, ge=1, description="hidden width of the MoE scorer's MLP")
-    epochs: int = Field(30, ge=1, description="passes over the cached train features")
-    batch_size: int = Field(128, ge=1, description="cached samples per step (class-balanced sampling)")
-    lr: float = Field(1e-3, ge=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-
-
-class LPTPPConfig(Section):
-    """The `lptpp` section."""
-
-    experts: tuple[Role, ...] = Field(
-        BACKBONE_ROLES, description="`backbones` entries used as experts: visual, vision_language"
-    )
-    bottleneck: int | None = Field(
-        None, ge=1, description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width"
-    )
-    templates: Templates = Field(
-        ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
-    )
-    # 5 epochs per phase on the miniature (two phases, two experts and three seeds fit the pipeline's time budget)
-    phase1: Schedule = Field(
-        Schedule(epochs=5, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
-    )
-    phase2: Schedule = Field(
-        Schedule(epochs=5, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
-    )
-    scorer: ScorerConfig = Field(ScorerConfig(), description="phase 3: the MoE scorer")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(resume_ok)
-    _templates = field_validator("templates")(templates_ok)
-
-    @field_validator("experts")
-    @classmethod
-    def _experts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return distinct(v, "expert")
 
 
 SPLITS = ("train", "val", "test")

@@ -29,42 +29,11 @@ from lptlib.engine import Optim, Run, autocast, fit, predict
 from lptlib.models.backbones import build_open_clip, build_timm, normalization_of, save_weights
 from lptlib.models.heads import zero_shot_weights
 from lptlib.models.miniature import CLIP_MINI, VIT_MINI
-from lptlib.schema import Field, Section, Templates, field_validator, templates_ok
+from lptlib.sections import PretrainRunConfig
 from lptlib.utils import default_device, seed_everything
 
 if TYPE_CHECKING:
     from lptlib.config import Config
-
-
-class PretrainRunConfig(Section):
-    """One model's pretraining schedule (AdamW, warm-up steps then cosine decay per step)."""
-
-    epochs: int = Field(2, ge=0, description="passes over the source pool")
-    batch_size: int = Field(256, ge=1, description="images per step")
-    lr: float = Field(1e-3, ge=0.0, description="AdamW peak learning rate")
-    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay")
-    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps, then cosine decay to 0")
-    max_images: int | None = Field(None, ge=1, description="smoke tests only: cap the source pool")
-
-
-DEFAULT_TEMPLATES = (
-    "a photo of a {name}.",
-    "a picture of a {name}.",
-    "a black and white photo of a {name}.",
-    "a product photo of a {name}.",
-    "an image of a {name}.",
-)
-
-
-class PretrainConfig(Section):
-    """The `pretrain` section."""
-
-    vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
-    clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
-    caption_templates: Templates = Field(DEFAULT_TEMPLATES, description="captions of the contrastive pretraining")
-    zero_shot_templates: Templates = Field(("a photo of a {name}.",), description="prompts of the zero-shot classifier")
-
-    _templates = field_validator("caption_templates", "zero_shot_templates")(templates_ok)
 
 
 @dataclass

@@ -9,136 +9,29 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lptlib.data import LTData, build_transforms, make_loader, make_sampler
-from lptlib.data.samplers import Sampling
-from lptlib.engine import FitResult, Run, Schedule, autocast, classifier_run, evaluate, fit, predict, run_settings
-from lptlib.models.backbones import Backbone, Role, create_backbone
-from lptlib.models.blocks import PromptForm
+from lptlib.engine import FitResult, Run, autocast, classifier_run, evaluate, fit, predict, run_settings
+from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.heads import ZeroShotCLIP, check_classnames, text_head_weights
 from lptlib.models.peft import PEFTClassifier, count_trainable
-from lptlib.objectives import TEA, TEA_VARIANTS, AGCLConfig, build_loss, tea_objective
+from lptlib.objectives import TEA, TEA_VARIANTS, build_loss, tea_objective
 from lptlib.schema import (
     ConfigError,
-    Field,
-    Resume,
-    Section,
-    Templates,
-    distinct,
-    field_validator,
-    resume_ok,
-    templates_ok,
 )
+from lptlib.sections import PEFT_METHODS, TEA_LOSSES, TEAMatrixConfig, peft_arguments, peft_schedule
 from lptlib.utils import default_device
 
 if TYPE_CHECKING:
     from lptlib.config import Config
 
 
-@dataclass(frozen=True)
-class PEFTSpec:
-    """What a PEFT method's name stands for, declared once: its display name, the `PEFTClassifier` arguments it
-    takes from the `tea` section, and its schedule, the `tea.<name>` subsection."""
-
-    title: str
-    arguments: Callable[[TEAConfig], dict]
-
-
-#: every PEFT method of the TEA matrix (the config, the model builder, the benchmark and the claims read it)
-PEFT: dict[str, PEFTSpec] = {
-    "vpt_deep": PEFTSpec("VPT-deep", lambda t: {"prompt_length": t.prompt_length}),
-    "adaptformer": PEFTSpec("AdaptFormer", lambda t: {"adapter": True}),
-    "lora": PEFTSpec("LoRA", lambda t: {"lora_rank": t.lora_rank}),
-}
-PEFT_METHODS = tuple(PEFT)
-TEA_LOSSES = ("ce", "la", "bs", "agcl")
 ZERO_SHOT_KEY = "zero_shot_clip"
-
-
-def peft_arguments(peft: str, t: TEAConfig) -> dict:
-    """The `PEFTClassifier` arguments of PEFT method `peft` under the `tea` section `t` (no other method's module)."""
-    return {
-        "prompt_length": 0,
-        "prompt_form": t.prompt_form,
-        "adapter": False,
-        "bottleneck": t.bottleneck,
-        "lora_rank": 0,
-        **PEFT[peft].arguments(t),
-    }
-
-
-def peft_schedule(peft: str, t: TEAConfig) -> Schedule:
-    """The training schedule of PEFT method `peft`: the subsection `tea.<peft>`."""
-    return getattr(t, peft)
-
-
-class TEAMatrixConfig(Section):
-    """`tea.matrix`: the members the stage `tea` trains for each seed."""
-
-    peft: tuple[Literal[PEFT_METHODS], ...] = Field(PEFT_METHODS, description="PEFT methods of the TEA matrix")
-    loss: tuple[Literal["ce", "la", "bs", "agcl"], ...] = Field(
-        ("la",), description="losses of the matrix (all: ce, la, bs, agcl)"
-    )
-    tea: tuple[Literal["none", "pea", "pea_pg", "pea_pg_tec"], ...] = Field(
-        ("none", "pea_pg_tec"), description="TEA variants of the matrix (all: none, pea, pea_pg, pea_pg_tec)"
-    )
-
-    @field_validator("peft", "loss", "tea")
-    @classmethod
-    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return distinct(v, "value")
-
-
-class TEAConfig(Section):
-    """The `tea` section."""
-
-    backbone: Role = Field("vision_language", description="which `backbones` entry is tuned")
-    templates: Templates = Field(
-        ("a photo of a {name}.",), description="prompts of the text-initialised head and of the zero-shot classifier"
-    )
-    cosine_scale: float = Field(25.0, ge=0.0, description="s of the cosine head (LIFT / TEA: 25)")
-    head_init: Literal["text", "class_mean", "random"] = Field(
-        "text", description="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random"
-    )
-    sampling: Sampling = Field("instance_balanced", description="training sampler (LIFT: instance)")
-    prompt_length: int = Field(10, ge=1, description="vpt_deep: prompt tokens per block")
-    prompt_form: PromptForm = Field("kv", description="vpt_deep: kv | concat")
-    bottleneck: int | None = Field(
-        None,
-        ge=1,
-        description="adaptformer: bottleneck width; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
-    )
-    lora_rank: int = Field(4, ge=1, description="lora: rank r of the q and v updates")
-    la_tau: float = Field(1.0, ge=0.0, description="la: tau of the logit adjustment")
-    agcl: AGCLConfig = Field(
-        AGCLConfig(scale=25.0), description="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`"
-    )
-    temperature: float = Field(
-        0.1, ge=1e-6, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
-    )
-    mix: float = Field(0.5, ge=0.0, le=1.0, description="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
-    gate_max: float = Field(
-        0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
-    )
-    tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
-    # One schedule per PEFT method, 5 epochs. The miniature's learning rates are the val-chosen values of the
-    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
-    vpt_deep: Schedule = Field(Schedule(epochs=5, lr=0.025), description="vpt_deep schedule")
-    adaptformer: Schedule = Field(Schedule(epochs=5, lr=0.0025), description="adaptformer schedule")
-    lora: Schedule = Field(Schedule(epochs=5, lr=0.0125), description="lora schedule")
-    latency_batches: int = Field(20, ge=1, description="batches of the inference-latency measurement")
-    matrix: TEAMatrixConfig = Field(TEAMatrixConfig(), description="the members the stage `tea` trains per seed")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(resume_ok)
-    _templates = field_validator("templates")(templates_ok)
 
 
 def member_name(peft: str, loss: str, variant: str) -> str:

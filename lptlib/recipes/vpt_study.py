@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,56 +16,19 @@ from torch import nn
 
 from lptlib.data import LTData, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
-from lptlib.data.samplers import SAMPLING_MODES, Sampling
 from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
 from lptlib.measure.analysis import distance_ratio, knn_accuracy
 from lptlib.measure.metrics import shot_accuracy
-from lptlib.models.backbones import Backbone, Role, create_backbone
-from lptlib.models.blocks import PromptForm
+from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.objectives import build_loss
 from lptlib.pool import run_tasks
-from lptlib.schema import Field, Resume, Section, distinct, field_validator, resume_ok
+from lptlib.sections import VPTStudyConfig
 from lptlib.utils import default_device
 
 if TYPE_CHECKING:
     from lptlib.config import Config
-
-
-class VPTStudyConfig(Section):
-    """The `vpt_study` section."""
-
-    backbone: Role = Field("visual", description="which `backbones` entry is studied")
-    prompt_length: int = Field(10, ge=0, description="VPT-deep prompt tokens per block (l_p)")
-    prompt_form: PromptForm = Field(
-        "kv", description="kv: prompts in keys/values only (LPT eq. 1); concat: concatenate and strip (same outputs)"
-    )
-    head: Literal["linear", "cosine"] = Field("linear", description="classifier on the final CLS feature")
-    cosine_scale: float = Field(20.0, ge=0.0, description="scale s of a cosine head")
-    samplings: tuple[Sampling, ...] = Field(
-        SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
-    )
-    feature_views: int = Field(
-        4, ge=1, description="augmented views per training image whose cached features the linear probes train on"
-    )
-    la_tau: float = Field(1.0, ge=0.0, description="tau of the logit-adjusted linear probe (Menon et al. 2021)")
-    # SGD, warm-up then cosine decay per step. The miniature's learning rates are the val-chosen values of the
-    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
-    linear_probe: Schedule = Field(
-        Schedule(epochs=10, lr=0.5), description="linear probing on cached features (also the LA probe and cRT)"
-    )
-    vpt_deep: Schedule = Field(Schedule(epochs=10, lr=0.25), description="VPT-deep prompt tuning")
-    knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
-    feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
-    resume: Resume = "auto"
-
-    _resume = field_validator("resume")(resume_ok)
-
-    @field_validator("samplings")
-    @classmethod
-    def _samplings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return distinct(v, "sampling mode")
 
 
 def row_name(method: str, sampling: str) -> str:

@@ -23,8 +23,9 @@ from matplotlib.lines import Line2D
 from lptlib.measure.stats import VERDICTS, check_confidence, diff_interval, verdict
 from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW, ladder_row
 from lptlib.recipes.lptpp import MOE_ROW, UNIFORM_ROW, expert_row
-from lptlib.recipes.tea import PEFT, member_name, method_key
+from lptlib.recipes.tea import member_name, method_key
 from lptlib.recipes.vpt_study import LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB
+from lptlib.sections import PEFT
 
 METRICS = ("overall", "many", "medium", "few")
 VAL_METRIC = "val_overall"

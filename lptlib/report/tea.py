@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lptlib.measure.stats import paired_interval, seed_summary, verdict
-from lptlib.recipes.tea import GROUPS, ZERO_SHOT_KEY, TEAMatrixConfig, matrix_members, member_name, method_key
+from lptlib.recipes.tea import GROUPS, ZERO_SHOT_KEY, matrix_members, member_name, method_key
+from lptlib.sections import TEAMatrixConfig
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,0 +1,277 @@
+"""The method sections of params.yaml: `vpt_study`, `lpt`, `tea` (with the PEFT spec), `lptpp` and `pretrain`.
+
+They sit below `lptlib.config` (which composes them with the data, backbone and seed sections into one `Config`)
+and below the recipes that read them (`lptlib.recipes.*`), so the configuration never imports the code it
+configures. Every field carries its default for the offline miniature and its meaning (docs/parameters.md); a
+preset (presets/) overlays the paper-scale values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from lptlib.data.samplers import SAMPLING_MODES, Sampling
+from lptlib.engine import Schedule
+from lptlib.models.backbones import BACKBONE_ROLES, Role
+from lptlib.models.blocks import PromptForm
+from lptlib.objectives import AGCLConfig
+from lptlib.schema import (
+    Field,
+    Resume,
+    RuleError,
+    Section,
+    Templates,
+    distinct,
+    field_validator,
+    model_validator,
+    resume_ok,
+    templates_ok,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- vpt_study
+class VPTStudyConfig(Section):
+    """The `vpt_study` section."""
+
+    backbone: Role = Field("visual", description="which `backbones` entry is studied")
+    prompt_length: int = Field(10, ge=0, description="VPT-deep prompt tokens per block (l_p)")
+    prompt_form: PromptForm = Field(
+        "kv", description="kv: prompts in keys/values only (LPT eq. 1); concat: concatenate and strip (same outputs)"
+    )
+    head: Literal["linear", "cosine"] = Field("linear", description="classifier on the final CLS feature")
+    cosine_scale: float = Field(20.0, ge=0.0, description="scale s of a cosine head")
+    samplings: tuple[Sampling, ...] = Field(
+        SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
+    )
+    feature_views: int = Field(
+        4, ge=1, description="augmented views per training image whose cached features the linear probes train on"
+    )
+    la_tau: float = Field(1.0, ge=0.0, description="tau of the logit-adjusted linear probe (Menon et al. 2021)")
+    # SGD, warm-up then cosine decay per step. The miniature's learning rates are the val-chosen values of the
+    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
+    linear_probe: Schedule = Field(
+        Schedule(epochs=10, lr=0.5), description="linear probing on cached features (also the LA probe and cRT)"
+    )
+    vpt_deep: Schedule = Field(Schedule(epochs=10, lr=0.25), description="VPT-deep prompt tuning")
+    knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
+    feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+
+    @field_validator("samplings")
+    @classmethod
+    def _samplings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct(v, "sampling mode")
+
+
+# ---------------------------------------------------------------------------------------------------- lpt
+class LPTConfig(Section):
+    """The `lpt` section."""
+
+    backbone: Role = Field("visual", description="which `backbones` entry LPT tunes")
+    prompt_length: int = Field(10, ge=0, description="l_p: shared prompts per block, and group prompts per block")
+    prompt_form: PromptForm = Field("kv", description="kv (LPT eq. 1) | concat")
+    cosine_scale: float = Field(20.0, ge=0.0, description="s of the cosine head at prediction (A-GCL has its own)")
+    head_dropout: float = Field(0.1, ge=0.0, le=1.0, description="dropout before the cosine head")
+    num_samples_cls: int = Field(4, ge=1, description="class-aware sampler: images per visited class")
+    eta: float = Field(0.5, ge=0.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
+    agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
+    pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
+    top_k: int = Field(2, ge=1, description="k: keys picked per image")
+    share_blocks: int = Field(
+        3, ge=0, description="K: blocks 1..K use the shared prompts only (the first half: 3 of vit-mini's 6, 6 of 12)"
+    )
+    match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
+    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). The miniature's learning rates are the
+    # val-chosen values of the learning-rate grid (docs/tuning.md, `python -m lptlib.tune`). batch_size is per branch.
+    stage1: Schedule = Field(Schedule(epochs=10, lr=0.0625, weight_decay=0.01), description="stage 1")
+    stage2: Schedule = Field(Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="stage 2")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+
+    @model_validator(mode="after")
+    def _rules(self) -> LPTConfig:
+        if self.top_k > self.pool_size:
+            raise RuleError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------- tea
+@dataclass(frozen=True)
+class PEFTSpec:
+    """What a PEFT method's name stands for, declared once: its display name, the `PEFTClassifier` arguments it
+    takes from the `tea` section, and its schedule, the `tea.<name>` subsection."""
+
+    title: str
+    arguments: Callable[[TEAConfig], dict]
+
+
+#: every PEFT method of the TEA matrix (the config, the model builder, the benchmark and the claims read it)
+PEFT: dict[str, PEFTSpec] = {
+    "vpt_deep": PEFTSpec("VPT-deep", lambda t: {"prompt_length": t.prompt_length}),
+    "adaptformer": PEFTSpec("AdaptFormer", lambda t: {"adapter": True}),
+    "lora": PEFTSpec("LoRA", lambda t: {"lora_rank": t.lora_rank}),
+}
+
+
+PEFT_METHODS = tuple(PEFT)
+
+
+TEA_LOSSES = ("ce", "la", "bs", "agcl")
+
+
+def peft_arguments(peft: str, t: TEAConfig) -> dict:
+    """The `PEFTClassifier` arguments of PEFT method `peft` under the `tea` section `t` (no other method's module)."""
+    return {
+        "prompt_length": 0,
+        "prompt_form": t.prompt_form,
+        "adapter": False,
+        "bottleneck": t.bottleneck,
+        "lora_rank": 0,
+        **PEFT[peft].arguments(t),
+    }
+
+
+def peft_schedule(peft: str, t: TEAConfig) -> Schedule:
+    """The training schedule of PEFT method `peft`: the subsection `tea.<peft>`."""
+    return getattr(t, peft)
+
+
+class TEAMatrixConfig(Section):
+    """`tea.matrix`: the members the stage `tea` trains for each seed."""
+
+    peft: tuple[Literal[PEFT_METHODS], ...] = Field(PEFT_METHODS, description="PEFT methods of the TEA matrix")
+    loss: tuple[Literal["ce", "la", "bs", "agcl"], ...] = Field(
+        ("la",), description="losses of the matrix (all: ce, la, bs, agcl)"
+    )
+    tea: tuple[Literal["none", "pea", "pea_pg", "pea_pg_tec"], ...] = Field(
+        ("none", "pea_pg_tec"), description="TEA variants of the matrix (all: none, pea, pea_pg, pea_pg_tec)"
+    )
+
+    @field_validator("peft", "loss", "tea")
+    @classmethod
+    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct(v, "value")
+
+
+class TEAConfig(Section):
+    """The `tea` section."""
+
+    backbone: Role = Field("vision_language", description="which `backbones` entry is tuned")
+    templates: Templates = Field(
+        ("a photo of a {name}.",), description="prompts of the text-initialised head and of the zero-shot classifier"
+    )
+    cosine_scale: float = Field(25.0, ge=0.0, description="s of the cosine head (LIFT / TEA: 25)")
+    head_init: Literal["text", "class_mean", "random"] = Field(
+        "text", description="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random"
+    )
+    sampling: Sampling = Field("instance_balanced", description="training sampler (LIFT: instance)")
+    prompt_length: int = Field(10, ge=1, description="vpt_deep: prompt tokens per block")
+    prompt_form: PromptForm = Field("kv", description="vpt_deep: kv | concat")
+    bottleneck: int | None = Field(
+        None,
+        ge=1,
+        description="adaptformer: bottleneck width; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
+    )
+    lora_rank: int = Field(4, ge=1, description="lora: rank r of the q and v updates")
+    la_tau: float = Field(1.0, ge=0.0, description="la: tau of the logit adjustment")
+    agcl: AGCLConfig = Field(
+        AGCLConfig(scale=25.0), description="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`"
+    )
+    temperature: float = Field(
+        0.1, ge=1e-6, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
+    )
+    mix: float = Field(0.5, ge=0.0, le=1.0, description="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
+    gate_max: float = Field(
+        0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
+    )
+    tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
+    # One schedule per PEFT method, 5 epochs. The miniature's learning rates are the val-chosen values of the
+    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
+    vpt_deep: Schedule = Field(Schedule(epochs=5, lr=0.025), description="vpt_deep schedule")
+    adaptformer: Schedule = Field(Schedule(epochs=5, lr=0.0025), description="adaptformer schedule")
+    lora: Schedule = Field(Schedule(epochs=5, lr=0.0125), description="lora schedule")
+    latency_batches: int = Field(20, ge=1, description="batches of the inference-latency measurement")
+    matrix: TEAMatrixConfig = Field(TEAMatrixConfig(), description="the members the stage `tea` trains per seed")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+    _templates = field_validator("templates")(templates_ok)
+
+
+# ---------------------------------------------------------------------------------------------------- lptpp
+class ScorerConfig(Section):
+    """`lptlib.scorer`: phase 3's MoE scorer (AdamW at a constant learning rate, class-balanced batches)."""
+
+    hidden: int = Field(64, ge=1, description="hidden width of the MoE scorer's MLP")
+    epochs: int = Field(30, ge=1, description="passes over the cached train features")
+    batch_size: int = Field(128, ge=1, description="cached samples per step (class-balanced sampling)")
+    lr: float = Field(1e-3, ge=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+
+
+class LPTPPConfig(Section):
+    """The `lptpp` section."""
+
+    experts: tuple[Role, ...] = Field(
+        BACKBONE_ROLES, description="`backbones` entries used as experts: visual, vision_language"
+    )
+    bottleneck: int | None = Field(
+        None, ge=1, description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width"
+    )
+    templates: Templates = Field(
+        ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
+    )
+    # 5 epochs per phase on the miniature (two phases, two experts and three seeds fit the pipeline's time budget)
+    phase1: Schedule = Field(
+        Schedule(epochs=5, lr=0.1, weight_decay=0.01), description="phase 1: shared prompts + adapters + head"
+    )
+    phase2: Schedule = Field(
+        Schedule(epochs=5, lr=0.05, weight_decay=0.01), description="phase 2: group prompts + keys + head"
+    )
+    scorer: ScorerConfig = Field(ScorerConfig(), description="phase 3: the MoE scorer")
+    resume: Resume = "auto"
+
+    _resume = field_validator("resume")(resume_ok)
+    _templates = field_validator("templates")(templates_ok)
+
+    @field_validator("experts")
+    @classmethod
+    def _experts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct(v, "expert")
+
+
+# ---------------------------------------------------------------------------------------------------- pretrain
+class PretrainRunConfig(Section):
+    """One model's pretraining schedule (AdamW, warm-up steps then cosine decay per step)."""
+
+    epochs: int = Field(2, ge=0, description="passes over the source pool")
+    batch_size: int = Field(256, ge=1, description="images per step")
+    lr: float = Field(1e-3, ge=0.0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps, then cosine decay to 0")
+    max_images: int | None = Field(None, ge=1, description="smoke tests only: cap the source pool")
+
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {name}.",
+    "a picture of a {name}.",
+    "a black and white photo of a {name}.",
+    "a product photo of a {name}.",
+    "an image of a {name}.",
+)
+
+
+class PretrainConfig(Section):
+    """The `pretrain` section."""
+
+    vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
+    clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
+    caption_templates: Templates = Field(DEFAULT_TEMPLATES, description="captions of the contrastive pretraining")
+    zero_shot_templates: Templates = Field(("a photo of a {name}.",), description="prompts of the zero-shot classifier")
+
+    _templates = field_validator("caption_templates", "zero_shot_templates")(templates_ok)
