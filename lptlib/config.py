@@ -10,7 +10,8 @@ The configuration of a run is composed in one place, `compose`:
     code defaults  <-  presets/<preset>.yaml (an overlay)  <-  the keys in params.yaml  <-  per-run overrides
 
 Defaults are the offline miniature. A preset names only what differs from the defaults, and is merged at load
-time; nothing rewrites `params.yaml`. `params.yaml` holds `preset: <name>` and the user's own keys. Overrides
+time; a dataset preset names a shared base (`base: paper`: presets/base/paper.yaml, the paper-scale protocol) and
+adds what is its own, as LIFT's two-line dataset configs are merged over its model configs; nothing rewrites `params.yaml`. `params.yaml` holds `preset: <name>` and the user's own keys. Overrides
 are a mapping (nested or dotted keys: papermill `-y`) or `key=value` strings (`--set`); `dvc exp run -S`
 edits `params.yaml` itself. An unknown key (with a "did you mean"), a wrong type, a value out of range or a
 broken cross-field rule raises `ConfigError` naming the dotted key, before any data is read.
@@ -238,17 +239,45 @@ def list_presets(root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in presets_dir(root).glob("*.yaml"))
 
 
-def load_preset(name: str, root: Path | None = None) -> dict:
-    """The overlay of `presets/<name>.yaml` (empty for the defaults' own preset)."""
-    path = presets_dir(root) / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(list_presets(root))}")
+def _read_preset(path: Path) -> tuple[dict, str | None]:
+    """(the sections of one preset file, the base it names or None)."""
     overlay = yaml.safe_load(path.read_text()) or {}
     if not isinstance(overlay, dict):
         raise ConfigError(f"{path}: a preset is a mapping of params.yaml sections, got {type(overlay).__name__}")
     if "preset" in overlay:
         raise ConfigError(f"{path}: a preset must not name `preset` (params.yaml chooses it)")
-    return _expand_dotted(overlay, str(path))
+    base = overlay.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the name of a file in presets/base/, got {_describe_value(base)}")
+    return overlay, base
+
+
+def preset_files(name: str, root: Path | None = None) -> list[Path]:
+    """The files preset `name` is composed of, the deepest base first: `presets/<name>.yaml` and the chain of
+    `base: <b>` files it names (`presets/base/<b>.yaml`, e.g. the shared paper-scale protocol)."""
+    path = presets_dir(root) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(list_presets(root))}")
+    files = [path]
+    while (base := _read_preset(files[0])[1]) is not None:
+        bases = presets_dir(root) / "base"
+        found = bases / f"{base}.yaml"
+        if not found.is_file():
+            available = ", ".join(sorted(p.stem for p in bases.glob("*.yaml"))) or "none"
+            raise ConfigError(f"{files[0]}: base: unknown base {base!r} (presets/base/; available: {available})")
+        if found in files:
+            raise ConfigError(f"{files[0]}: base: {base!r} is already part of this preset (a circle of bases)")
+        files.insert(0, found)
+    return files
+
+
+def load_preset(name: str, root: Path | None = None) -> dict:
+    """The overlay of preset `name`: its `base` files merged in order, then `presets/<name>.yaml` (empty for the
+    defaults' own preset)."""
+    merged: dict = {}
+    for path in preset_files(name, root):
+        merged = _merge(merged, _expand_dotted(_read_preset(path)[0], str(path)))
+    return merged
 
 
 def compose(

@@ -199,7 +199,7 @@ def test_paper_presets_carry_the_papers_hyperparameters(root, name):
     """Every paper-scale preset composes and validates, names every training section, and each value it names
     (in particular the papers' numbers) lands in the resolved Config."""
     cfg = config.compose({"preset": name}, DATA_PATHS)
-    preset = yaml.safe_load((root / "presets" / f"{name}.yaml").read_text())
+    preset = config.load_preset(name, root)  # presets/base/paper.yaml <- presets/<name>.yaml
     assert set(TRAINING_SECTIONS) <= set(preset)
     resolved = config.to_dict(cfg)
     for key, value in _leaves({k: v for k, v in preset.items() if k != "data"}):
@@ -214,17 +214,18 @@ def test_paper_presets_carry_the_papers_hyperparameters(root, name):
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
 def test_paper_preset_values_name_their_source(root, name):
-    """Every key with a value in a training section says where it comes from."""
+    """Every key with a value in a training section says where it comes from, in every file of the preset."""
     tags = ("[paper]", "[code default]", "(our choice)", "(our reading)")
     section = None
-    for line in (root / "presets" / f"{name}.yaml").read_text().splitlines():
+    lines = [ln for path in config.preset_files(name, root) for ln in path.read_text().splitlines()]
+    for line in lines:
         if line and not line.startswith((" ", "#")):
             section = line.split(":", 1)[0]
             continue
         key, _, rest = line.strip().partition(":")
         value = rest.split("#", 1)[0].strip()
         if section in TRAINING_SECTIONS and key and not key.startswith("#") and value:
-            assert any(t in line for t in tags), f"presets/{name}.yaml, {section}: {line.strip()!r} gives no source"
+            assert any(t in line for t in tags), f"preset {name}, {section}: {line.strip()!r} gives no source"
 
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
@@ -232,14 +233,44 @@ def test_paper_presets_name_only_differences_or_published_values(root, name):
     """An overlay names a key only when its value differs from the default, or when it is a published value
     ([paper], [code default]) pinned so that retuning the miniature never changes a paper-scale run."""
     defaults = config.to_dict(config.Config())
-    lines = (root / "presets" / f"{name}.yaml").read_text().splitlines()
-    preset = yaml.safe_load("\n".join(lines))
-    for key, value in _leaves(preset):
-        default = defaults
-        for part in key.split("."):
-            default = default[part]
-        if value != default and not (isinstance(value, (int, float)) and value == pytest.approx(default)):
-            continue
-        leaf = key.rsplit(".", 1)[-1]
-        line = next(li for li in lines if li.strip().startswith(f"{leaf}:"))
-        assert "[paper]" in line or "[code default]" in line, f"presets/{name}.yaml names {key} = its default"
+    for path in config.preset_files(name, root):  # each file of the composition on its own
+        lines = path.read_text().splitlines()
+        preset = {k: v for k, v in yaml.safe_load("\n".join(lines)).items() if k != "base"}
+        for key, value in _leaves(preset):
+            default = defaults
+            for part in key.split("."):
+                default = default[part]
+            if value != default and not (isinstance(value, (int, float)) and value == pytest.approx(default)):
+                continue
+            leaf = key.rsplit(".", 1)[-1]
+            line = next(li for li in lines if li.strip().startswith(f"{leaf}:"))
+            assert "[paper]" in line or "[code default]" in line, f"{path} names {key} = its default"
+
+
+def test_dataset_presets_are_short_overlays_of_one_paper_base(root):
+    """One shared paper-scale base; each dataset preset names it and adds only what is its own."""
+    for name in PAPER_PRESETS:
+        files = config.preset_files(name, root)
+        assert [p.relative_to(root).as_posix() for p in files] == ["presets/base/paper.yaml", f"presets/{name}.yaml"]
+        own = {k: v for k, v in yaml.safe_load(files[-1].read_text()).items() if k != "base"}
+        assert set(own) <= {"data", "tea", "lptpp"} and len(files[-1].read_text().splitlines()) <= 20, name
+    assert "base" not in config.list_presets(root) and "paper" not in config.list_presets(root)
+
+
+def test_a_preset_base_that_is_missing_or_circular_is_named(tmp_path):
+    (tmp_path / "presets" / "base").mkdir(parents=True)
+    (tmp_path / "presets" / "a.yaml").write_text("base: nothing\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base: unknown base 'nothing' \(presets/base/; available: none\)"):
+        config.compose({"preset": "a"}, root=tmp_path)
+    (tmp_path / "presets" / "base" / "x.yaml").write_text("base: y\n")
+    (tmp_path / "presets" / "base" / "y.yaml").write_text("base: x\nlpt: {pool_size: 5}\n")
+    (tmp_path / "presets" / "b.yaml").write_text("base: x\n")
+    with pytest.raises(ConfigError, match=r"a circle of bases"):
+        config.compose({"preset": "b"}, root=tmp_path)
+    (tmp_path / "presets" / "base" / "y.yaml").write_text("lpt: {pool_size: 5, top_k: 3}\n")
+    (tmp_path / "presets" / "b.yaml").write_text("base: x\nlpt: {pool_size: 7}\n")
+    cfg = config.compose({"preset": "b"}, root=tmp_path)
+    assert (cfg.lpt.pool_size, cfg.lpt.top_k) == (
+        7,
+        3,
+    )  # the dataset file wins over its base, the base over the defaults
