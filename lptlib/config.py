@@ -314,6 +314,8 @@ def parse(**sections: Any) -> Config:
 def load(path: str | Path, overrides: Mapping | Sequence[str] | None = None) -> Config:
     """Read and validate a params file (with its preset and `overrides`)."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist; give the path of a params.yaml")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

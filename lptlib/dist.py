@@ -3,7 +3,7 @@
 Launch a training stage's notebook on N processes with
 
     torchrun --nproc_per_node N -m lptlib.launch notebooks/02_lpt_stage1.ipynb outputs/nb/02_lpt_stage1.ipynb \\
-        -k python3 -f params.yaml -p out_dir outputs/lpt/stage1 ...     # the stage's papermill arguments
+        -k python3 -y "{overrides: {}}" -p out_dir outputs/lpt/stage1 ...     # the stage's papermill arguments
 
 Every process runs the notebook; `torchrun`'s environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) reaches
 its kernel, and the library joins the process group at first use (NCCL on CUDA, gloo on CPU). Then:

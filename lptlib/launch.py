@@ -1,7 +1,7 @@
 """Run a stage notebook on every process of a `torchrun` job (multi-GPU training, `lptlib.dist`).
 
     torchrun --nproc_per_node 4 -m lptlib.launch notebooks/02_lpt_stage1.ipynb outputs/nb/02_lpt_stage1.ipynb \\
-        -k python3 -f params.yaml -p out_dir outputs/lpt/stage1 -p stage1_path outputs/lpt/stage1/lpt_stage1.safetensors \\
+        -k python3 -y "{overrides: {}}" -p out_dir outputs/lpt/stage1 -p stage1_path outputs/lpt/stage1/lpt_stage1.safetensors \\
         -p metrics_path metrics/lpt_stage1.json -p fig_dir figures/lpt/stage1
 
 The arguments are papermill's. Rank 0 writes the executed notebook where asked; rank r > 0 writes

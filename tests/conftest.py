@@ -80,3 +80,24 @@ def fit_classifier(
     val_set = val.dataset if val is not None else None
     data = LTData("toy_lt", names, train.dataset, val_set, test.dataset, group_counts=np.asarray(shot_counts))
     return fit(classifier_run(model, train, objective, schedule, data, **rest))
+
+
+SECTION_PARAMETERS = ("seed", "seeds", "workers", "preset", "data", "backbones", "pretrain", "vpt_study", "lpt", "tea")
+SECTION_PARAMETERS += ("lptpp",)
+
+
+def notebook_parameters(notebook, **params) -> dict:
+    """papermill parameters for `notebook` (a path): the config sections among `params` (seed, data, lpt, ...) go
+    into `overrides`, each replacing the same section of the notebook's default overrides, with no params file (the
+    code defaults alone); the other `params` are the notebook's own (paths, phase, ...)."""
+    import ast
+    import json
+    from pathlib import Path
+
+    nb = json.loads(Path(notebook).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    default = next(ast.literal_eval(n.value) for n in tree.body if n.target.id == "overrides")
+    sections = {k: v for k, v in params.items() if k in SECTION_PARAMETERS}
+    own = {k: v for k, v in params.items() if k not in SECTION_PARAMETERS}
+    return {"params": "", "overrides": {**default, **sections}, **own}

@@ -55,9 +55,35 @@ def test_notebook_metadata_and_parameters(path):
         if isinstance(node, (ast.Assign, ast.AnnAssign))
         for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
     }
-    missing = set(PARAMS) - declared
-    assert not missing, f"{path.name} does not declare params.yaml sections {missing} (papermill -f injects all)"
-    assert {"out_dir", "metrics_path", "fig_dir"} <= declared
+    assert {"params", "overrides", "out_dir", "metrics_path", "fig_dir"} <= declared
+    sections = declared & set(PARAMS)
+    assert not sections, f"{path.name} declares params.yaml sections {sections}: they belong in `overrides`"
+    annotations = [ast.unparse(n.annotation) for n in tree.body if isinstance(n, ast.AnnAssign)]
+    assert all(a in ("str", "int", "float", "bool", "dict", "list") for a in annotations), (
+        f"{path.name}: papermill's parameter parser reads plain annotations only, got {annotations}"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_lists_every_parameter(path):
+    """`papermill --help-notebook` shows each parameter a user can set (its parser drops some annotations and
+    comments holding `=`: none is used)."""
+    cells = parameters_cells(json.loads(path.read_text()))
+    tree = ast.parse("".join(cells[0]["source"]))
+    declared = [n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)]
+    shown = subprocess.run(
+        [sys.executable, "-m", "papermill", "--help-notebook", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    listed = {line.split()[0].rstrip(":") for line in shown.splitlines() if line.startswith("  ") and line.split()}
+    assert set(declared) <= listed, f"{path.name}: papermill does not list {set(declared) - listed}:\n{shown}"
+
+
+def test_the_ladder_default_of_notebook_02_is_the_ladder():
+    from lptlib.recipes.lpt import LADDER
+
+    nb = json.loads((ROOT / "notebooks" / "02_lpt_stage1.ipynb").read_text())
+    tree = ast.parse("".join(parameters_cells(nb)[0]["source"]))
+    assert next(ast.literal_eval(n.value) for n in tree.body if n.target.id == "ladder") == list(LADDER)
 
 
 def _stages() -> dict:
@@ -72,7 +98,8 @@ def test_every_notebook_is_a_stage_run_by_papermill():
         stages = [n for n, s in _stages().items() if rel in s.get("deps", [])]
         assert stages, f"{rel} is not a dependency of any dvc.yaml stage"
         for n in stages:
-            assert f"papermill {rel} outputs/nb/" in cmds[n] and "-k python3" in cmds[n] and "-f params.yaml" in cmds[n]
+            assert f"papermill {rel} outputs/nb/" in cmds[n] and "-k python3" in cmds[n] and "{overrides: {" in cmds[n]
+            assert " -f " not in cmds[n], "papermill must not inject params.yaml's sections (they would run as code)"
             assert "mkdir -p outputs/nb" in cmds[n]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
+from conftest import notebook_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"max_test_per_class": 20}
@@ -72,10 +73,11 @@ def run(name: str, tmp_path: Path, golden: str | None = None, **params) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
     params = {"out_dir": str(out), "metrics_path": str(out / "metrics.json"), "fig_dir": str(out / "figures"), **params}
+    notebook = ROOT / "notebooks" / f"{name}.ipynb"
     pm.execute_notebook(
-        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(notebook),
         str(tmp_path / f"{name}.ipynb"),
-        parameters=params,
+        parameters=notebook_parameters(notebook, **params),
         kernel_name="python3",
         progress_bar=False,
         cwd=str(ROOT),

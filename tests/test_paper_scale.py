@@ -89,16 +89,9 @@ def paper_params(name: str, root: Path, split_dir: Path | None = None, *sets: st
 
 
 def start(stage_name: str, out_dir: Path, plain: dict, *sections: str):
-    """`stage.start` as the notebook of `stage_name` calls it with papermill's parameters."""
-    return stage.start(
-        stage_name,
-        str(out_dir),
-        seed=plain["seed"],
-        preset=plain["preset"],
-        data=plain["data"],
-        backbones=plain["backbones"],
-        **{s: plain[s] for s in sections},
-    )
+    """`stage.start` as the notebook of `stage_name` calls it, the sections given as its overrides."""
+    overrides = {k: plain[k] for k in ("seed", "preset", "data", "backbones", *sections)}
+    return stage.start(stage_name, str(out_dir), "", overrides)
 
 
 def jpeg(path: Path, rng: np.random.Generator, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> None:

@@ -32,7 +32,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import fit_classifier
+from conftest import fit_classifier, notebook_parameters
 from safetensors.torch import save_file
 
 from lptlib import config, stage
@@ -253,7 +253,7 @@ def _stage_start(w: Work, **sections) -> None:
     """stage.start (the first line of every notebook) must fail before it writes the resolved config."""
     out = w.tmp / "out"
     try:
-        stage.start("unit", str(out), **sections)
+        stage.start("unit", str(out), "", sections)
     finally:
         assert not (out / "config.yaml").exists(), "a bad parameter must fail before config.yaml is written"
 
@@ -1308,7 +1308,7 @@ def _params(out: Path) -> dict:
 def _start(out: Path) -> subprocess.Popen:
     """papermill on the stage notebook in a new session; one thread, so the runs take one core (and compute alike)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "params.json").write_text(json.dumps(_params(out)))
+    (out / "params.json").write_text(json.dumps(notebook_parameters(NOTEBOOK, **_params(out))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LPTLIB_PROGRESS": "0"}
     log = open(out / "papermill.log", "ab")
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import papermill as pm
 import pytest
+from conftest import notebook_parameters
 
 from lptlib.measure.metrics import shot_groups
 from lptlib.measure.stats import format_mean_std
@@ -333,14 +334,17 @@ def test_06_report_notebook(metrics_dir, tmp_path):
     pm.execute_notebook(
         str(ROOT / "notebooks" / "06_report.ipynb"),
         str(tmp_path / "06.ipynb"),
-        parameters={
-            "metrics_dir": str(metrics_dir),
-            "out_dir": str(out),
-            "metrics_path": str(out / "report.json"),
-            "claims_path": str(out / "claims.json"),
-            "fig_dir": str(out / "figures"),
-            "seeds": {k: list(SEEDS) for k in ("vpt_study", "lpt", "tea", "lptpp")},
-        },
+        parameters=notebook_parameters(
+            ROOT / "notebooks" / "06_report.ipynb",
+            **{
+                "metrics_dir": str(metrics_dir),
+                "out_dir": str(out),
+                "metrics_path": str(out / "report.json"),
+                "claims_path": str(out / "claims.json"),
+                "fig_dir": str(out / "figures"),
+                "seeds": {k: list(SEEDS) for k in ("vpt_study", "lpt", "tea", "lptpp")},
+            },
+        ),
         kernel_name="python3",
         progress_bar=False,
         cwd=str(ROOT),

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import fit_classifier
+from conftest import fit_classifier, notebook_parameters
 from torch.nn import functional as F
 
 from lptlib import config
@@ -38,7 +38,7 @@ def test_every_stage_depends_on_its_notebook_the_package_and_the_presets():
         if per_seed:  # one stage per seed: the seed list comes from params.yaml, the seed from ${item}
             assert stage["foreach"].startswith("${seeds."), name
             stage = stage["do"]
-            assert "-p seed ${item}" in " ".join(stage["cmd"]), name
+            assert '-y "{overrides: {seed: ${item}}}"' in " ".join(stage["cmd"]), name
         deps = stage["deps"]
         notebooks = [d for d in deps if d.startswith("notebooks/")]
         assert len(notebooks) == 1 and notebooks[0] in " ".join(stage["cmd"]), name
@@ -91,6 +91,7 @@ def _papermill(repo: Path, out: Path, **overrides) -> str:
         "fig_dir": str(out / "figures"),
     }
     out.mkdir(parents=True, exist_ok=True)
+    params = notebook_parameters(repo / "notebooks" / "02_lpt_stage1.ipynb", **params)
     (out / "params.json").write_text(json.dumps(params))
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "LPTLIB_PROGRESS": "0"}
     env.pop("LPTLIB_ROOT", None)
