@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from lptlib.data.config import DataConfig
 from lptlib.data.profiles import SHOT_GROUPS, lt_counts, shot_groups
-from lptlib.data.samplers import eval_loaders
+from lptlib.data.samplers import make_loader
 from lptlib.data.transforms import Normalization, build_transforms
 from lptlib.paths import resolve
 
@@ -207,7 +207,9 @@ class LTData:
 
     def eval_loaders(self, batch_size: int) -> tuple[DataLoader | None, DataLoader]:
         """Sequential (val, test) loaders; val is None when the benchmark has no val split."""
-        return eval_loaders(self, batch_size, self.config.num_workers)
+        workers = self.config.num_workers
+        val = make_loader(self.val, batch_size, num_workers=workers) if self.val is not None else None
+        return val, make_loader(self.test, batch_size, num_workers=workers)
 
 
 # ------------------------------------------------------------------------ Fashion-MNIST (miniature)

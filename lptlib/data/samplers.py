@@ -120,12 +120,6 @@ def make_loader(
     )
 
 
-def eval_loaders(data, batch_size: int, num_workers: int = 0) -> tuple[DataLoader | None, DataLoader]:
-    """Sequential (val, test) loaders of an `LTData`; val is None when the benchmark has no val split."""
-    val = make_loader(data.val, batch_size, num_workers=num_workers) if data.val is not None else None
-    return val, make_loader(data.test, batch_size, num_workers=num_workers)
-
-
 class InfiniteLoader:
     """A persistent iterator over a DataLoader: when it runs out, the sampler moves to its next
     epoch and iteration continues, so a step never creates a fresh iterator (LPT's reference code

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lptlib.data import LTData, build_transforms, make_loader, make_sampler
+from lptlib.data import LTData, make_loader, make_sampler
 from lptlib.engine import FitResult, Run, autocast, classifier_run, evaluate, fit, predict, run_settings
 from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.heads import ZeroShotCLIP, check_classnames, text_head_weights
@@ -91,12 +91,8 @@ def build_model(backbone: Backbone, data: LTData, cfg: Config, peft: str) -> PEF
     if t.head_init == "text":
         head.weight.data.copy_(text_head_weights(backbone, data.classnames, t.templates))
     elif t.head_init == "class_mean":
-        _, test_tf = build_transforms(cfg.data, backbone.normalization)
-        head.weight.data.copy_(
-            class_mean_weights(
-                backbone, data.train.with_transform(test_tf), data.num_classes, num_workers=cfg.data.num_workers
-            )
-        )
+        train = data.transformed(backbone.normalization, augment=False).train
+        head.weight.data.copy_(class_mean_weights(backbone, train, data.num_classes, num_workers=cfg.data.num_workers))
     return model
 
 
@@ -210,8 +206,7 @@ def member_task(
     result = train_member(model, data, cfg, peft, loss, variant, Path(checkpoint) if checkpoint else None, test)
     if not test:  # a learning-rate grid: val only, no timing
         return {"name": member_name(peft, loss, variant), "row": result.row(count_trainable(model))}
-    _, test_tf = build_transforms(cfg.data, backbone.normalization)
-    images = next(iter(make_loader(data.test.with_transform(test_tf), 64)))[0]
+    images = next(iter(make_loader(data.transformed(backbone.normalization, augment=False).test, 64)))[0]
     return {
         "name": member_name(peft, loss, variant),
         "row": {**result.row(count_trainable(model)), "peft": peft, "loss": loss, "tea": variant},
