@@ -12,7 +12,15 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from lptlib.measure.stats import format_mean_std, paired_interval, seed_summary  # noqa: E402
+from lptlib.measure.stats import (  # noqa: E402
+    adjusted_verdict,
+    format_mean_std,
+    holm,
+    min_detectable_effect,
+    paired_interval,
+    paired_p_value,
+    seed_summary,
+)
 from lptlib.report.claims import (  # noqa: E402
     CLAIMS,
     METRICS,
@@ -44,6 +52,9 @@ DOCUMENTED_KEYS = {
     "lptpp/vision_language",
     "lptpp/uniform",
     "lptpp/moe",
+    "features/frozen",  # LPT Table 2 per feature extractor (metrics/vpt_study_features)
+    "features/vpt_deep/instance_balanced",
+    "features/vpt_deep/class_balanced",
 }
 
 
@@ -289,9 +300,10 @@ def test_claims_json_is_json_safe():
     out = claims_json(rows, 0.95)
     text = json.dumps(out, allow_nan=False)
     back = json.loads(text)
-    assert back["confidence"] == 0.95 and back["units"] == "percentage points (a - b)"
+    assert back["confidence"] == 0.95 and back["units"].startswith("how much a beats b")
     assert len(back["claims"]) == len(CLAIMS)
-    assert all(r["verdict"] in {"supported", "contradicted", "inconclusive"} for r in back["claims"])
+    assert all(r["verdict"] in {"supported", "contradicted", "inconclusive", "unmeasurable"} for r in back["claims"])
+    assert all(r["raw_verdict"] in {"supported", "contradicted", "inconclusive"} for r in back["claims"])
     json.dumps(claims_json(evaluate_claims({})), allow_nan=False)  # "not run" rows too
     with pytest.raises(ValueError, match="confidence"):
         claims_json(rows, 0.9)
@@ -301,7 +313,10 @@ def test_claims_markdown_lists_every_claim():
     rows = evaluate_claims({k: v for k, v in full_results().items() if not k.startswith("tea/")})
     md = claims_markdown(rows)
     lines = md.strip().splitlines()
-    assert lines[0] == "| Claim | metric | paper | ours: mean [low, high] (n seeds) | verdict |"
+    assert lines[0] == (
+        "| Claim | metric | paper | ours: mean [low, high] (n seeds) | p: raw / Holm | detectable (80% power) "
+        "| raw verdict | verdict |"
+    )
     assert len(lines) == 2 + len(CLAIMS)
     assert all(c.text in md for c in CLAIMS)
     assert "(5 seeds)" in md and "not run" in md
@@ -320,11 +335,12 @@ def test_plot_claims_has_one_tick_per_claim():
     assert len(ax.get_yticks()) == len(CLAIMS)
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[0] == f"{CLAIMS[0].text} [{CLAIMS[0].metric}]"
-    assert "percentage points" in ax.get_xlabel() and "95% t interval" in ax.get_xlabel()
+    assert "points" in ax.get_xlabel() and "95% t interval" in ax.get_xlabel()
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {
         "supported",
         "contradicted",
         "inconclusive",
+        "unmeasurable",
         "not run",
     }
 
@@ -338,3 +354,152 @@ def test_seed_summary_and_format_mean_std():
     assert format_mean_std([0.6, 0.62, 0.64], scale=1, digits=3) == "0.620 ± 0.020"
     with pytest.raises(ValueError):
         seed_summary([])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multiplicity (Holm), the paired t-test, sensitivity (minimum detectable effect)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_paired_p_value_matches_scipy():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 5, 8):
+        a, b = rng.uniform(0.4, 0.8, n), rng.uniform(0.4, 0.8, n)
+        d = a - b
+        assert paired_p_value(d.mean(), d.std(ddof=1), n) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-10)
+    assert paired_p_value(0.5, None, 1) is None and paired_p_value(0.5, 0.1, 1) is None
+    assert paired_p_value(0.5, 0.0, 3) == 0.0 and paired_p_value(0.0, 0.0, 3) == 1.0
+
+
+def _holm_reference(ps):
+    """Holm's procedure by its definition: reject H_(1..k) while p_(j) <= alpha / (m - j + 1); the adjusted p of
+    H_(i) is the smallest alpha at which it is rejected (searched on a fine grid of alphas)."""
+    m = len(ps)
+    order = np.argsort(ps, kind="stable")
+    out = [None] * m
+    for alpha in np.linspace(0, 1, 20001):
+        for j, i in enumerate(order):
+            if ps[i] > alpha / (m - j):
+                break
+            if out[i] is None:
+                out[i] = alpha
+    return [1.0 if o is None else o for o in out]
+
+
+def test_holm_matches_its_definition_and_skips_untested_entries():
+    ps = [0.01, 0.04, 0.03, 0.005, 0.5, 0.2]
+    got = holm(ps)
+    assert got == pytest.approx(_holm_reference(ps), abs=1e-4)
+    assert got == pytest.approx([0.05, 0.12, 0.12, 0.03, 0.5, 0.4])  # by hand: 6p, 5p, max(.., 4p), ...
+    assert holm([0.01, None, 0.04]) == pytest.approx([0.02, None, 0.04], abs=0) or holm([0.01, None, 0.04])[1] is None
+    assert holm([0.01, None, 0.04])[1] is None and holm([0.01, None, 0.04])[0] == pytest.approx(0.02)
+    assert holm([]) == [] and holm([0.3]) == [0.3]
+    assert holm([0.6, 0.6]) == [1.0, 1.0]  # capped at 1
+    with pytest.raises(ValueError, match="p-value"):
+        holm([1.5])
+
+
+def test_adjusted_verdict():
+    assert adjusted_verdict(2.0, 0.01, 0.05) == "supported"
+    assert adjusted_verdict(-2.0, 0.01, 0.05) == "contradicted"
+    assert adjusted_verdict(2.0, 0.05, 0.05) == "inconclusive"
+    assert adjusted_verdict(None, None, 0.05) == "inconclusive"
+
+
+def test_min_detectable_effect_has_the_stated_power_by_simulation():
+    rng = np.random.default_rng(0)
+    for n, sd in ((5, 2.0), (3, 1.0)):
+        mde = min_detectable_effect(sd, n)
+        d = rng.normal(mde, sd, size=(40000, n))
+        p = stats.ttest_1samp(d, 0.0, axis=1).pvalue
+        assert (p < 0.05).mean() == pytest.approx(0.8, abs=0.01)
+    # the normal approximation (z_{1-a/2} + z_power) sd / sqrt(n) is a lower bound for small n
+    assert min_detectable_effect(1.0, 5) > (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / np.sqrt(5)
+    assert min_detectable_effect(1.0, 5) == pytest.approx(2 * min_detectable_effect(0.5, 5))
+    assert min_detectable_effect(None, 5) is None and min_detectable_effect(1.0, 1) is None
+    assert min_detectable_effect(0.0, 4) == 0.0
+    with pytest.raises(ValueError, match="power"):
+        min_detectable_effect(1.0, 5, power=1.0)
+
+
+def test_holm_runs_over_each_family_and_sets_the_verdict():
+    seeds = range(5)
+    # three claims whose raw intervals exclude 0 with p close to 0.02-0.03, and one strong one
+    rng = np.random.default_rng(7)
+    base = 0.6 + rng.normal(0, 0.01, 5)
+    results = {"m/b": method(base)}
+    shifts = {"m/weak1": 0.011, "m/weak2": 0.012, "m/strong": 0.2}
+    noise = {k: rng.normal(0, 0.008, 5) for k in shifts}
+    for k, d in shifts.items():
+        results[k] = method(base + d + noise[k])
+    claims = [claim(k, "m/b", cid=k) for k in shifts]
+    control = Claim("ctl", "control", "control", "m/weak1", "m/b", "overall", "control")
+    rows = {r["id"]: r for r in evaluate_claims(results, (*claims, control))}
+    ps = [rows[k]["p"] for k in shifts]
+    assert all(r["family"] == "claims" for k, r in rows.items() if k != "ctl") and rows["ctl"]["family"] == "controls"
+    assert [rows[k]["p_adjusted"] for k in shifts] == pytest.approx(holm(ps))
+    assert rows["ctl"]["p_adjusted"] == pytest.approx(rows["ctl"]["p"])  # its own family of one
+    for k in shifts:
+        r = rows[k]
+        assert r["raw_verdict"] == one(results, claim(k, "m/b"))["raw_verdict"]
+        assert r["verdict"] == ("supported" if r["p_adjusted"] < 0.05 else "inconclusive")
+        assert r["p"] == pytest.approx(
+            stats.ttest_rel(
+                [results[k][s]["overall"] for s in seeds], [results["m/b"][s]["overall"] for s in seeds]
+            ).pvalue
+        )
+    assert rows["m/strong"]["verdict"] == "supported"
+
+
+def test_raw_verdict_and_p_value_agree_for_one_claim():
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        b = 0.6 + rng.normal(0, 0.02, 5)
+        results = {"m/a": method(b + rng.normal(0.01, 0.02, 5)), "m/b": method(b)}
+        r = one(results)
+        assert r["p_adjusted"] == r["p"]
+        assert (r["raw_verdict"] != "inconclusive") == (r["p"] < 0.05)
+        assert r["verdict"] == r["raw_verdict"]
+
+
+def test_unmeasurable_where_the_seeds_cannot_detect_the_papers_effect():
+    rng = np.random.default_rng(5)
+    b = 0.6 + rng.normal(0, 0.02, 5)
+    results = {"m/a": method(b + rng.normal(0.0, 0.05, 5)), "m/b": method(b)}
+    c = Claim("c", "test", "a beats b", "m/a", "m/b", "overall", "+1.0 (paper)", 1.0)
+    r = one(results, c)
+    assert r["raw_verdict"] == "inconclusive" and r["mde"] > 1.0
+    assert r["measurable"] is False and r["verdict"] == "unmeasurable"
+    big = Claim("c", "test", "a beats b", "m/a", "m/b", "overall", "+50 (paper)", 50.0)
+    assert one(results, big)["measurable"] is True and one(results, big)["verdict"] == "inconclusive"
+    assert one(results)["measurable"] is None  # no published effect: no flag
+    assert one(results)["mde"] == pytest.approx(min_detectable_effect(one(results)["std"], 5))
+
+
+def test_gamma_is_lower_is_better():
+    results = {
+        "features/x": {s: {"gamma": 0.30 + 0.001 * s, "knn_acc": 0.6} for s in range(4)},
+        "features/y": {s: {"gamma": 0.35 - 0.001 * s, "knn_acc": 0.5} for s in range(4)},
+    }
+    g = one(results, Claim("g", "test", "x is more separable", "features/x", "features/y", "gamma", "lower"))
+    assert g["mean"] == pytest.approx(np.mean([100 * (0.05 - 0.002 * s) for s in range(4)]))  # 100 (y - x)
+    assert g["verdict"] == "supported"
+    k = one(results, Claim("k", "test", "x beats y on k-NN", "features/x", "features/y", "knn_acc", "+1.1", 1.1))
+    assert k["mean"] == pytest.approx(10.0) and k["verdict"] == "supported"
+    results["features/x"][0]["gamma"] = 1.7  # a ratio may exceed 1 ...
+    one(results, Claim("g", "test", "t", "features/x", "features/y", "gamma", "lower"))
+    results["features/x"][0]["gamma"] = float("nan")  # ... but must be a finite number >= 0
+    with pytest.raises(ValueError, match="ratio"):
+        one(results, Claim("g", "test", "t", "features/x", "features/y", "gamma", "lower"))
+
+
+def test_the_missing_claims_are_in_the_table():
+    by_id = {c.id: c for c in CLAIMS}
+    assert (by_id["lpt_vs_crt_overall"].a, by_id["lpt_vs_crt_overall"].b) == ("lpt_stage2", "crt/class_balanced")
+    assert by_id["lpt_vs_la_probe_overall"].b == "linear_probe_la/instance_balanced"
+    assert by_id["table2_knn_acc"].paper_effect == 1.1 and by_id["table2_knn_acc"].metric == "knn_acc"
+    assert by_id["table2_gamma"].metric == "gamma" and by_id["table2_gamma"].b == "features/frozen"
+    published = {c.id: c.paper_effect for c in CLAIMS if c.paper_effect is not None}
+    assert published["vpt_vs_lp_ib_few"] == 4.52 and published["vpt_vs_lp_cb_few"] == 8.67
+    for cid, effect in published.items():  # the number is the one the paper column quotes
+        assert f"{effect:+.2f}".rstrip("0").rstrip(".") in by_id[cid].paper or f"{effect:+.1f}" in by_id[cid].paper

@@ -63,6 +63,8 @@ LPTPP = {
     "lptpp/uniform": (0.76, 0.80),
     "lptpp/moe": (0.85, 0.81),
 }
+#: LPT Table 2 per feature extractor: (gamma, k-NN accuracy)
+FEATURES = (("frozen", 0.36, 0.52), ("vpt_deep/instance_balanced", 0.34, 0.55), ("vpt_deep/class_balanced", 0.35, 0.54))
 FILES = {"vpt_study": VPT_STUDY, "lpt_stage1": LPT_STAGE1, "lpt_stage2": LPT_STAGE2, "tea": TEA, "lptpp": LPTPP}
 
 
@@ -106,6 +108,13 @@ def write_metrics(root: Path, seeds=SEEDS) -> Path:
             if folder == "lptpp":
                 rows["info"] = {"gate_weights": {"few": {"visual": 0.3, "vision_language": 0.7}}}
             (root / folder / f"seed_{s}.json").write_text(json.dumps(rows))
+    (root / "vpt_study_features").mkdir(exist_ok=True)
+    for s in seeds:
+        table = {
+            name: {"R": 0.3, "D": 1.0, "gamma": gamma + 0.01 * s, "knn_acc": knn, "knn_k": 10}
+            for name, gamma, knn in FEATURES
+        }
+        (root / "vpt_study_features" / f"seed_{s}.json").write_text(json.dumps(table))
     return root
 
 
@@ -124,7 +133,10 @@ def readme(tmp_path):
 def test_collect_reads_every_seed_of_every_stage(metrics_dir):
     rep = collect(metrics_dir)
     expected = {k for keys in FILES.values() for k in keys}
-    assert set(rep.results) == expected  # "info" is not a method row
+    features = {f"features/{name}" for name, _, _ in FEATURES}  # LPT Table 2: claims only, no table row
+    assert set(rep.results) == expected | features  # "info" is not a method row
+    assert rep.results["features/frozen"][2]["gamma"] == pytest.approx(0.38)
+    assert not features & {r.name for r in rep.rows}
     assert all(set(per_seed) == set(SEEDS) for per_seed in rep.results.values())
     assert rep.seeds == {s.stage: list(SEEDS) for s in report.STAGES}
     assert (

@@ -45,6 +45,13 @@ CRT_CB = row_name("crt", "class_balanced")  # cRT on the instance-balanced VPT-d
 VPT_IB = row_name("vpt_deep", "instance_balanced")
 VPT_CB = row_name("vpt_deep", "class_balanced")
 TABLE1_ROWS = (LP_IB, LP_CB, LP_LA_IB, CRT_CB, VPT_IB, VPT_CB)
+#: Table 2's feature extractors: the frozen backbone, and every VPT-deep model of Table 1 under its row key
+FROZEN = "frozen"
+
+
+def feature_key(extractor: str) -> str:
+    """The claims' key of one feature extractor's Table 2 row, e.g. 'features/vpt_deep/instance_balanced'."""
+    return f"features/{extractor}"
 
 
 def cross_entropy(model: PEFTClassifier, batch, epoch: int) -> torch.Tensor:

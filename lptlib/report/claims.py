@@ -1,9 +1,17 @@
 """The claims table: each paper claim ("a beats b" on one metric) tested on several seeds per method.
 
-Input: ``results[method_key][seed] = {"overall", "many", "medium", "few", "val_overall"}`` (accuracies in [0, 1]).
-Per claim the two sides are paired on the seeds they share; the per-seed differences (percentage points) give a
-mean and a Student t interval, and the verdict is "supported" (interval above 0), "contradicted" (below 0),
-"inconclusive" (contains 0, or fewer than 2 seeds) or "not run" (a method key is absent from the results).
+Input: ``results[method_key][seed] = {"overall", "many", "medium", "few", "val_overall"}`` (accuracies in [0, 1]),
+and for feature extractors (LPT Table 2) ``{"gamma", "knn_acc"}``. Per claim the two sides are paired on the seeds
+they share; the per-seed differences, "how much a beats b" (100 * (a - b) for accuracies, in percentage points;
+100 * (b - a) for gamma, where lower is better), give a mean, a Student t interval and a two-sided paired t-test.
+
+Verdicts. The *raw* verdict reads the interval alone: "supported" (above 0), "contradicted" (below 0),
+"inconclusive" (contains 0, or fewer than 2 seeds) or "not run" (a method key is absent from the results). The
+*verdict* of the table corrects for multiplicity: Holm's step-down adjustment of the p-values over the claim's
+family (`FAMILIES`: every claim of the table is one family; the controls, which check the testbed, another), at
+level 1 - confidence. Where that leaves a claim inconclusive and the smallest effect the seeds could detect
+(80% power, from the observed spread) exceeds the paper's own effect, the verdict is "unmeasurable": the seeds
+could not have shown the paper's effect, so "inconclusive" says nothing about it.
 Where a side is `Best(...)`, it is resolved on *val* accuracy (``val_overall``), never on test accuracy.
 
     rows = evaluate_claims(results)
@@ -20,20 +28,36 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from lptlib.measure.stats import VERDICTS, check_confidence, diff_interval, verdict
+from lptlib.measure.stats import (
+    adjusted_verdict,
+    check_confidence,
+    diff_interval,
+    holm,
+    min_detectable_effect,
+    paired_p_value,
+    verdict,
+)
 from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW, ladder_row
 from lptlib.recipes.lptpp import MOE_ROW, UNIFORM_ROW, expert_row
 from lptlib.recipes.tea import member_name, method_key
-from lptlib.recipes.vpt_study import LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB
+from lptlib.recipes.vpt_study import CRT_CB, FROZEN, LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB, feature_key
 from lptlib.sections import PEFT
 
-METRICS = ("overall", "many", "medium", "few")
+#: accuracies (in [0, 1]; higher is better) and LPT Table 2's feature ratio gamma (lower is better)
+METRICS = ("overall", "many", "medium", "few", "knn_acc", "gamma")
+LOWER_IS_BETTER = frozenset({"gamma"})
 VAL_METRIC = "val_overall"
-UNITS = "percentage points (a - b)"
+UNITS = "how much a beats b: percentage points, 100 (a - b), for accuracies; 100 (b - a) for gamma (lower is better)"
+POWER = 0.8  # the power at which each claim's minimum detectable effect is given
+#: Holm's adjustment runs over each family separately: the claims of the papers, and the testbed's controls
+CONTROL = "control"
+FAMILIES = ("claims", "controls")
+VERDICTS_ADJUSTED = ("supported", "contradicted", "inconclusive", "unmeasurable", "not run")
 VERDICT_COLORS = {
     "supported": "#1b9e77",
     "contradicted": "#d95f02",
     "inconclusive": "#7570b3",
+    "unmeasurable": "#e7a1c6",
     "not run": "#b0b0b0",
 }
 
@@ -67,7 +91,8 @@ Side = str | Best
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim "a beats b" on `metric`, with the paper's own figure (`paper`) as a short string."""
+    """One claim "a beats b" on `metric`, with the paper's own figure (`paper`) as a short string and, where the paper
+    gives one, its effect as a number in the claim's units (`paper_effect`, e.g. +4.52 points)."""
 
     id: str
     group: str
@@ -76,6 +101,7 @@ class Claim:
     b: Side
     metric: str
     paper: str
+    paper_effect: float | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -83,6 +109,11 @@ class Claim:
         for side in (self.a, self.b):
             if not isinstance(side, str | Best):
                 raise TypeError(f"claim {self.id!r}: a side is a method key or Best(...), got {side!r}")
+
+    @property
+    def family(self) -> str:
+        """The family Holm's adjustment runs over (`FAMILIES`)."""
+        return "controls" if self.group == CONTROL else "claims"
 
     def keys(self) -> tuple[str, ...]:
         """Every method key the claim reads (both sides, all Best candidates)."""
@@ -116,12 +147,13 @@ CLAIMS: tuple[Claim, ...] = (
             LP_IB,
             m,
             paper,
+            effect,
         )
-        for m, paper in (
-            ("overall", f"{_NP} (VPT-deep 37.52% overall; {_T1})"),
-            ("many", f"+3.94 ({_T1})"),
-            ("medium", f"+3.33 ({_T1})"),
-            ("few", f"+4.52 ({_T1})"),
+        for m, paper, effect in (
+            ("overall", f"{_NP} (VPT-deep 37.52% overall; {_T1})", None),
+            ("many", f"+3.94 ({_T1})", 3.94),
+            ("medium", f"+3.33 ({_T1})", 3.33),
+            ("few", f"+4.52 ({_T1})", 4.52),
         )
     ),
     *(
@@ -133,10 +165,11 @@ CLAIMS: tuple[Claim, ...] = (
             LP_CB,
             m,
             paper,
+            effect,
         )
-        for m, paper in (
-            ("overall", f"{_NP} (VPT-deep 44.17% overall; {_T1})"),
-            ("few", f"+8.67 ({_T1})"),
+        for m, paper, effect in (
+            ("overall", f"{_NP} (VPT-deep 44.17% overall; {_T1})", None),
+            ("few", f"+8.67 ({_T1})", 8.67),
         )
     ),
     *(
@@ -160,8 +193,29 @@ CLAIMS: tuple[Claim, ...] = (
             VPT_IB,
             m,
             paper,
+            effect,
         )
-        for m, paper in (("overall", f"+6.65 (44.17 vs 37.52; {_T1})"), ("few", _NP))
+        for m, paper, effect in (("overall", f"+6.65 (44.17 vs 37.52; {_T1})", 6.65), ("few", _NP, None))
+    ),
+    # LPT Table 2: VPT-deep (instance-balanced, the paper's VPT) against the frozen backbone's features
+    Claim(
+        "table2_knn_acc",
+        _VPT_STUDY,
+        "VPT-deep features beat the frozen backbone's on k-NN accuracy (LPT Table 2)",
+        feature_key(VPT_IB),
+        feature_key(FROZEN),
+        "knn_acc",
+        "+1.1 (Places-LT, LPT Table 2)",
+        1.1,
+    ),
+    Claim(
+        "table2_gamma",
+        _VPT_STUDY,
+        "VPT-deep features are more separable than the frozen backbone's: lower gamma (LPT Table 2)",
+        feature_key(VPT_IB),
+        feature_key(FROZEN),
+        "gamma",
+        "lower gamma (Places-LT, LPT Table 2)",
     ),
     # --- the LPT ladder: each rung adds one part of LPT to the rung before ---
     Claim(
@@ -220,6 +274,26 @@ CLAIMS: tuple[Claim, ...] = (
         VPT_CB,
         "overall",
         "+5.90 across sources (Places-LT: LPT 50.07, released checkpoint; VPT-deep 44.17, LPT Table 1)",
+        5.90,
+    ),
+    # the decoupling baselines a reviewer compares LPT with first (the same seeds, the same frozen backbone)
+    Claim(
+        "lpt_vs_crt_overall",
+        _LADDER,
+        "LPT (stage 2) beats cRT (classifier re-trained class-balanced on the instance-balanced VPT-deep model)",
+        STAGE2_ROW,
+        CRT_CB,
+        "overall",
+        _NP,
+    ),
+    Claim(
+        "lpt_vs_la_probe_overall",
+        _LADDER,
+        "LPT (stage 2) beats the logit-adjusted linear probe (instance-balanced sampling)",
+        STAGE2_ROW,
+        LP_LA_IB,
+        "overall",
+        _NP,
     ),
     # --- TEA vs the plain PEFT model, per PEFT method (CLIP, logit-adjusted loss) ---
     *(
@@ -263,7 +337,7 @@ CLAIMS: tuple[Claim, ...] = (
     # --- positive control: an effect the testbed must detect ---
     Claim(
         "control_la_probe_few",
-        "control",
+        CONTROL,
         "Logit adjustment beats plain cross-entropy (linear probe, instance-balanced sampling)",
         LP_LA_IB,
         LP_IB,
@@ -287,9 +361,17 @@ def _value(results: Results, key: str, seed: int, metric: str) -> float:
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"results[{key!r}][{seed!r}][{metric!r}] is not a number: {value!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+    if metric in LOWER_IS_BETTER:
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"results[{key!r}][{seed!r}][{metric!r}] = {value!r} is not a finite ratio >= 0")
+    elif not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"results[{key!r}][{seed!r}][{metric!r}] = {value!r} is not an accuracy in [0, 1]")
     return value
+
+
+def advantage(metric: str, a: float, b: float) -> float:
+    """How much `a` beats `b` on `metric`, in the claims' units: 100 (a - b), or 100 (b - a) where lower is better."""
+    return 100.0 * ((b - a) if metric in LOWER_IS_BETTER else (a - b))
 
 
 def _shared_seeds(results: Results, keys: Iterable[str]) -> list[int]:
@@ -315,7 +397,10 @@ def resolve(side: Side, results: Results) -> tuple[str | None, str]:
 
 
 def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> dict:
-    """One claims-table row (JSON-safe); differences in percentage points, 100 * (a - b)."""
+    """One claims-table row (JSON-safe), the claim alone in its family (`evaluate_claims` adjusts over families):
+    per-seed differences in the claims' units (`advantage`), their mean, t interval, paired t-test p-value
+    (`p`; `p_adjusted`), the minimum detectable effect at 80% power (`mde`), the raw verdict (`raw_verdict`, the
+    interval's) and the verdict (`verdict`: adjusted, or "unmeasurable"; see the module docstring)."""
     check_confidence(confidence)
     a, note_a = resolve(claim.a, results)
     b, note_b = resolve(claim.b, results)
@@ -325,6 +410,8 @@ def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> 
         "text": claim.text,
         "metric": claim.metric,
         "paper": claim.paper,
+        "paper_effect": claim.paper_effect,
+        "family": claim.family,
         "a_spec": str(claim.a),
         "b_spec": str(claim.b),
         "a": a,
@@ -336,27 +423,54 @@ def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> 
     }
     if note_a or note_b:
         note = "; ".join(n for n in (note_a, note_b) if n)
-        return {**row, **diff_interval([], confidence), "verdict": "not run", "note": note}
+        stats_ = diff_interval([], confidence)
+        return {**row, **stats_, **_tests(stats_, None, confidence, "not run"), "note": note}
     seeds = _shared_seeds(results, (a, b))
     va = [_value(results, a, s, claim.metric) for s in seeds]
     vb = [_value(results, b, s, claim.metric) for s in seeds]
-    stats_ = diff_interval([100.0 * (x - y) for x, y in zip(va, vb)], confidence)
+    stats_ = diff_interval([advantage(claim.metric, x, y) for x, y in zip(va, vb)], confidence)
     row.update(
         seeds=[int(s) for s in seeds],
         a_mean=100.0 * float(np.mean(va)) if seeds else None,
         b_mean=100.0 * float(np.mean(vb)) if seeds else None,
     )
     note = "" if seeds else f"no seed shared by {a} and {b}"
-    return {**row, **stats_, "verdict": verdict(stats_["low"], stats_["high"]), "note": note}
+    raw = verdict(stats_["low"], stats_["high"])
+    return {**row, **stats_, **_tests(stats_, claim.paper_effect, confidence, raw), "note": note}
+
+
+def _tests(stats_: dict, paper_effect: float | None, confidence: float, raw: str) -> dict:
+    """The test fields of a row, the claim alone in its family (p_adjusted = p)."""
+    p = paired_p_value(stats_["mean"], stats_["std"], stats_["n"])
+    mde = min_detectable_effect(stats_["std"], stats_["n"], 1.0 - confidence, POWER)
+    measurable = None if mde is None or paper_effect is None else bool(mde <= abs(paper_effect))
+    out = {"p": p, "mde": mde, "power": POWER, "measurable": measurable, "raw_verdict": raw}
+    return {**out, **_adjust(out, stats_["mean"], p, confidence)}
+
+
+def _adjust(row: dict, mean: float | None, p_adjusted: float | None, confidence: float) -> dict:
+    """`p_adjusted` and the verdict it gives (see the module docstring)."""
+    if row["raw_verdict"] == "not run":
+        return {"p_adjusted": None, "verdict": "not run"}
+    v = adjusted_verdict(mean, p_adjusted, 1.0 - confidence)
+    if v == "inconclusive" and row["measurable"] is False:
+        v = "unmeasurable"
+    return {"p_adjusted": p_adjusted, "verdict": v}
 
 
 def evaluate_claims(results: Results, claims: Sequence[Claim] = CLAIMS, confidence: float = 0.95) -> list[dict]:
-    """The claims table: one row per claim (see `evaluate_claim`); absent methods give verdict "not run"."""
+    """The claims table: one row per claim (see `evaluate_claim`), its p-values Holm-adjusted over each family
+    (`FAMILIES`) and its verdicts read from the adjusted ones; absent methods give verdict "not run"."""
     ids = [c.id for c in claims]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ValueError(f"duplicate claim ids: {', '.join(dup)}")
-    return [evaluate_claim(c, results, confidence) for c in claims]
+    rows = [evaluate_claim(c, results, confidence) for c in claims]
+    for family in FAMILIES:
+        members = [r for r in rows if r["family"] == family]
+        for r, p_adj in zip(members, holm([r["p"] for r in members])):
+            r.update(_adjust(r, r["mean"], p_adj, confidence))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,24 +530,51 @@ def _claim_label(row: dict) -> str:
     return text
 
 
+def _p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _tests_cell(row: dict) -> str:
+    """p raw / p Holm-adjusted."""
+    return "–" if row["p"] is None else f"{_p(row['p'])} / {_p(row['p_adjusted'])}"
+
+
+def _mde(row: dict) -> str:
+    return "–" if row.get("mde") is None else f"{row['mde']:.2f}"
+
+
 def claims_markdown(rows: Sequence[dict]) -> str:
-    """A markdown table: Claim | metric | paper | ours: mean [low, high] (n seeds) | verdict (percentage points)."""
+    """A markdown table: Claim | metric | paper | ours: mean [low, high] (n seeds) | p raw / Holm | detectable at
+    80% power | raw verdict | verdict (the claims' units, `UNITS`)."""
 
     def cell(s: str) -> str:
         return str(s).replace("|", "\\|").replace("\n", " ")
 
     lines = [
-        "| Claim | metric | paper | ours: mean [low, high] (n seeds) | verdict |",
-        "|---|---|---|---|---|",
+        "| Claim | metric | paper | ours: mean [low, high] (n seeds) | p: raw / Holm | detectable (80% power) "
+        "| raw verdict | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = (_claim_label(r), r["metric"], r["paper"], _ours(r), r["verdict"])
+        cells = (
+            _claim_label(r),
+            r["metric"],
+            r["paper"],
+            _ours(r),
+            _tests_cell(r),
+            _mde(r),
+            r["raw_verdict"],
+            f"**{r['verdict']}**",
+        )
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_claims(rows: Sequence[dict], title: str = "") -> Figure:
-    """Forest plot: per claim the mean paired difference (dot) and its t interval (bar), coloured by verdict."""
+    """Forest plot: per claim the mean paired difference (dot) and its t interval (bar), coloured by verdict (the
+    Holm-adjusted one)."""
     n = len(rows)
     fig = Figure(figsize=(11.0, 1.4 + 0.32 * max(n, 1)), layout="constrained")
     ax = fig.subplots()
@@ -450,10 +591,12 @@ def plot_claims(rows: Sequence[dict], title: str = "") -> Figure:
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_yticks(ys, [f"{r['text']} [{r['metric']}]" for r in rows], fontsize=8)
     ax.set_ylim(n - 0.5, -0.5)  # first claim on top
-    ax.set_xlabel(f"difference a − b (percentage points), {_confidence_pct(rows)}% t interval over seeds")
+    ax.set_xlabel(f"how much a beats b (points; gamma × 100), {_confidence_pct(rows)}% t interval over seeds")
     ax.grid(axis="x", alpha=0.3)
-    handles = [Line2D([], [], color=VERDICT_COLORS[v], marker="o", linewidth=2.0, label=v) for v in VERDICTS]
-    ax.legend(handles=handles, title="verdict", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    handles = [Line2D([], [], color=VERDICT_COLORS[v], marker="o", linewidth=2.0, label=v) for v in VERDICTS_ADJUSTED]
+    ax.legend(
+        handles=handles, title="verdict (Holm)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+    )
     if title:
         ax.set_title(title)
     return fig

@@ -9,8 +9,9 @@ Notebook `06_report` draws its figures from `collect`; the README's results bloc
 
 Input (one file per stage and seed, `{method_key: row}`): metrics/vpt_study/seed_<s>.json,
 metrics/lpt_stage1/seed_<s>.json (the LPT ladder and stage 1), metrics/lpt_stage2/seed_<s>.json,
-metrics/tea/seed_<s>.json (zero-shot CLIP and every TEA matrix member) and metrics/lptpp/seed_<s>.json; plus
-metrics/data.json for the class counts. Every number is a run's last epoch (fixed schedule; test evaluated once).
+metrics/tea/seed_<s>.json (zero-shot CLIP and every TEA matrix member) and metrics/lptpp/seed_<s>.json; the VPT
+study's Table 2 (metrics/vpt_study_features/seed_<s>.json: gamma and k-NN accuracy per feature extractor, for the
+claims only); plus metrics/data.json for the class counts. Every number is a run's last epoch (fixed schedule; test evaluated once).
 
 Table rows: the VPT study, the LPT ladder and stages 1 and 2, zero-shot CLIP, per PEFT method the TEA member with
 the best mean *val* accuracy and the same PEFT method and loss without TEA, and the LPT++ rows (each expert alone,
@@ -35,7 +36,7 @@ from lptlib.data.profiles import shot_groups
 from lptlib.measure.stats import format_mean_std, seed_summary
 from lptlib.paths import repo_root
 from lptlib.recipes.tea import ZERO_SHOT_KEY
-from lptlib.recipes.vpt_study import LP_IB
+from lptlib.recipes.vpt_study import LP_IB, feature_key
 from lptlib.report.claims import claims_markdown, evaluate_claims
 
 GROUPS = ("overall", "many", "medium", "few")
@@ -68,6 +69,10 @@ STAGES: tuple[StageFiles, ...] = (
     StageFiles("tea", "tea", "tea"),
     StageFiles("lptpp", "lptpp_phase3", "lptpp"),
 )
+#: LPT Table 2 per seed, `{extractor: {"gamma", "knn_acc", ...}}`: read into the claims' results under
+#: `feature_key(extractor)`, no table row
+FEATURES = StageFiles("vpt_study_features", "vpt_study", "vpt_study")
+FEATURE_METRICS = ("gamma", "knn_acc")
 _SEED_FILE = re.compile(r"seed_(\d+)\.json")
 
 
@@ -322,6 +327,23 @@ def _load_stage(
     return {k: {s: per_seed[s][k] for s in per_seed} for k in keys}, list(per_seed)
 
 
+def _load_features(metrics_dir: Path, wanted: list[int] | None) -> dict[str, dict[int, dict]]:
+    """LPT Table 2 of every seed, `{feature_key(extractor): {seed: row}}` (each row with `FEATURE_METRICS`)."""
+    files = _stage_seeds(metrics_dir, FEATURES, wanted)
+    out: dict[str, dict[int, dict]] = {}
+    for seed, path in files.items():
+        try:
+            table = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path} is not valid JSON ({e}); re-run `dvc repro vpt_study@{seed}`") from None
+        for extractor, row in table.items():
+            missing = [m for m in FEATURE_METRICS if m not in row]
+            if missing:
+                raise ReportError(f"{path}: {extractor!r} lacks {missing}; re-run `dvc repro vpt_study@{seed}`")
+            out.setdefault(feature_key(extractor), {})[seed] = row
+    return out
+
+
 def _params(per_seed: Mapping[int, dict]) -> int | None:
     p = next(iter(per_seed.values())).get("trainable_params")
     return None if p is None else int(p)
@@ -353,6 +375,7 @@ def collect(metrics_dir: str | Path = "metrics", seeds: Any = None) -> Report:
                 raise ReportError(f"method {key!r} is written by both `{stage_of[key]}` and `{spec.stage}`")
             results[key] = per_seed
             stage_of[key] = spec.stage
+    results.update(_load_features(metrics_dir, used["vpt_study"]))
 
     def make(key: str, note: str = "") -> Row:
         return Row(key, stage_of[key], results[key], _params(results[key]), note)
@@ -455,7 +478,10 @@ def results_markdown(report: Report) -> str:
             "",
             markdown_table(report),
             "",
-            "Claims: a − b in percentage points, paired by seed, mean and 95% t interval over the seeds.",
+            "Claims: how much a beats b in percentage points (gamma: 100 × the decrease), paired by seed; mean and "
+            "95% t interval over the seeds, the paired t-test's p-value raw and Holm-adjusted over the claims (the "
+            "controls apart), the effect the seeds detect with 80% power; **verdict** from the adjusted p-value "
+            "(*unmeasurable*: inconclusive, and the paper's effect is below the detectable one).",
             "",
             claims_markdown(report.claims()).rstrip("\n"),
         ]
