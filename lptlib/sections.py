@@ -55,6 +55,13 @@ class VPTStudyConfig(Section):
         Schedule(epochs=10, lr=0.5), description="linear probing on cached features (also the LA probe and cRT)"
     )
     vpt_deep: Schedule = Field(Schedule(epochs=10, lr=0.25), description="VPT-deep prompt tuning")
+    replica_seed_offset: int | None = Field(
+        1000,
+        ge=1,
+        description="the A/A control: VPT-deep with class-balanced sampling trained a second time on the same split, "
+        "its initialisation, augmentation and sampler seeded with seed + this offset (row "
+        "vpt_deep_replica/class_balanced); null: no replica",
+    )
     knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
     feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
     resume: Resume = "auto"

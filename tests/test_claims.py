@@ -23,11 +23,13 @@ from lptlib.measure.stats import (  # noqa: E402
 )
 from lptlib.report.claims import (  # noqa: E402
     CLAIMS,
+    CONTROL_EXPECTED,
     METRICS,
     Best,
     Claim,
     claims_json,
     claims_markdown,
+    control_failures,
     evaluate_claims,
     method_keys,
     plot_claims,
@@ -41,6 +43,7 @@ DOCUMENTED_KEYS = {
     "crt/class_balanced",
     "vpt_deep/instance_balanced",
     "vpt_deep/class_balanced",
+    "vpt_deep_replica/class_balanced",
     "ladder/cosine_head",
     "ladder/agcl",
     "ladder/dual_sampling",
@@ -280,9 +283,13 @@ def test_default_claims_cover_the_brief():
     assert len(ids) == len(set(ids))
     by_id = {c.id: c for c in CLAIMS}
     assert {"vpt_vs_lp_ib_overall", "vpt_vs_lp_ib_many", "vpt_vs_lp_ib_medium", "vpt_vs_lp_ib_few"} <= set(ids)
-    control = [c for c in CLAIMS if c.group == "control"]
-    assert len(control) == 1 and control[0].metric == "few"
-    assert (control[0].a, control[0].b) == ("linear_probe_la/instance_balanced", "linear_probe/instance_balanced")
+    control = {c.id: c for c in CLAIMS if c.group == "control"}
+    assert set(control) == set(CONTROL_EXPECTED) == {"control_la_probe_few", "control_aa_vpt_cb"}
+    positive, aa = control["control_la_probe_few"], control["control_aa_vpt_cb"]
+    assert positive.metric == "few" and aa.metric == "overall"
+    assert (positive.a, positive.b) == ("linear_probe_la/instance_balanced", "linear_probe/instance_balanced")
+    assert (aa.a, aa.b) == ("vpt_deep/class_balanced", "vpt_deep_replica/class_balanced")
+    assert all(c.family == "controls" for c in control.values())
     assert by_id["lptpp_moe_vs_best_expert_overall"].b == Best(("lptpp/visual", "lptpp/vision_language"))
     ladder = ["vpt_deep/class_balanced", "ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
     ladder.append("lpt_stage2")
@@ -503,3 +510,17 @@ def test_the_missing_claims_are_in_the_table():
     assert published["vpt_vs_lp_ib_few"] == 4.52 and published["vpt_vs_lp_cb_few"] == 8.67
     for cid, effect in published.items():  # the number is the one the paper column quotes
         assert f"{effect:+.2f}".rstrip("0").rstrip(".") in by_id[cid].paper or f"{effect:+.1f}" in by_id[cid].paper
+
+
+def test_control_failures_name_a_control_with_the_wrong_verdict():
+    results = full_results()
+    rows = evaluate_claims(results)
+    by_id = {r["id"]: r for r in rows}
+    by_id["control_la_probe_few"]["verdict"] = "inconclusive"
+    by_id["control_aa_vpt_cb"]["verdict"] = "supported"
+    failures = control_failures(rows)
+    assert len(failures) == 2 and "control_la_probe_few" in failures[0] and "not supported" in failures[0]
+    assert "control_aa_vpt_cb" in failures[1] and "not inconclusive" in failures[1]
+    by_id["control_la_probe_few"]["verdict"] = "supported"
+    by_id["control_aa_vpt_cb"]["verdict"] = "not run"
+    assert control_failures(rows) == []

@@ -74,6 +74,7 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
         "crt/class_balanced",
         "vpt_deep/instance_balanced",
         "vpt_deep/class_balanced",
+        "vpt_deep_replica/class_balanced",
         "lpt_stage1",
         "lpt_stage2",
     }

@@ -140,6 +140,7 @@ def test_01_vpt_study(tmp_path):
         "crt/class_balanced",
         "vpt_deep/instance_balanced",
         "vpt_deep/class_balanced",
+        "vpt_deep_replica/class_balanced",
     ]
     for name in ("linear_probe/class_balanced", "linear_probe_la/instance_balanced", "crt/class_balanced"):
         assert m[name]["trainable_params"] == 128 * 10 + 10  # a head on cached features
@@ -148,11 +149,11 @@ def test_01_vpt_study(tmp_path):
         assert all(0 <= row[k] <= 1 for k in ("overall", "many", "medium", "few", "val_overall"))
         assert row["epochs"] == 1 and row["val_best_epoch"] == 0 and "best_epoch" not in row
     features = json.loads((tmp_path / "out" / "features.json").read_text())
-    assert set(features) == {"frozen", "VPT-deep (instance_balanced)", "VPT-deep (class_balanced)"}
+    assert set(features) == {"frozen", "vpt_deep/instance_balanced", "vpt_deep/class_balanced"}  # no replica
     assert all(v["gamma"] > 0 and 0 <= v["knn_acc"] <= 1 for v in features.values())
     figs = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
     assert figs == {"table1_shot_accuracy.png", "lda.png"}
-    assert len(list((tmp_path / "out" / "checkpoints").glob("*.pt"))) == 2  # the end-to-end (VPT-deep) runs
+    assert len(list((tmp_path / "out" / "checkpoints").glob("*.pt"))) == 3  # the end-to-end (VPT-deep) runs
 
 
 @pytest.mark.notebook

@@ -76,7 +76,7 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     assert data["train_images"] == 1_236 and set(pretrain) == {"vit-mini", "clip-mini"}
     for seed in (0, 1):
         study = json.loads((clone / "metrics" / "vpt_study" / f"seed_{seed}.json").read_text())
-        assert len(study) == 6 and (clone / "metrics" / "vpt_study_features" / f"seed_{seed}.json").is_file()
+        assert len(study) == 7 and (clone / "metrics" / "vpt_study_features" / f"seed_{seed}.json").is_file()
         stage1 = json.loads((clone / "metrics" / "lpt_stage1" / f"seed_{seed}.json").read_text())
         assert list(stage1) == ["ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
     seed0 = json.loads((clone / "metrics" / "vpt_study" / "seed_0.json").read_text())

@@ -39,6 +39,7 @@ VPT_STUDY = {
     "crt/class_balanced": (0.60, 0.60),
     "vpt_deep/instance_balanced": (0.52, 0.52),
     "vpt_deep/class_balanced": (0.64, 0.63),
+    "vpt_deep_replica/class_balanced": (0.64, 0.63),
 }
 LPT_STAGE1 = {
     "ladder/cosine_head": (0.62, 0.61),
@@ -144,7 +145,7 @@ def test_collect_reads_every_seed_of_every_stage(metrics_dir):
         == json.loads((metrics_dir / "lpt_stage1" / "seed_1.json").read_text())["lpt_stage1"]
     )
     names = [r.name for r in rep.rows]
-    assert names[:12] == [*VPT_STUDY, *LPT_STAGE1, *LPT_STAGE2, "zero_shot_clip"]
+    assert names[:13] == [*VPT_STUDY, *LPT_STAGE1, *LPT_STAGE2, "zero_shot_clip"]
     assert names[-4:] == list(LPTPP)
     assert {r.stage for r in rep.rows} == {s.stage for s in report.STAGES}
     assert all(r.n == len(SEEDS) for r in rep.rows)

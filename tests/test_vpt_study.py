@@ -95,6 +95,7 @@ def test_table1_rows_are_the_same_in_two_worker_processes_as_in_this_one(tmp_pat
         "crt/class_balanced",
         "vpt_deep/instance_balanced",
         "vpt_deep/class_balanced",
+        "vpt_deep_replica/class_balanced",
     ]
     for name in one:
         for key in ("overall", "many", "medium", "few", "val_overall", "per_class", "epochs"):

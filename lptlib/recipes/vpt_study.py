@@ -44,7 +44,9 @@ LP_LA_IB = row_name("linear_probe_la", "instance_balanced")  # the logit-adjuste
 CRT_CB = row_name("crt", "class_balanced")  # cRT on the instance-balanced VPT-deep representation
 VPT_IB = row_name("vpt_deep", "instance_balanced")
 VPT_CB = row_name("vpt_deep", "class_balanced")
-TABLE1_ROWS = (LP_IB, LP_CB, LP_LA_IB, CRT_CB, VPT_IB, VPT_CB)
+#: the A/A control: VPT-deep (class-balanced) again on the same split, from other init / augmentation / sampler seeds
+VPT_CB_REPLICA = row_name("vpt_deep_replica", "class_balanced")
+TABLE1_ROWS = (LP_IB, LP_CB, LP_LA_IB, CRT_CB, VPT_IB, VPT_CB, VPT_CB_REPLICA)
 #: Table 2's feature extractors: the frozen backbone, and every VPT-deep model of Table 1 under its row key
 FROZEN = "frozen"
 
@@ -80,11 +82,12 @@ def table1_run(
     checkpoint: Path | None,
     resume: str = "auto",
     name: str = "train",
+    seed: int | None = None,
 ) -> Run:
     """The run of one end-to-end Table 1 row: cross-entropy with the given sampling for a fixed schedule; the
-    final state is tested once."""
+    final state is tested once. The sampler is seeded with `seed` (default: the run's seed)."""
     lt = data.transformed(model.backbone.normalization)
-    sampler = make_sampler(sampling, lt.train.targets, cfg.seed)
+    sampler = make_sampler(sampling, lt.train.targets, cfg.seed if seed is None else seed)
     loader = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)
     return classifier_run(
         model,
@@ -237,15 +240,22 @@ def vpt_deep_row(
     checkpoint: str | None,
     cache_views: int = 0,
     test: bool = True,
+    replica: bool = False,
 ) -> dict:
     """One VPT-deep row of Table 1 for `cfg.seed`: {'row', 'history', 'tuner'} and, with `cache_views`, the tuned
-    representation's `cache` (for cRT)."""
+    representation's `cache` (for cRT). `replica`: the A/A control's second run (row `VPT_CB_REPLICA` for
+    class-balanced sampling): the same split, its initialisation, augmentation and sampler seeded with
+    seed + `vpt_study.replica_seed_offset`."""
     study = cfg.vpt_study
-    name = row_name("vpt_deep", sampling)
-    torch.manual_seed(cfg.seed)  # the same initialisation for every sampling mode (paired)
+    if replica and study.replica_seed_offset is None:
+        raise ValueError("a VPT-deep replica needs vpt_study.replica_seed_offset (it is null)")
+    name = row_name("vpt_deep_replica" if replica else "vpt_deep", sampling)
+    seed = cfg.seed + study.replica_seed_offset if replica else cfg.seed
+    torch.manual_seed(seed)  # the same initialisation for every sampling mode (paired); another for the replica
     model = build_vpt_model(backbone, data.num_classes, study)
     ckpt = Path(checkpoint) if checkpoint else None
-    result = fit(table1_run(model, data, sampling, study.vpt_deep, cfg, ckpt, study.resume, name), test=test)
+    run = table1_run(model, data, sampling, study.vpt_deep, cfg, ckpt, study.resume, name, seed)
+    result = fit(run, test=test)
     out = {
         "row": result.row(count_trainable(model)),
         "history": result.history,
@@ -286,7 +296,9 @@ def run_table1(
     backbone: Backbone, data: LTData, cfg: Config, checkpoint_dir: Path | None, workers: int = 1, test: bool = True
 ) -> Table1:
     """Every Table 1 row of `cfg.seed`: VPT-deep under each sampling mode (end to end, same initialisation), then
-    the linear probe (each sampling), the LA probe and cRT on cached features. With `workers` > 1 the VPT-deep
+    the linear probe (each sampling), the LA probe and cRT on cached features, and (unless
+    `vpt_study.replica_seed_offset` is null) the A/A control's replica of class-balanced VPT-deep. With `workers` > 1
+    the VPT-deep
     runs and the frozen feature cache are computed in parallel processes that rebuild `backbone` and `data` from
     `cfg` (so pass the ones `cfg` describes); with 1, in this process from the objects given. Rows are the final
     states of fixed schedules; the test split is evaluated once per row."""
@@ -296,6 +308,9 @@ def run_table1(
         ckpt = checkpoint_dir / f"{row_name('vpt_deep', sampling).replace('/', '-')}.pt" if checkpoint_dir else None
         crt = study.feature_views if sampling == "instance_balanced" else 0
         jobs.append(dict(sampling=sampling, checkpoint=str(ckpt) if ckpt else None, cache_views=crt, test=test))
+    if study.replica_seed_offset is not None and "class_balanced" in study.samplings:
+        ckpt = checkpoint_dir / f"{VPT_CB_REPLICA.replace('/', '-')}.pt" if checkpoint_dir else None
+        jobs.append(dict(sampling="class_balanced", checkpoint=str(ckpt) if ckpt else None, test=test, replica=True))
     if workers > 1:
         tasks = [dict(cfg=cfg, kind="vpt", **j) for j in jobs] + [dict(cfg=cfg, kind="frozen", test=test)]
         results = run_tasks(_table1_task, tasks, workers)
@@ -304,6 +319,9 @@ def run_table1(
     caches = {"frozen": results[-1]}
     rows, models = {}, {}
     for job, out in zip(jobs, results[:-1], strict=True):
+        if job.get("replica"):
+            rows[VPT_CB_REPLICA] = {**out["row"], "history": out["history"]}
+            continue
         name = row_name("vpt_deep", job["sampling"])
         rows[name] = {**out["row"], "history": out["history"]}
         model = build_vpt_model(backbone, data.num_classes, study)
@@ -314,7 +332,7 @@ def run_table1(
     probes = probe_rows(caches, data, cfg, test=test)
     order = [row_name("linear_probe", s) for s in study.samplings]
     order += [LP_LA_IB, CRT_CB]
-    order += [row_name("vpt_deep", s) for s in study.samplings]
+    order += [row_name("vpt_deep", s) for s in study.samplings] + [VPT_CB_REPLICA]
     merged = {**probes, **rows}
     return Table1({k: merged[k] for k in order if k in merged}, models)
 

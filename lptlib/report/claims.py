@@ -40,7 +40,17 @@ from lptlib.measure.stats import (
 from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW, ladder_row
 from lptlib.recipes.lptpp import MOE_ROW, UNIFORM_ROW, expert_row
 from lptlib.recipes.tea import member_name, method_key
-from lptlib.recipes.vpt_study import CRT_CB, FROZEN, LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB, feature_key
+from lptlib.recipes.vpt_study import (
+    CRT_CB,
+    FROZEN,
+    LP_CB,
+    LP_IB,
+    LP_LA_IB,
+    VPT_CB,
+    VPT_CB_REPLICA,
+    VPT_IB,
+    feature_key,
+)
 from lptlib.sections import PEFT
 
 #: accuracies (in [0, 1]; higher is better) and LPT Table 2's feature ratio gamma (lower is better)
@@ -118,6 +128,22 @@ class Claim:
     def keys(self) -> tuple[str, ...]:
         """Every method key the claim reads (both sides, all Best candidates)."""
         return tuple(k for side in (self.a, self.b) for k in ((side,) if isinstance(side, str) else side.keys))
+
+
+#: what each control must come out as (its Holm-adjusted verdict within the controls' family), or the testbed is
+#: too noisy (the positive control) or biased (the A/A control) for the claims' verdicts to mean what they say
+CONTROL_EXPECTED = {"control_la_probe_few": "supported", "control_aa_vpt_cb": "inconclusive"}
+
+
+def control_failures(rows: Sequence[dict]) -> list[str]:
+    """One sentence per control row whose verdict is not the one it must have (`CONTROL_EXPECTED`; rows not run
+    are skipped)."""
+    out = []
+    for r in rows:
+        want = CONTROL_EXPECTED.get(r["id"])
+        if want is not None and r["verdict"] not in (want, "not run"):
+            out.append(f"the control {r['id']!r} ({r['text']}) came out {r['verdict']}, not {want}")
+    return out
 
 
 def method_keys(claims: Iterable[Claim]) -> set[str]:
@@ -334,7 +360,7 @@ CLAIMS: tuple[Claim, ...] = (
         )
         for m in ("overall", "few")
     ),
-    # --- positive control: an effect the testbed must detect ---
+    # --- controls: an effect the testbed must detect, and a comparison of a configuration with itself ---
     Claim(
         "control_la_probe_few",
         CONTROL,
@@ -343,6 +369,16 @@ CLAIMS: tuple[Claim, ...] = (
         LP_IB,
         "few",
         f"{_NP} (positive control: must come out supported)",
+    ),
+    Claim(
+        "control_aa_vpt_cb",
+        CONTROL,
+        "A/A control: VPT-deep (class-balanced) beats itself trained from other initialisation, augmentation and "
+        "sampler seeds on the same split",
+        VPT_CB,
+        VPT_CB_REPLICA,
+        "overall",
+        "no difference (A/A control: must come out inconclusive)",
     ),
 )
 
