@@ -284,10 +284,14 @@ def test_default_claims_cover_the_brief():
     by_id = {c.id: c for c in CLAIMS}
     assert {"vpt_vs_lp_ib_overall", "vpt_vs_lp_ib_many", "vpt_vs_lp_ib_medium", "vpt_vs_lp_ib_few"} <= set(ids)
     control = {c.id: c for c in CLAIMS if c.group == "control"}
-    assert set(control) == set(CONTROL_EXPECTED) == {"control_la_probe_few", "control_aa_vpt_cb"}
-    positive, aa = control["control_la_probe_few"], control["control_aa_vpt_cb"]
-    assert positive.metric == "few" and aa.metric == "overall"
-    assert (positive.a, positive.b) == ("linear_probe_la/instance_balanced", "linear_probe/instance_balanced")
+    assert set(control) == set(CONTROL_EXPECTED)
+    assert set(control) == {"control_la_probe_few", "control_la_probe_overall", "control_aa_vpt_cb"}
+    aa = control["control_aa_vpt_cb"]
+    for cid, metric in (("control_la_probe_few", "few"), ("control_la_probe_overall", "overall")):
+        positive = control[cid]
+        assert positive.metric == metric and CONTROL_EXPECTED[cid] == "supported"
+        assert (positive.a, positive.b) == ("linear_probe_la/instance_balanced", "linear_probe/instance_balanced")
+    assert aa.metric == "overall" and CONTROL_EXPECTED["control_aa_vpt_cb"] == "inconclusive"
     assert (aa.a, aa.b) == ("vpt_deep/class_balanced", "vpt_deep_replica/class_balanced")
     assert all(c.family == "controls" for c in control.values())
     assert by_id["lptpp_moe_vs_best_expert_overall"].b == Best(("lptpp/visual", "lptpp/vision_language"))
@@ -517,6 +521,7 @@ def test_control_failures_name_a_control_with_the_wrong_verdict():
     rows = evaluate_claims(results)
     by_id = {r["id"]: r for r in rows}
     by_id["control_la_probe_few"]["verdict"] = "inconclusive"
+    by_id["control_la_probe_overall"]["verdict"] = "supported"
     by_id["control_aa_vpt_cb"]["verdict"] = "supported"
     failures = control_failures(rows)
     assert len(failures) == 2 and "control_la_probe_few" in failures[0] and "not supported" in failures[0]

@@ -132,7 +132,11 @@ class Claim:
 
 #: what each control must come out as (its Holm-adjusted verdict within the controls' family), or the testbed is
 #: too noisy (the positive control) or biased (the A/A control) for the claims' verdicts to mean what they say
-CONTROL_EXPECTED = {"control_la_probe_few": "supported", "control_aa_vpt_cb": "inconclusive"}
+CONTROL_EXPECTED = {
+    "control_la_probe_few": "supported",
+    "control_la_probe_overall": "supported",
+    "control_aa_vpt_cb": "inconclusive",
+}
 
 
 def control_failures(rows: Sequence[dict]) -> list[str]:
@@ -369,6 +373,15 @@ CLAIMS: tuple[Claim, ...] = (
         LP_IB,
         "few",
         f"{_NP} (positive control: must come out supported)",
+    ),
+    Claim(
+        "control_la_probe_overall",
+        CONTROL,
+        "Logit adjustment beats plain cross-entropy (linear probe, instance-balanced sampling)",
+        LP_LA_IB,
+        LP_IB,
+        "overall",
+        f"{_NP} (positive control of the contested effects' size: must come out supported)",
     ),
     Claim(
         "control_aa_vpt_cb",
