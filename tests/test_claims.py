@@ -419,7 +419,7 @@ def test_adjusted_verdict():
 
 def test_min_detectable_effect_has_the_stated_power_by_simulation():
     rng = np.random.default_rng(0)
-    for n, sd in ((5, 2.0), (3, 1.0)):
+    for n, sd in ((5, 2.0), (3, 1.0), (2, 0.5)):
         mde = min_detectable_effect(sd, n)
         d = rng.normal(mde, sd, size=(40000, n))
         p = stats.ttest_1samp(d, 0.0, axis=1).pvalue
@@ -429,6 +429,11 @@ def test_min_detectable_effect_has_the_stated_power_by_simulation():
     assert min_detectable_effect(1.0, 5) == pytest.approx(2 * min_detectable_effect(0.5, 5))
     assert min_detectable_effect(None, 5) is None and min_detectable_effect(1.0, 1) is None
     assert min_detectable_effect(0.0, 4) == 0.0
+    for n in range(2, 13):  # any spread, tiny (equal differences up to rounding) or huge: finite, linear in it
+        unit = min_detectable_effect(1.0, n)
+        assert np.isfinite(unit) and unit > 0
+        assert min_detectable_effect(1e-14, n) == pytest.approx(1e-14 * unit)
+        assert min_detectable_effect(1e9, n) == pytest.approx(1e9 * unit)
     with pytest.raises(ValueError, match="power"):
         min_detectable_effect(1.0, 5, power=1.0)
 

@@ -5,6 +5,7 @@ table (`lptlib.report.claims`) that applies them to every claim."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -121,16 +122,22 @@ def min_detectable_effect(std: float | None, n: int, alpha: float = 0.05, power:
         return None
     if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0):
         raise ValueError(f"alpha and power must be in (0, 1), got alpha={alpha!r}, power={power!r}")
-    if std == 0.0:
-        return 0.0
+    return _mde_in_stds(n, alpha, power) * std
+
+
+@functools.cache
+def _mde_in_stds(n: int, alpha: float, power: float) -> float:
+    """The minimum detectable effect in units of the differences' std (power depends on effect / std only, so the
+    solve never sees a tiny or huge std)."""
     df = n - 1
     crit = float(stats.t.ppf(1.0 - alpha / 2.0, df))
 
     def shortfall(effect: float) -> float:
-        nc = effect * math.sqrt(n) / std
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)) - power
+        nc = effect * math.sqrt(n)
+        # P(T < -crit) = P(T' > crit) for T' ~ t(df, -nc): scipy's nct.cdf returns NaN in that far tail
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)) - power
 
-    high = std
+    high = 1.0
     while shortfall(high) < 0:
         high *= 2.0
-    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-10 * std))
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-12))
