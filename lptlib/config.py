@@ -343,7 +343,10 @@ def describe(model: type[BaseModel] = Config, prefix: str = "", base: Any = None
             rows.append(
                 (
                     f"{prefix}{name}",
-                    yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix("...").strip(),
+                    yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6)
+                    .strip()
+                    .removesuffix("...")
+                    .strip(),
                     f.description or "",
                 )
             )

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 from lptlib import dist
 from lptlib.data.datasets import LTData
 from lptlib.data.samplers import SingleSampling
-from lptlib.measure.metrics import shot_accuracy
+from lptlib.measure.metrics import prior_corrected, shot_accuracy
 from lptlib.schema import Field, Section, without_resume
 from lptlib.utils import atomic_write_bytes, code_digest, default_device, progress
 
@@ -113,6 +113,7 @@ class FitResult:
     steps: list[dict] = field(default_factory=list)  # per step: step, epoch, lr, loss
     val_best_epoch: int | None = None  # 0-based epoch with the best val overall among the val points (information)
     val_best_overall: float | None = None
+    posthoc: dict | None = None  # the final state's test metrics after the post-hoc prior correction chosen on val
 
     def row(self, trainable_params: int) -> dict:
         """A metrics-file row: test accuracy by shot group of the final state (with per-class and the confusion
@@ -141,6 +142,11 @@ class FitResult:
                 **{f"val_{g}": self.val[g] for g in ("many", "medium", "few") if g in self.val},
                 val_best_epoch=self.val_best_epoch,
                 val_best_overall=self.val_best_overall,
+            )
+        if self.posthoc is not None:
+            row.update(
+                posthoc_tau=self.posthoc["tau"],
+                **{f"posthoc_{k}": self.posthoc[k] for k in ("overall", "many", "medium", "few") if k in self.posthoc},
             )
         return row
 
@@ -312,6 +318,8 @@ class Optim:
 
 
 Evaluation = Callable[[nn.Module, str], tuple[dict, torch.Tensor]]
+#: (val outputs, test outputs) of the final state -> test metrics after a post-hoc correction chosen on val
+PriorCorrection = Callable[[torch.Tensor, torch.Tensor], dict]
 
 
 @dataclass
@@ -320,10 +328,12 @@ class Run:
 
     `model.tuner` holds the trainable tensors (a model without `tuner` trains as a whole, e.g. pretraining).
     `batches(epoch)` yields the epoch's batches and `len(batches)` is the steps per epoch; `objective(model,
-    batch, epoch) -> loss` with the batch on the device. `evaluate(model, split) -> (metrics, predictions)` with
-    metrics['overall'] the val score: called on 'val' every `val_every` epochs and after the last when `has_val`,
-    and once on 'test' after training, with the final state. `settings` identify the run for resume (see
-    `run_settings`)."""
+    batch, epoch) -> loss` with the batch on the device. `evaluate(model, split) -> (metrics, outputs)` with
+    metrics['overall'] the val score and `outputs` (N, C) scores whose argmax is the prediction: called on 'val'
+    every `val_every` epochs and after the last when `has_val`, and once on 'test' after training, with the final
+    state. `prior_correction(val outputs, test outputs)` (if any) scores the final state's test outputs once more
+    after a post-hoc prior correction chosen on val (`lptlib.measure.metrics.prior_corrected`). `settings`
+    identify the run for resume (see `run_settings`)."""
 
     name: str
     model: nn.Module
@@ -332,6 +342,7 @@ class Run:
     epochs: int
     optim: Optim
     evaluate: Evaluation | None = None
+    prior_correction: PriorCorrection | None = None
     has_val: bool = False
     val_every: int = 1
     checkpoint: str | os.PathLike | None = None
@@ -344,16 +355,22 @@ class Run:
         return getattr(self.model, "tuner", self.model)
 
 
-def shot_evaluation(data: LTData, batch_size: int, device: torch.device) -> tuple[Evaluation, bool]:
-    """(`evaluate(model, split)`: shot-group accuracy of the argmax predictions on `data`'s val or test split, in
-    sequential batches of `batch_size`; whether `data` has a val split)."""
+def shot_evaluation(data: LTData, batch_size: int, device: torch.device) -> tuple[Evaluation, PriorCorrection | None]:
+    """(`evaluate(model, split) -> (metrics, logits)`: shot-group accuracy of the argmax predictions on `data`'s val
+    or test split, in sequential batches of `batch_size`; the post-hoc prior correction of the final state's
+    logits, None without a val split)."""
     val_loader, test_loader = data.eval_loaders(batch_size)
-    loaders = {"val": val_loader, "test": test_loader}
+    loaders, labels = {"val": val_loader, "test": test_loader}, {}
 
     def evaluation(model: nn.Module, split: str) -> tuple[dict, torch.Tensor]:
-        return evaluate(model, loaders[split], device, data, desc=split)
+        model.eval()
+        logits, labels[split] = predict(model, loaders[split], device, desc=split)
+        return shot_accuracy(logits.argmax(1), labels[split], data.shot_counts, groups=data.groups), logits
 
-    return evaluation, val_loader is not None
+    def correction(val_logits: torch.Tensor, test_logits: torch.Tensor) -> dict:
+        return prior_corrected(val_logits, labels["val"], test_logits, labels["test"], data.train_counts, data.groups)
+
+    return evaluation, (correction if val_loader is not None else None)
 
 
 def classifier_run(
@@ -373,7 +390,7 @@ def classifier_run(
     `data`'s test split, by the shot groups `data` carries (`data` as the model sees it: `LTData.transformed`)."""
     device = default_device()
     batches = SingleSampling(train) if isinstance(train, DataLoader) else train
-    evaluation, has_val = shot_evaluation(data, schedule.eval_batch_size, device)
+    evaluation, correction = shot_evaluation(data, schedule.eval_batch_size, device)
     return Run(
         name,
         model,
@@ -382,7 +399,8 @@ def classifier_run(
         schedule.epochs,
         Optim.sgd(schedule, len(batches)),
         evaluate=evaluation,
-        has_val=has_val,
+        prior_correction=correction,
+        has_val=correction is not None,
         val_every=schedule.val_every,
         checkpoint=checkpoint,
         resume=resume,
@@ -449,7 +467,7 @@ def fit(run: Run, test: bool = True) -> FitResult:
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
-    val_metrics = None
+    val_metrics, val_out = None, None
     for epoch in range(start, run.epochs):
         model.train()
         losses = []
@@ -472,7 +490,7 @@ def fit(run: Run, test: bool = True) -> FitResult:
             steps.append({"step": step, "epoch": epoch, "lr": lr, "loss": losses[-1]})
         row = {"epoch": epoch, "loss": dist.mean_over_ranks(sum(losses) / len(losses)), "lr": opt.param_groups[0]["lr"]}
         if run.has_val and ((epoch + 1) % run.val_every == 0 or epoch == run.epochs - 1):
-            val_metrics, _ = run.evaluate(model, "val")
+            val_metrics, val_out = run.evaluate(model, "val")
             row.update({f"val_{k}": val_metrics[k] for k in ("overall", "many", "medium", "few") if k in val_metrics})
         history.append(row)
         if run.checkpoint is not None:
@@ -490,17 +508,22 @@ def fit(run: Run, test: bool = True) -> FitResult:
             )
 
     model.eval()
-    test_metrics, test_preds = {}, torch.empty(0, dtype=torch.long)
+    test_metrics, test_preds, posthoc = {}, torch.empty(0, dtype=torch.long), None
     if run.evaluate is not None:
         if run.has_val and val_metrics is None:  # resumed after the last epoch: the final val is recomputed
-            val_metrics, _ = run.evaluate(model, "val")
+            val_metrics, val_out = run.evaluate(model, "val")
         if test:
-            test_metrics, test_preds = run.evaluate(model, "test")
+            test_metrics, test_out = run.evaluate(model, "test")
+            test_preds = test_out.argmax(1)
+            if run.prior_correction is not None and val_out is not None:
+                posthoc = run.prior_correction(val_out, test_out)
     best_epoch, best_val = None, None
     for row in history:
         if "val_overall" in row and (best_val is None or row["val_overall"] >= best_val):
             best_epoch, best_val = row["epoch"], row["val_overall"]
-    return FitResult(run.epochs, val_metrics, test_metrics, test_preds, history, resumed, steps, best_epoch, best_val)
+    return FitResult(
+        run.epochs, val_metrics, test_metrics, test_preds, history, resumed, steps, best_epoch, best_val, posthoc
+    )
 
 
 def _optim_settings(optim: Optim) -> dict:

@@ -75,6 +75,54 @@ class VPTStudyConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------------------- lpt
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of LPT's stage 1, each of its parts on or off (docs/methods.md#the-lpt-ladder).
+
+    head: cosine | linear; dropout: `lpt.head_dropout` before the head (False: none); dual_sampling: LPT's two
+    branches (False: class-balanced batches only); loss: ce (on s cos) | agcl | agcl_cloud (A-GCL's Gaussian cloud
+    alone: no margin, focusing or smoothing) | agcl_no_cloud (A-GCL without the cloud: margin, asymmetric focusing,
+    label smoothing); lpt_weight_decay: LPT's (`lpt.stage1.weight_decay`; False: the VPT study's)."""
+
+    head: Literal["cosine", "linear"] = "cosine"
+    dropout: bool = True
+    dual_sampling: bool = True
+    loss: Literal["ce", "agcl", "agcl_cloud", "agcl_no_cloud"] = "agcl"
+    lpt_weight_decay: bool = True
+
+    def differences(self, other: Arm) -> list[str]:
+        """The parts in which two arms differ."""
+        return [
+            f
+            for f in ("head", "dropout", "dual_sampling", "loss", "lpt_weight_decay")
+            if getattr(self, f) != getattr(other, f)
+        ]
+
+
+#: LPT stage 1's row key and configuration (every part on)
+LPT_STAGE1 = "lpt_stage1"
+#: the LPT ladder: from VPT-deep's linear head on class-balanced batches to stage 1, one part per rung
+LADDER_ARMS = {
+    "ladder/linear_head": Arm("linear", False, False, "ce", False),
+    "ladder/cosine_head": Arm("cosine", False, False, "ce", False),
+    "ladder/head_dropout": Arm("cosine", True, False, "ce", False),
+    "ladder/dual_sampling": Arm("cosine", True, True, "ce", False),
+    "ladder/agcl": Arm("cosine", True, True, "agcl", False),
+    LPT_STAGE1: Arm(),
+}
+#: leave-one-out from stage 1 (without the weight decay is `ladder/agcl`) and A-GCL split into its parts
+ABLATION_ARMS = {
+    "lpt_stage1_without/agcl": Arm(loss="ce"),
+    "lpt_stage1_without/dual_sampling": Arm(dual_sampling=False),
+    "lpt_stage1_without/cosine_head": Arm(head="linear"),
+    "agcl_part/cloud": Arm(loss="agcl_cloud"),
+    "agcl_part/no_cloud": Arm(loss="agcl_no_cloud"),
+}
+ARMS: dict[str, Arm] = {**LADDER_ARMS, **ABLATION_ARMS}
+#: the arms stage 1's notebook trains besides stage 1 by default
+EXTRA_ARMS = tuple(k for k in ARMS if k != LPT_STAGE1)
+
+
 class LPTConfig(Section):
     """The `lpt` section."""
 
@@ -96,12 +144,29 @@ class LPTConfig(Section):
     # val-chosen values of the learning-rate grid (docs/tuning.md, `python -m lptlib.tune`). batch_size is per branch.
     stage1: Schedule = Field(Schedule(epochs=10, lr=0.0625, weight_decay=0.01), description="stage 1")
     stage2: Schedule = Field(Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="stage 2")
+    arms: tuple[str, ...] = Field(
+        EXTRA_ARMS,
+        description="the ladder and ablation arms stage 1's stage trains besides stage 1 (row keys; () none)",
+    )
+    arm_lr: dict[str, float] = Field(
+        {}, description="learning rate per ladder / ablation arm (row key -> lr); an arm not named uses `stage1.lr`"
+    )
     resume: Resume = "auto"
 
     _resume = field_validator("resume")(resume_ok)
 
     @model_validator(mode="after")
     def _rules(self) -> LPTConfig:
+        for field, keys in (("arms", self.arms), ("arm_lr", tuple(self.arm_lr))):
+            unknown = [k for k in keys if k not in EXTRA_ARMS]
+            if unknown:
+                raise RuleError(
+                    field,
+                    f"unknown arm {', '.join(map(repr, unknown))}; use one of {', '.join(EXTRA_ARMS)}"
+                    + (" (stage 1's own is `stage1.lr`)" if LPT_STAGE1 in keys else ""),
+                )
+        if any(lr <= 0 for lr in self.arm_lr.values()):
+            raise RuleError("arm_lr", "every learning rate must be > 0")
         if self.top_k > self.pool_size:
             raise RuleError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
         return self

@@ -125,7 +125,7 @@ def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable
     results: dict[float, dict] = {}
     if entry.key == "lpt.stage1":
         tasks = [
-            dict(cfg=load_config(_with_lr(base, entry.key, lr)), rung=STAGE1_ROW, checkpoint=None, test=False)
+            dict(cfg=load_config(_with_lr(base, entry.key, lr)), arm=STAGE1_ROW, checkpoint=None, test=False)
             for lr in entry.lrs
         ]
         outs = run_tasks(stage1_task, tasks, workers)

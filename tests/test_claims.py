@@ -44,10 +44,18 @@ DOCUMENTED_KEYS = {
     "vpt_deep/instance_balanced",
     "vpt_deep/class_balanced",
     "vpt_deep_replica/class_balanced",
+    "ladder/linear_head",
     "ladder/cosine_head",
-    "ladder/agcl",
+    "ladder/head_dropout",
     "ladder/dual_sampling",
+    "ladder/agcl",
     "lpt_stage1",
+    "lpt_stage1_without/agcl",
+    "lpt_stage1_without/dual_sampling",
+    "lpt_stage1_without/cosine_head",
+    "agcl_part/cloud",
+    "agcl_part/no_cloud",
+    "lpt_stage1_continued",
     "lpt_stage2",
     *(f"tea/{peft}-la-{variant}" for peft in ("vpt_deep", "adaptformer", "lora") for variant in ("none", "pea_pg_tec")),
     "zero_shot_clip",
@@ -295,10 +303,17 @@ def test_default_claims_cover_the_brief():
     assert (aa.a, aa.b) == ("vpt_deep/class_balanced", "vpt_deep_replica/class_balanced")
     assert all(c.family == "controls" for c in control.values())
     assert by_id["lptpp_moe_vs_best_expert_overall"].b == Best(("lptpp/visual", "lptpp/vision_language"))
-    ladder = ["vpt_deep/class_balanced", "ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
-    ladder.append("lpt_stage2")
+    ladder = ["ladder/linear_head", "ladder/cosine_head", "ladder/head_dropout", "ladder/dual_sampling"]
+    ladder += ["ladder/agcl", "lpt_stage1"]
     pairs = {(c.a, c.b) for c in CLAIMS if c.metric == "overall"}
     assert all((hi, lo) in pairs for lo, hi in zip(ladder, ladder[1:]))
+    assert ("lpt_stage2", "lpt_stage1_continued") in pairs  # the pool against the same extra epochs
+    loo = {c.b for c in CLAIMS if c.id.startswith("loo_") and c.metric == "overall"}
+    assert loo == {f"lpt_stage1_without/{p}" for p in ("agcl", "dual_sampling", "cosine_head")}
+    assert {c.family for c in CLAIMS if c.group in ("LPT ladder", "LPT ablations", "Prior correction")} == {"ablations"}
+    assert (
+        by_id["lpt_vs_vpt_cb_overall"].family == "claims" and by_id["lpt_vs_vpt_cb_posthoc"].metric == "posthoc_overall"
+    )
     for peft in ("vpt_deep", "adaptformer", "lora"):
         for m in ("few", "overall"):
             assert by_id[f"tea_{peft}_{m}"].a == f"tea/{peft}-la-pea_pg_tec"
@@ -534,3 +549,13 @@ def test_control_failures_name_a_control_with_the_wrong_verdict():
     by_id["control_la_probe_few"]["verdict"] = "supported"
     by_id["control_aa_vpt_cb"]["verdict"] = "not run"
     assert control_failures(rows) == []
+
+
+def test_a_metric_an_older_file_lacks_makes_its_claim_not_run():
+    results = full_results()
+    for per_seed in results["lpt_stage2"].values():
+        per_seed.pop("posthoc_overall")
+    rows = {r["id"]: r for r in evaluate_claims(results)}
+    assert rows["lpt_vs_vpt_cb_posthoc"]["verdict"] == "not run"
+    assert "lpt_stage2 predates 'posthoc_overall'" in rows["lpt_vs_vpt_cb_posthoc"]["note"]
+    assert rows["lpt_vs_vpt_cb_overall"]["verdict"] != "not run"

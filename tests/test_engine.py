@@ -6,6 +6,7 @@ from conftest import fit_classifier
 
 from lptlib.config import parse
 from lptlib.data import ArrayDataset, ClassAwareSampler, LTData, Normalization, build_transforms, make_loader
+from lptlib.measure.metrics import POSTHOC_TAUS
 from lptlib.models import create_backbone
 from lptlib.models.backbones import BackboneConfig
 from lptlib.models.peft import PEFTClassifier
@@ -95,6 +96,7 @@ def test_the_final_state_is_reported_and_test_is_evaluated_once(tmp_path):
     assert torch.equal(result.test_predictions, final)  # the test predictions are the final state's
     row = result.row(5)
     assert row["epochs"] == 3 and row["val_best_epoch"] == result.val_best_epoch and "best_epoch" not in row
+    assert row["posthoc_tau"] in POSTHOC_TAUS and 0 <= row["posthoc_overall"] <= 1  # the test set's one more score
 
 
 def test_val_every_k_epochs_and_after_the_last():

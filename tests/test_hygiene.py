@@ -78,12 +78,12 @@ def test_papermill_lists_every_parameter(path):
     assert set(declared) <= listed, f"{path.name}: papermill does not list {set(declared) - listed}:\n{shown}"
 
 
-def test_the_ladder_default_of_notebook_02_is_the_ladder():
-    from lptlib.recipes.lpt import LADDER
-
+def test_notebook_02_trains_the_arms_of_the_config():
+    """The arms stage 1's notebook trains are `lpt.arms` (params.yaml), not a notebook parameter of their own."""
     nb = json.loads((ROOT / "notebooks" / "02_lpt_stage1.ipynb").read_text())
     tree = ast.parse("".join(parameters_cells(nb)[0]["source"]))
-    assert next(ast.literal_eval(n.value) for n in tree.body if n.target.id == "ladder") == list(LADDER)
+    assert not {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)} & {"ladder", "arms", "rungs"}
+    assert "cfg.lpt.arms" in "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
 
 
 def _stages() -> dict:

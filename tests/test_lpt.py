@@ -4,6 +4,8 @@ import torch
 from lptlib.models import create_backbone
 from lptlib.models.backbones import BackboneConfig
 from lptlib.models.peft import LPT, GroupPromptPool, count_trainable
+from lptlib.recipes.lpt import LADDER, STAGE1_ROW
+from lptlib.sections import ARMS, Arm
 
 
 @pytest.fixture(scope="module", params=["vit-mini", "clip-mini"])
@@ -92,37 +94,107 @@ def test_vit_b16_parameter_count():
     assert sum(p.numel() for p in model.tuner.parameters()) == 1_029_120 + 768 * 365
 
 
-def test_ladder_rungs_add_one_part_each(tiny_lt):
-    """cosine head: CE on s cos; A-GCL: the class-balanced branch's loss; dual sampling: LPT's objective; all with
-    the VPT study's weight decay and stage 1's other settings (stage 1 = + LPT's weight decay)."""
-    from lptlib.config import parse
-    from lptlib.objectives import AGCL
-    from lptlib.recipes.lpt import LADDER, build_lpt, ladder_run, stage_run
+def test_ladder_changes_one_part_per_rung_and_leave_one_out_removes_one():
+    from lptlib.sections import ABLATION_ARMS, ARMS, LPT_STAGE1
 
-    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}, "head_dropout": 0.0})
-    data = tiny_lt()
-    torch.manual_seed(0)
-    model = build_lpt(create_backbone(BackboneConfig("vit-mini", "random")), data.num_classes, cfg.lpt, stage=1)
-    runs = {rung: ladder_run(model, data, cfg, rung, None) for rung in LADDER}
-    stage1 = stage_run(model, data, cfg, None)
-    for run in runs.values():
-        assert run.optim.weight_decay == cfg.vpt_study.vpt_deep.weight_decay != stage1.optim.weight_decay
-        assert run.optim.lr == stage1.optim.lr and run.epochs == stage1.epochs
-    x, y = next(iter(runs["cosine_head"].batches(0)))
-    model.eval()
-    cosine = model.forward_train(x)["cosine"]
-    expected = torch.nn.functional.cross_entropy(cfg.lpt.cosine_scale * cosine, y)
-    torch.testing.assert_close(runs["cosine_head"].objective(model, (x, y), 0), expected)
-    a = cfg.lpt.agcl
-    agcl = AGCL(data.train_counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
+    ladder = list(LADDER)
+    assert ladder[0] == "ladder/linear_head" and ladder[-1] == LPT_STAGE1
+    assert ARMS[ladder[0]] == Arm("linear", False, False, "ce", False)  # VPT-deep's recipe on the stage-1 model
+    for below, rung in zip(ladder, ladder[1:]):
+        assert len(ARMS[rung].differences(ARMS[below])) == 1, (below, rung)
+    for key, arm in ABLATION_ARMS.items():
+        changed = arm.differences(ARMS[LPT_STAGE1])
+        assert changed == (["loss"] if key.startswith("agcl_part/") else changed) and len(changed) == 1, key
+    assert ARMS["ladder/agcl"].differences(ARMS[LPT_STAGE1]) == ["lpt_weight_decay"]  # leave-one-out: weight decay
+
+
+def _tiny_arm_setup(tiny_lt, **lpt):
+    from lptlib.config import parse
+
+    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}, **lpt})
+    return cfg, tiny_lt(), create_backbone(BackboneConfig("vit-mini", "random"))
+
+
+def test_arm_runs_train_what_their_arm_says(tiny_lt):
+    """Each arm's schedule (lr from lpt.arm_lr, weight decay), head, dropout, batches and loss against a direct
+    computation; stage 1 as an arm is stage_run's stage 1."""
+    from lptlib.objectives import AGCL
+    from lptlib.recipes.lpt import arm_run, build_arm, stage_run
+
+    cfg, data, backbone = _tiny_arm_setup(tiny_lt, arm_lr={"ladder/cosine_head": 0.5})
+    runs, models = {}, {}
+    for key in ARMS:
+        torch.manual_seed(0)
+        models[key] = build_arm(backbone, data.num_classes, cfg, key).eval()
+        runs[key] = arm_run(models[key], data, cfg, key, None)
+    stage1 = stage_run(models[STAGE1_ROW], data, cfg, None)
+    vpt_wd, lpt_wd = cfg.vpt_study.vpt_deep.weight_decay, cfg.lpt.stage1.weight_decay
+    for key, run in runs.items():
+        assert run.optim.weight_decay == (lpt_wd if ARMS[key].lpt_weight_decay else vpt_wd)
+        assert run.optim.lr == (0.5 if key == "ladder/cosine_head" else cfg.lpt.stage1.lr) and run.epochs == 2
+        assert models[key].dropout.p == (cfg.lpt.head_dropout if ARMS[key].dropout else 0.0)
+        assert isinstance(models[key].tuner["head"], torch.nn.Linear) == (ARMS[key].head == "linear")
+    assert stage1.optim == runs[STAGE1_ROW].optim
+    # the linear head: forward is the linear logits, forward_train's score times s gives them back
+    linear = models["ladder/linear_head"]
+    x, y = next(iter(runs["ladder/linear_head"].batches(0)))
+    feats = linear.forward_all(x)["features"]
+    torch.testing.assert_close(linear(x), linear.tuner["head"](feats))
+    torch.testing.assert_close(linear.scale * linear.forward_train(x)["cosine"], linear.tuner["head"](feats))
+    # cross-entropy on s cos (cosine head) and on z (linear head), class-balanced batches
+    for key in ("ladder/linear_head", "ladder/cosine_head"):
+        m = models[key]
+        torch.testing.assert_close(runs[key].objective(m, (x, y), 0), torch.nn.functional.cross_entropy(m(x), y))
+    # stage 1 as an arm: the same objective as stage_run on the same batch pair
+    pair = next(iter(runs[STAGE1_ROW].batches(0)))
+    m = models[STAGE1_ROW]
     torch.manual_seed(5)
-    got = runs["agcl"].objective(model, (x, y), 0)
+    got = runs[STAGE1_ROW].objective(m, pair, 0)
     torch.manual_seed(5)
-    torch.testing.assert_close(got, agcl(model.forward_train(x)["cosine"], y))
-    pair = next(iter(runs["dual_sampling"].batches(0)))
-    torch.manual_seed(5)
-    got = runs["dual_sampling"].objective(model, pair, 0)
-    torch.manual_seed(5)
-    torch.testing.assert_close(got, stage1.objective(model, pair, 0))
-    with pytest.raises(ValueError, match="unknown ladder rung"):
-        ladder_run(model, data, cfg, "bogus", None)
+    torch.testing.assert_close(got, stage1.objective(m, pair, 0))
+    # A-GCL's parts in the class-balanced branch, against AGCL built directly
+    a, counts = cfg.lpt.agcl, data.train_counts
+    (xb, yb), _ = pair
+    expected = {
+        "agcl_part/cloud": AGCL(counts, a.alpha, 0.0, a.scale, 0.0, 0.0, 0.0),
+        "agcl_part/no_cloud": AGCL(counts, 0.0, a.margin, a.scale, *a.class_balanced, a.smoothing),
+    }
+    for key, loss in expected.items():
+        m = models[key]
+        beta = cfg.lpt.eta  # epoch 0: the instance branch's weight is eta
+        cos_b, cos_i = m.forward_train(xb)["cosine"], m.forward_train(pair[1][0])["cosine"]
+        torch.manual_seed(7)
+        got = runs[key].objective(m, pair, 0)
+        torch.manual_seed(7)
+        ib = (
+            loss
+            if key == "agcl_part/cloud"
+            else AGCL(counts, 0.0, a.margin, a.scale, *a.instance_balanced, a.smoothing)
+        )
+        want = loss(cos_b, yb) + beta * ib(cos_i, pair[1][1])
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="unknown stage-1 arm"):
+        arm_run(models[STAGE1_ROW], data, cfg, "bogus", None)
+
+
+def test_agcl_cloud_alone_is_cross_entropy_on_the_clouded_cosines():
+    from lptlib.objectives import AGCL
+
+    counts = [50, 20, 5]
+    cos, y = torch.rand(6, 3) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    cloud = AGCL(counts, 0.5, 0.0, 20.0, 0.0, 0.0, 0.0)
+    torch.manual_seed(3)
+    got = cloud(cos, y)
+    torch.manual_seed(3)
+    want = torch.nn.functional.cross_entropy(20.0 * cloud.perturb(cos), y)
+    torch.testing.assert_close(got, want)
+
+
+def test_arm_config_is_validated():
+    from lptlib.config import ConfigError, parse
+
+    with pytest.raises(ConfigError, match="lpt.arms.*unknown arm 'ladder/bogus'"):
+        parse(lpt={"arms": ["ladder/bogus"]})
+    with pytest.raises(ConfigError, match="stage1.lr"):
+        parse(lpt={"arm_lr": {"lpt_stage1": 0.1}})
+    assert parse(lpt={"arms": []}).lpt.arms == ()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lptlib.data import lt_counts
-from lptlib.measure.metrics import confusion_matrix, shot_accuracy, shot_groups
+from lptlib.measure.metrics import POSTHOC_TAUS, confusion_matrix, prior_corrected, shot_accuracy, shot_groups
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,35 @@ def test_confusion_matrix_rows_sum_to_one():
     assert cm[0, 1] == 0.5 and cm[1, 1] == 1.0
     raw = confusion_matrix([0, 1, 1, 2], [0, 0, 1, 2], 3, normalize=False)
     assert raw.sum() == 4
+
+
+def test_prior_correction_picks_tau_on_val_and_scores_test_once():
+    """A model biased towards the head class by log-prior: the correction finds tau = 1 on val and undoes it on test,
+    against a direct computation; an unbiased model keeps tau = 0 (the tie-break towards 0)."""
+    rng = np.random.default_rng(0)
+    counts = np.array([400, 100, 25, 5])
+    groups = np.array(["many", "many", "medium", "few"])
+    log_prior = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+    def split(n):
+        y = torch.as_tensor(rng.integers(0, 4, n))
+        clean = torch.nn.functional.one_hot(y, 4).float() * 2.0 + torch.as_tensor(rng.normal(0, 0.8, (n, 4))).float()
+        return clean, y
+
+    (val, val_y), (test, test_y) = split(800), split(800)
+    out = prior_corrected(val + log_prior, val_y, test + log_prior, test_y, counts, groups)
+    accs = {t: float(((val + log_prior - t * log_prior).argmax(1) == val_y).float().mean()) for t in POSTHOC_TAUS}
+    best = max(POSTHOC_TAUS, key=lambda t: (accs[t], -abs(t)))
+    assert out["tau"] == best and 0.5 <= best <= 1.5 and out["val_overall"] == accs[best]
+    want = shot_accuracy((test + log_prior - best * log_prior).argmax(1), test_y, counts, groups=groups)
+    assert out["overall"] == want["overall"] and out["few"] == want["few"] and "per_class" not in out
+    assert out["overall"] > float(((test + log_prior).argmax(1) == test_y).float().mean())
+    tied = prior_corrected(
+        torch.zeros(8, 4),
+        torch.zeros(8, dtype=torch.long),
+        torch.zeros(8, 4),
+        torch.zeros(8, dtype=torch.long),
+        counts,
+        groups,
+    )
+    assert tied["tau"] == 0.0  # no tau helps: the nearest to 0 wins the tie

@@ -17,6 +17,9 @@ import papermill as pm
 import pytest
 from conftest import notebook_parameters
 
+from lptlib.measure.metrics import POSTHOC_TAUS
+from lptlib.sections import ARMS, EXTRA_ARMS
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = {"max_test_per_class": 20}
 TINY_RUN = {"epochs": 1, "max_images": 256, "batch_size": 64, "warmup_steps": 1}
@@ -166,10 +169,15 @@ def test_02_and_03_lpt_stages(tmp_path):
     )
     stage1 = tmp_path / "stage1.safetensors"
     m1 = run("02_lpt_stage1", tmp_path / "s1", golden="02_lpt_stage1", stage1_path=str(stage1), **common)
-    assert list(m1) == ["ladder/cosine_head", "ladder/agcl", "ladder/dual_sampling", "lpt_stage1"]
-    assert all(row["trainable_params"] == 6 * 10 * 128 + 10 * 128 for row in m1.values())
+    assert list(m1) == [*EXTRA_ARMS, "lpt_stage1"]  # every ladder and ablation arm by default
+    linear = {k for k, arm in ARMS.items() if arm.head == "linear"}
+    assert all(row["trainable_params"] == 6 * 10 * 128 + 10 * 128 + 10 * (k in linear) for k, row in m1.items())
+    assert all(row["posthoc_tau"] in POSTHOC_TAUS and 0 <= row["posthoc_overall"] <= 1 for row in m1.values())
     assert stage1.is_file() and (tmp_path / "s1" / "out" / "figures" / "history.png").is_file()
-    m2 = run("03_lpt_stage2", tmp_path / "s2", golden="03_lpt_stage2", stage1_path=str(stage1), **common)["lpt_stage2"]
+    both = run("03_lpt_stage2", tmp_path / "s2", golden="03_lpt_stage2", stage1_path=str(stage1), **common)
+    assert list(both) == ["lpt_stage2", "lpt_stage1_continued"]
+    assert both["lpt_stage1_continued"]["trainable_params"] == 6 * 10 * 128 + 10 * 128  # stage 1 trained on
+    m2 = both["lpt_stage2"]
     assert m2["trainable_params"] == 4 * 3 * 10 * 128 + 4 * 128 + 10 * 128  # group prompts in blocks 4-6
     assert len(m2["key_usage"]) == 4 and sum(m2["key_usage"]) == 2 * 100  # top-2 picks of 100 test images
     assert 0 <= m2["key_usage_entropy"] <= 1 and 0 <= m2["overall"] <= 1

@@ -15,7 +15,16 @@ import torch
 
 from lptlib.data.profiles import CONVENTIONS, SHOT_GROUPS, shot_groups
 
-__all__ = ["CONVENTIONS", "SHOT_GROUPS", "confusion_matrix", "per_class_accuracy", "shot_accuracy", "shot_groups"]
+__all__ = [
+    "CONVENTIONS",
+    "POSTHOC_TAUS",
+    "SHOT_GROUPS",
+    "confusion_matrix",
+    "per_class_accuracy",
+    "prior_corrected",
+    "shot_accuracy",
+    "shot_groups",
+]
 
 CONFUSION_MAX_CLASSES = 100  # shot_accuracy stores the confusion counts up to this many classes (report figure)
 
@@ -78,3 +87,40 @@ def confusion_matrix(preds: ArrayLike, labels: ArrayLike, num_classes: int, norm
     if normalize:
         cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)
     return cm
+
+
+#: the grid of post-hoc prior-correction strengths tau (`prior_corrected`), chosen on val
+POSTHOC_TAUS = tuple(round(-1.0 + 0.25 * i, 2) for i in range(13))  # -1, -0.75, ..., 2
+
+
+def prior_corrected(
+    val_logits: torch.Tensor,
+    val_labels: ArrayLike,
+    test_logits: torch.Tensor,
+    test_labels: ArrayLike,
+    train_counts: ArrayLike,
+    groups: np.ndarray,
+    taus: Sequence[float] = POSTHOC_TAUS,
+) -> dict:
+    """Post-hoc logit adjustment (Menon et al. 2021, eq. 10): predict argmax_y z_y - tau log pi_y, pi the training
+    prior, with tau in `taus` chosen by val `overall` accuracy (ties: the tau nearest 0), then the test split
+    scored once with it. tau > 0 moves predictions towards rarer classes, tau < 0 back towards frequent ones, so
+    a gap between two models that this correction closes is a shift of their priors, and a gap that survives it is
+    one of representation. A class without training images counts as one (smoke tests only).
+    Returns {'tau', 'val_overall', **shot_accuracy of the corrected test predictions}."""
+    counts = torch.as_tensor(_np(train_counts), dtype=torch.float32).clamp_min(1.0)
+    log_prior = counts.log() - counts.log().logsumexp(0)
+    val_y = torch.as_tensor(_np(val_labels))
+
+    def val_acc(tau: float) -> float:
+        return float(((val_logits.float() - tau * log_prior).argmax(1) == val_y).float().mean())
+
+    scores = {tau: val_acc(tau) for tau in taus}
+    tau = max(taus, key=lambda t: (scores[t], -abs(t)))
+    preds = (test_logits.float() - tau * log_prior).argmax(1)
+    out = shot_accuracy(preds, test_labels, _np(train_counts), groups=groups)
+    return {
+        "tau": tau,
+        "val_overall": scores[tau],
+        **{k: v for k, v in out.items() if k not in ("per_class", "confusion")},
+    }

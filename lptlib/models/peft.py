@@ -37,7 +37,7 @@ from torch import nn
 
 from lptlib.models.backbones import Backbone
 from lptlib.models.blocks import qkv_width, run_blocks
-from lptlib.models.heads import CosineHead, build_head
+from lptlib.models.heads import build_head
 from lptlib.models.prompts import DeepPrompts, GroupPromptPool
 
 
@@ -142,7 +142,11 @@ class PEFTClassifier(nn.Module):
 
 # ------------------------------------------------------------------------------------------- LPT
 class LPT(nn.Module):
-    """Frozen backbone + LPT's shared prompts, cosine head and (stage 2) group prompt pool."""
+    """Frozen backbone + LPT's shared prompts, cosine head and (stage 2) group prompt pool.
+
+    `head="linear"` (an ablation: LPT without its cosine head) puts a linear head in its place; its normalised
+    score is z / s, so `forward_train`'s 'cosine' times s is the logit under either head and every loss that
+    takes cosines (A-GCL) sees logits on the same scale (our reading: LPT has no linear-head variant)."""
 
     def __init__(
         self,
@@ -158,6 +162,7 @@ class LPT(nn.Module):
         head_dropout: float = 0.1,
         adapter: bool = False,
         bottleneck: int | None = None,
+        head: str = "cosine",
     ):
         super().__init__()
         if stage not in (1, 2):
@@ -172,9 +177,10 @@ class LPT(nn.Module):
         self.tuner = nn.ModuleDict(
             {
                 "shared_prompts": DeepPrompts(depth, prompt_length, backbone.embed_dim, backbone.patch_size),
-                "head": CosineHead(backbone.embed_dim, num_classes, cosine_scale),
+                "head": build_head(head, backbone.embed_dim, num_classes, cosine_scale),
             }
         )
+        self.head_kind, self.scale = head, cosine_scale
         if adapter:
             width = bottleneck or adapter_bottleneck(backbone.embed_dim)
             self.tuner["adapters"] = nn.ModuleList(AdaptFormer(backbone.embed_dim, width) for _ in range(depth))
@@ -212,10 +218,12 @@ class LPT(nn.Module):
 
     # ---------------------------------------------------------------------------------- forward
     def _head(self, cls: torch.Tensor) -> torch.Tensor:
+        if self.head_kind == "linear":
+            return self.tuner["head"](self.dropout(cls)) / self.scale
         return self.tuner["head"].cosine(self.dropout(cls))
 
     def forward_train(self, x: torch.Tensor, reuse: bool | None = None) -> dict[str, torch.Tensor]:
-        """{'cosine': (B, C)} and, in stage 2, {'query': (B, D), 'topk': (B, k)} for the matching term.
+        """{'cosine': (B, C)} (the cosines, or z / s under a linear head) and, in stage 2, {'query': (B, D), 'topk': (B, k)} for the matching term.
 
         `reuse` (default: `self.reuse_block_k`) starts the prompted pass from the query pass's block-K tokens.
         """
@@ -244,8 +252,8 @@ class LPT(nn.Module):
         return {"cosine": self._head(cls), "query": query, "topk": idx, "features": cls}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits s * cos(f, w) for prediction (argmax)."""
-        return self.tuner["head"].scale * self.forward_train(x)["cosine"]
+        """Logits s * cos(f, w) for prediction (argmax); z under a linear head."""
+        return self.scale * self.forward_train(x)["cosine"]
 
 
 def count_trainable(model: nn.Module) -> int:

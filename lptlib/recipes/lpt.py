@@ -9,6 +9,7 @@ loads them (frozen) and trains the group prompt pool, its keys and the head.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict
 from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.peft import LPT, count_trainable
 from lptlib.objectives import AGCL, dual_sampling_objective
-from lptlib.sections import LPTConfig
+from lptlib.sections import ARMS, LADDER_ARMS, LPT_STAGE1, Arm, LPTConfig
 from lptlib.utils import default_device, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ def build_lpt(
     stage: int,
     adapter: bool = False,
     bottleneck: int | None = None,
+    head: str = "cosine",
 ) -> LPT:
     """The LPT model of `stage` from the `lpt` section; with `adapter`, LPT++'s module (AdaptFormer adapters of
-    width `bottleneck` in every block)."""
+    width `bottleneck` in every block); `head="linear"` for the ablations without the cosine head."""
     return LPT(
         backbone,
         num_classes,
@@ -51,6 +53,7 @@ def build_lpt(
         head_dropout=lpt.head_dropout,
         adapter=adapter,
         bottleneck=bottleneck,
+        head=head,
     )
 
 
@@ -88,12 +91,13 @@ def stage_run(
     )
 
 
-#: the LPT ladder: from VPT-deep with class-balanced sampling (Table 1), LPT's parts added one at a time; the
-#: rung after `dual_sampling` is stage 1 itself (+ LPT's weight decay), then stage 2 (+ the group prompt pool)
-LADDER = ("cosine_head", "agcl", "dual_sampling")
 #: the row keys LPT's stages write, declared once (the claims table, the results table and the grid import them)
-STAGE1_ROW = "lpt_stage1"
+STAGE1_ROW = LPT_STAGE1
 STAGE2_ROW = "lpt_stage2"
+#: stage 1 trained on for stage 2's epochs without the pool: what stage 2 is compared with (same extra training)
+STAGE1_CONTINUED_ROW = "lpt_stage1_continued"
+#: the ladder's rungs in order (the one below `ladder/linear_head` is VPT-deep + class-balanced sampling, Table 1)
+LADDER = tuple(LADDER_ARMS)
 
 
 def ladder_row(rung: str) -> str:
@@ -101,72 +105,118 @@ def ladder_row(rung: str) -> str:
     return f"ladder/{rung}"
 
 
-def ladder_run(model: LPT, data: LTData, cfg: Config, rung: str, checkpoint: Path | None) -> Run:
-    """The run of one ladder rung below stage 1, on the stage-1 model (shared prompts + cosine head with dropout)
-    and the stage-1 schedule with the VPT study's weight decay (`vpt_study.vpt_deep.weight_decay`):
+def loo_row(part: str) -> str:
+    """The row key of stage 1 without one part, e.g. 'lpt_stage1_without/agcl'."""
+    return f"lpt_stage1_without/{part}"
 
-    - `cosine_head`: cross-entropy on s cos(f, w) (s = `lpt.cosine_scale`), class-balanced batches;
-    - `agcl`: A-GCL with the class-balanced branch's (lambda+, lambda-), class-balanced batches;
-    - `dual_sampling`: LPT's full objective L_AGCL(B_cb) + beta_e L'_AGCL(B_ib).
-    The next rung, `lpt_stage1`, differs from `dual_sampling` only by LPT's weight decay."""
-    if rung not in LADDER:
-        raise ValueError(f"unknown ladder rung {rung!r}; use one of {', '.join(LADDER)}")
-    lpt = cfg.lpt
-    schedule = lpt.stage1.model_copy(update={"weight_decay": cfg.vpt_study.vpt_deep.weight_decay})
-    if rung == "dual_sampling":
-        run = stage_run(model, data, cfg, checkpoint, schedule)
-        run.name, run.settings = f"ladder {rung}", {**run.settings, "rung": rung}
-        return run
+
+def agcl_part_row(part: str) -> str:
+    """The row key of stage 1 with one part of A-GCL in place of A-GCL: 'agcl_part/cloud' or 'agcl_part/no_cloud'."""
+    return f"agcl_part/{part}"
+
+
+def arm_schedule(cfg: Config, key: str) -> Schedule:
+    """Stage 1's schedule for arm `key`: its learning rate from `lpt.arm_lr` (else `lpt.stage1.lr`), LPT's weight
+    decay or, for the arms without it, the VPT study's (`vpt_study.vpt_deep.weight_decay`)."""
+    lpt, arm = cfg.lpt, ARMS[key]
+    wd = lpt.stage1.weight_decay if arm.lpt_weight_decay else cfg.vpt_study.vpt_deep.weight_decay
+    return lpt.stage1.model_copy(update={"lr": lpt.arm_lr.get(key, lpt.stage1.lr), "weight_decay": wd})
+
+
+def arm_losses(cfg: Config, arm: Arm, counts, scale: float) -> tuple[Callable, Callable]:
+    """The (class-balanced, instance-balanced) branch losses of `arm`, on the model's normalised scores:
+    ce: CE(s c, y); agcl: A-GCL with each branch's (lambda+, lambda-); agcl_cloud: A-GCL's Gaussian cloud alone
+    (margin, focusing and smoothing off: CE on s (c - alpha |eps| mu)); agcl_no_cloud: A-GCL with alpha = 0."""
+    a = cfg.lpt.agcl
+    if arm.loss == "ce":
+        ce = lambda cosine, y: F.cross_entropy(scale * cosine, y)  # noqa: E731
+        return ce, ce
+    if arm.loss == "agcl_cloud":
+        cloud = AGCL(counts, a.alpha, 0.0, a.scale, 0.0, 0.0, 0.0)
+        return cloud, cloud
+    alpha = 0.0 if arm.loss == "agcl_no_cloud" else a.alpha
+    return tuple(
+        AGCL(counts, alpha, a.margin, a.scale, *branch, a.smoothing)
+        for branch in (a.class_balanced, a.instance_balanced)
+    )
+
+
+def arm_run(model: LPT, data: LTData, cfg: Config, key: str, checkpoint: Path | None) -> Run:
+    """The run of stage-1 arm `key` (`ARMS`: a ladder rung, stage 1 itself or an ablation) on `model` (built for
+    the arm by `build_arm`): its losses (`arm_losses`) on dual-sampling batch pairs, L(B_cb) + beta_e L'(B_ib), or
+    on class-balanced batches alone; its schedule (`arm_schedule`). `ARMS[STAGE1_ROW]` is `stage_run`'s stage 1."""
+    if key not in ARMS:
+        raise ValueError(f"unknown stage-1 arm {key!r}; use one of {', '.join(ARMS)}")
+    lpt, arm = cfg.lpt, ARMS[key]
+    schedule = arm_schedule(cfg, key)
     lt = data.transformed(model.backbone.normalization)
-    sampler = make_sampler("class_balanced", lt.train.targets, cfg.seed, lpt.num_samples_cls)
-    loader = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)
-    a = lpt.agcl
-    agcl = AGCL(lt.train_counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
+    cb, ib = arm_losses(cfg, arm, lt.train_counts, model.scale)
+    if arm.dual_sampling:
+        train = make_dual_sampling(
+            lt.train, lt.train.targets, schedule.batch_size, cfg.seed, lpt.num_samples_cls, cfg.data.num_workers
+        )
+        objective = dual_sampling_objective(cb, ib, schedule.epochs, lpt.eta, lpt.match_weight)
+    else:
+        sampler = make_sampler("class_balanced", lt.train.targets, cfg.seed, lpt.num_samples_cls)
+        train = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)
 
-    def objective(m: LPT, batch, epoch: int) -> torch.Tensor:
-        cosine = m.forward_train(batch[0])["cosine"]
-        if rung == "cosine_head":
-            return F.cross_entropy(m.tuner["head"].scale * cosine, batch[1])
-        return agcl(cosine, batch[1])
+        def objective(m: LPT, batch, epoch: int) -> torch.Tensor:
+            return cb(m.forward_train(batch[0])["cosine"], batch[1])
 
     return classifier_run(
         model,
-        loader,
+        train,
         objective,
         schedule,
         lt,
         checkpoint=checkpoint,
         resume=lpt.resume,
-        name=f"ladder {rung}",
-        settings=run_settings(cfg, data, stage=1, rung=rung),
+        name="LPT stage 1" if key == STAGE1_ROW else key,
+        settings=run_settings(cfg, data, stage=1, **({} if key == STAGE1_ROW else {"arm": key})),
     )
 
 
-def stage1_task(cfg: Config, data: LTData, rung: str, checkpoint: str | None, test: bool = True) -> dict:
-    """One run of stage 1's notebook for `cfg.seed`, a task of `lptlib.pool.run_tasks`: a ladder rung (`LADDER`)
-    or `STAGE1_ROW` (stage 1 itself). Every rung starts from the same initialisation (paired). Returns {'row', 'history'}
-    and, for `lpt_stage1`, the stage-1 state (shared prompts + head) for stage 2."""
+def build_arm(backbone: Backbone, num_classes: int, cfg: Config, key: str) -> LPT:
+    """The stage-1 model of arm `key`: its head, with `lpt.head_dropout` or none."""
+    arm = ARMS[key]
+    lpt = cfg.lpt.model_copy(update={"head_dropout": cfg.lpt.head_dropout if arm.dropout else 0.0})
+    return build_lpt(backbone, num_classes, lpt, stage=1, head=arm.head)
+
+
+def stage1_task(cfg: Config, data: LTData, arm: str, checkpoint: str | None, test: bool = True) -> dict:
+    """One run of stage 1's notebook for `cfg.seed`, a task of `lptlib.pool.run_tasks`: arm `arm` (`ARMS`; stage 1
+    itself is `STAGE1_ROW`). Every arm starts from the same seed (the same prompt initialisation: paired). Returns
+    {'row', 'history'} and, for `lpt_stage1`, the stage-1 state (shared prompts + head) for stage 2."""
     backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
     torch.manual_seed(cfg.seed)
-    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=1)
-    ckpt = Path(checkpoint) if checkpoint else None
-    run = stage_run(model, data, cfg, ckpt) if rung == STAGE1_ROW else ladder_run(model, data, cfg, rung, ckpt)
-    result = fit(run, test=test)
+    model = build_arm(backbone, data.num_classes, cfg, arm)
+    result = fit(arm_run(model, data, cfg, arm, Path(checkpoint) if checkpoint else None), test=test)
     out = {"row": result.row(count_trainable(model)), "history": result.history}
-    if rung == STAGE1_ROW:
+    if arm == STAGE1_ROW:
         out["stage1_state"] = {k: v.detach().cpu().clone() for k, v in model.stage1_state().items()}
     return out
 
 
-def stage2_task(cfg: Config, data: LTData, stage1_path: str, checkpoint: str | None, test: bool = True) -> dict:
-    """Stage 2 for `cfg.seed` on that seed's stage-1 file, a task of `lptlib.pool.run_tasks` (for `lptlib.tune`;
-    the notebook runs it inline)."""
+def stage2_task(
+    cfg: Config, data: LTData, stage1_path: str, checkpoint: str | None, test: bool = True, pool: bool = True
+) -> dict:
+    """Stage 2 for `cfg.seed` on that seed's stage-1 file, a task of `lptlib.pool.run_tasks`; `pool=False` trains
+    stage 1 on instead (`STAGE1_CONTINUED_ROW`: shared prompts + head, stage 2's schedule and objective without the
+    pool), so stage 2 is compared with the same extra epochs. Returns {'row', 'history'} and, with the pool and
+    `test`, 'key_usage' (how often each entry is picked on the test images)."""
     backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
     torch.manual_seed(cfg.seed)
-    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=2)
+    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=2 if pool else 1)
     load_stage1(model, stage1_path)
-    result = fit(stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None), test=test)
-    return {"row": result.row(count_trainable(model)), "history": result.history}
+    run = stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None, schedule=cfg.lpt.stage2)
+    if not pool:
+        run.name, run.settings = STAGE1_CONTINUED_ROW, {**run.settings, "continued": True}
+    result = fit(run, test=test)
+    out = {"row": result.row(count_trainable(model)), "history": result.history}
+    if pool and test:
+        _, test_loader = data.transformed(backbone.normalization).eval_loaders(cfg.lpt.stage2.eval_batch_size)
+        out["key_usage"] = key_usage(model, test_loader)
+    return out
 
 
 def train_stage(

@@ -234,7 +234,7 @@ def scorer_run(caches: list[ExpertCache], cfg: Config) -> Run:
         with torch.no_grad():
             p, _ = model([c.features[split].to(device) for c in caches], [c.logits[split].to(device) for c in caches])
         pred, y = p.argmax(1).cpu(), caches[0].labels[split]
-        return {"overall": float(np.mean([(pred[y == k] == k).float().mean().item() for k in y.unique()]))}, pred
+        return {"overall": float(np.mean([(pred[y == k] == k).float().mean().item() for k in y.unique()]))}, p.cpu()
 
     return Run(
         "MoE scorer",

@@ -18,7 +18,7 @@ from lptlib.data import LTData, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
 from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
 from lptlib.measure.analysis import distance_ratio, knn_accuracy
-from lptlib.measure.metrics import shot_accuracy
+from lptlib.measure.metrics import prior_corrected, shot_accuracy
 from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier, count_trainable
@@ -196,8 +196,12 @@ def probe_run(
     def evaluation(m: FeatureProbe, split: str) -> tuple[dict, torch.Tensor]:
         feats, labels = (cache.val, cache.val_labels) if split == "val" else (cache.test, cache.test_labels)
         with torch.no_grad():
-            preds = m(feats.to(next(m.parameters()).device)).argmax(1).cpu()
-        return shot_accuracy(preds, labels, data.shot_counts, groups=data.groups), preds
+            logits = m(feats.to(next(m.parameters()).device)).float().cpu()
+        return shot_accuracy(logits.argmax(1), labels, data.shot_counts, groups=data.groups), logits
+
+    def correction(val_logits: torch.Tensor, test_logits: torch.Tensor) -> dict:
+        counts = np.bincount(cache.train_labels.numpy(), minlength=data.num_classes)
+        return prior_corrected(val_logits, cache.val_labels, test_logits, cache.test_labels, counts, data.groups)
 
     return Run(
         name,
@@ -207,6 +211,7 @@ def probe_run(
         schedule.epochs,
         Optim.sgd(schedule, len(batches)),
         evaluate=evaluation,
+        prior_correction=correction if cache.val is not None else None,
         has_val=cache.val is not None,
         val_every=schedule.val_every,
         device=default_device(),

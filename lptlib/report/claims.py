@@ -37,7 +37,15 @@ from lptlib.measure.stats import (
     paired_p_value,
     verdict,
 )
-from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW, ladder_row
+from lptlib.recipes.lpt import (
+    LADDER,
+    STAGE1_CONTINUED_ROW,
+    STAGE1_ROW,
+    STAGE2_ROW,
+    agcl_part_row,
+    ladder_row,
+    loo_row,
+)
 from lptlib.recipes.lptpp import MOE_ROW, UNIFORM_ROW, expert_row
 from lptlib.recipes.tea import member_name, method_key
 from lptlib.recipes.vpt_study import (
@@ -54,14 +62,18 @@ from lptlib.recipes.vpt_study import (
 from lptlib.sections import PEFT
 
 #: accuracies (in [0, 1]; higher is better) and LPT Table 2's feature ratio gamma (lower is better)
-METRICS = ("overall", "many", "medium", "few", "knn_acc", "gamma")
+#: and the overall accuracy after a post-hoc prior correction chosen on val (`lptlib.measure.metrics.prior_corrected`)
+METRICS = ("overall", "many", "medium", "few", "knn_acc", "gamma", "posthoc_overall")
 LOWER_IS_BETTER = frozenset({"gamma"})
+#: metrics that metrics files written before them lack: a claim on one of them is "not run" for such a file
+LATER_METRICS = frozenset({"posthoc_overall"})
 VAL_METRIC = "val_overall"
 UNITS = "how much a beats b: percentage points, 100 (a - b), for accuracies; 100 (b - a) for gamma (lower is better)"
 POWER = 0.8  # the power at which each claim's minimum detectable effect is given
-#: Holm's adjustment runs over each family separately: the claims of the papers, and the testbed's controls
+#: Holm's adjustment runs over each family separately: the claims of the papers; our attribution of LPT's gap to
+#: its parts (the ladder, leave-one-out, A-GCL's parts, the prior correction); and the testbed's controls
 CONTROL = "control"
-FAMILIES = ("claims", "controls")
+FAMILIES = ("claims", "ablations", "controls")
 VERDICTS_ADJUSTED = ("supported", "contradicted", "inconclusive", "unmeasurable", "not run")
 VERDICT_COLORS = {
     "supported": "#1b9e77",
@@ -123,7 +135,9 @@ class Claim:
     @property
     def family(self) -> str:
         """The family Holm's adjustment runs over (`FAMILIES`)."""
-        return "controls" if self.group == CONTROL else "claims"
+        if self.group == CONTROL:
+            return "controls"
+        return "ablations" if self.group in ABLATION_GROUPS else "claims"
 
     def keys(self) -> tuple[str, ...]:
         """Every method key the claim reads (both sides, all Best candidates)."""
@@ -157,6 +171,10 @@ def method_keys(claims: Iterable[Claim]) -> set[str]:
 
 _VPT_STUDY = "VPT study"
 _LADDER = "LPT ladder"
+_ABLATION = "LPT ablations"
+_POSTHOC = "Prior correction"
+_LPT = "LPT"
+ABLATION_GROUPS = frozenset({_LADDER, _ABLATION, _POSTHOC})
 _TEA = "TEA"
 _LPTPP = "LPT++"
 _T1 = "Places-LT, LPT Table 1"
@@ -247,58 +265,94 @@ CLAIMS: tuple[Claim, ...] = (
         "gamma",
         "lower gamma (Places-LT, LPT Table 2)",
     ),
-    # --- the LPT ladder: each rung adds one part of LPT to the rung before ---
-    Claim(
-        "ladder_cosine_head",
-        _LADDER,
-        "A cosine head beats a linear head (VPT-deep, class-balanced sampling)",
-        ladder_row("cosine_head"),
-        VPT_CB,
-        "overall",
-        _NP,
-    ),
-    Claim(
-        "ladder_agcl",
-        _LADDER,
-        "A-GCL beats cross-entropy (VPT-deep, cosine head)",
-        ladder_row("agcl"),
-        ladder_row("cosine_head"),
-        "overall",
-        _NP,
-    ),
-    Claim(
-        "ladder_dual_sampling",
-        _LADDER,
-        "Dual sampling beats class-balanced sampling alone (VPT-deep, cosine head, A-GCL)",
-        ladder_row("dual_sampling"),
-        ladder_row("agcl"),
-        "overall",
-        _NP,
-    ),
-    Claim(
-        "ladder_weight_decay",
-        _LADDER,
-        "LPT's larger weight decay beats the earlier rungs' one (LPT stage 1 vs the dual-sampling rung)",
-        STAGE1_ROW,
-        ladder_row("dual_sampling"),
-        "overall",
-        _NP,
+    # --- the LPT ladder: each rung changes one part of LPT (docs/methods.md#the-lpt-ladder) ---
+    *(
+        Claim(f"ladder_{part}", _LADDER, text, rung, below, "overall", _NP)
+        for (below, rung), (part, text) in zip(
+            zip(LADDER, LADDER[1:]),
+            (
+                (
+                    "cosine_head",
+                    "A cosine head beats a linear head (VPT-deep prompts, cross-entropy, class-balanced batches)",
+                ),
+                ("head_dropout", "Dropout before the cosine head helps (cross-entropy, class-balanced batches)"),
+                ("dual_sampling", "Dual sampling beats class-balanced batches alone (cross-entropy in both branches)"),
+                ("agcl", "A-GCL beats cross-entropy in both branches of dual sampling"),
+                ("weight_decay", "LPT's larger weight decay beats the VPT study's (LPT stage 1 vs the A-GCL rung)"),
+            ),
+            strict=True,
+        )
     ),
     *(
         Claim(
             f"ladder_group_pool_{m}",
             _LADDER,
-            "The group prompt pool beats shared prompts alone (LPT stage 2 vs stage 1)",
+            "The group prompt pool beats stage 1 trained for the same extra epochs (LPT stage 2 vs stage 1 on)",
             STAGE2_ROW,
-            STAGE1_ROW,
+            STAGE1_CONTINUED_ROW,
             m,
             _NP,
         )
         for m in ("overall", "few")
     ),
+    # --- leave-one-out from LPT stage 1 (without the weight decay: ladder_weight_decay) and A-GCL's parts ---
+    *(
+        Claim(
+            f"loo_{part}",
+            _ABLATION,
+            f"LPT stage 1 beats itself without {name}",
+            STAGE1_ROW,
+            loo_row(part),
+            "overall",
+            _NP,
+        )
+        for part, name in (
+            ("agcl", "A-GCL (cross-entropy in both branches)"),
+            ("dual_sampling", "dual sampling (class-balanced batches only)"),
+            ("cosine_head", "the cosine head (a linear head)"),
+        )
+    ),
+    *(
+        Claim(
+            f"agcl_part_{part}",
+            _ABLATION,
+            f"{name} beats cross-entropy (LPT stage 1, both branches)",
+            agcl_part_row(part),
+            loo_row("agcl"),
+            "overall",
+            _NP,
+        )
+        for part, name in (
+            ("cloud", "A-GCL's Gaussian cloud alone"),
+            ("no_cloud", "A-GCL without its cloud (margin, asymmetric focusing, label smoothing)"),
+        )
+    ),
+    # --- the same gaps after a post-hoc prior correction chosen on val: a gap that closes is a prior shift ---
+    *(
+        Claim(
+            f"{cid}_posthoc",
+            _POSTHOC,
+            f"{text}, after a post-hoc prior correction of each (tau on val)",
+            a,
+            b,
+            "posthoc_overall",
+            _NP,
+        )
+        for cid, text, a, b in (
+            (
+                "ladder_cosine_head",
+                "A cosine head beats a linear head",
+                ladder_row("cosine_head"),
+                ladder_row("linear_head"),
+            ),
+            ("loo_agcl", "LPT stage 1 beats itself without A-GCL", STAGE1_ROW, loo_row("agcl")),
+            ("lpt_vs_vpt_cb", "LPT (stage 2) beats VPT-deep (class-balanced sampling)", STAGE2_ROW, VPT_CB),
+        )
+    ),
+    # --- LPT against the baselines ---
     Claim(
         "lpt_vs_vpt_cb_overall",
-        _LADDER,
+        _LPT,
         "LPT (stage 2) beats VPT-deep (class-balanced sampling)",
         STAGE2_ROW,
         VPT_CB,
@@ -309,7 +363,7 @@ CLAIMS: tuple[Claim, ...] = (
     # the decoupling baselines a reviewer compares LPT with first (the same seeds, the same frozen backbone)
     Claim(
         "lpt_vs_crt_overall",
-        _LADDER,
+        _LPT,
         "LPT (stage 2) beats cRT (classifier re-trained class-balanced on the instance-balanced VPT-deep model)",
         STAGE2_ROW,
         CRT_CB,
@@ -318,7 +372,7 @@ CLAIMS: tuple[Claim, ...] = (
     ),
     Claim(
         "lpt_vs_la_probe_overall",
-        _LADDER,
+        _LPT,
         "LPT (stage 2) beats the logit-adjusted linear probe (instance-balanced sampling)",
         STAGE2_ROW,
         LP_LA_IB,
@@ -470,6 +524,9 @@ def evaluate_claim(claim: Claim, results: Results, confidence: float = 0.95) -> 
         "a_mean": None,
         "b_mean": None,
     }
+    if not (note_a or note_b) and claim.metric in LATER_METRICS:
+        older = [k for k in dict.fromkeys((a, b)) if any(claim.metric not in r for r in results[k].values())]
+        note_a = "; ".join(f"{k} predates {claim.metric!r}: re-run its stage" for k in older)
     if note_a or note_b:
         note = "; ".join(n for n in (note_a, note_b) if n)
         stats_ = diff_interval([], confidence)
