@@ -43,9 +43,9 @@ def test_miniature_split_sizes(miniature):
     np.testing.assert_array_equal(miniature.train_counts, [500, 299, 179, 107, 64, 38, 23, 13, 8, 5])
     assert len(miniature.train) == 1_236
     np.testing.assert_array_equal(np.bincount(miniature.val.targets), [100] * 10)
-    np.testing.assert_array_equal(np.bincount(miniature.test.targets), [300] * 10)  # a fixed subset
-    full = build_data(parse(data={"max_test_per_class": None}).data)
-    np.testing.assert_array_equal(np.bincount(full.test.targets), [1_000] * 10)
+    np.testing.assert_array_equal(np.bincount(miniature.test.targets), [1_000] * 10)  # the whole test set
+    capped = build_data(parse(data={"max_test_per_class": 300}).data)
+    np.testing.assert_array_equal(np.bincount(capped.test.targets), [300] * 10)  # the first 300 per class
     np.testing.assert_array_equal(np.bincount(miniature.source.targets), [3_000] * 10)
 
 

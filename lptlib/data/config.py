@@ -47,10 +47,10 @@ class DataConfig(Section):
         "decoupling", description="many/medium/few thresholds"
     )
     max_test_per_class: int | None = Field(
-        300,
+        None,
         ge=1,
-        description="test images per class, the first in file order (the miniature: 300 of Fashion-MNIST's 1,000, a "
-        "fixed set for every seed, so the pipeline fits its time budget); null: the whole test set (paper presets)",
+        description="test images per class, the first in file order (a fixed set for every seed; smoke tests); "
+        "null: the whole test set (the miniature's 1,000 per class, and the paper presets)",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
