@@ -100,4 +100,7 @@ def notebook_parameters(notebook, **params) -> dict:
     default = next(ast.literal_eval(n.value) for n in tree.body if n.target.id == "overrides")
     sections = {k: v for k, v in params.items() if k in SECTION_PARAMETERS}
     own = {k: v for k, v in params.items() if k not in SECTION_PARAMETERS}
+    names = {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    unknown = sorted(set(own) - names)  # papermill only warns ("Passed unknown parameter") and runs the defaults
+    assert not unknown, f"{Path(notebook).name} has no parameter {unknown}; its parameters: {sorted(names)}"
     return {"params": "", "overrides": {**default, **sections}, **own}

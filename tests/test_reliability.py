@@ -1296,8 +1296,7 @@ def _params(out: Path) -> dict:
     return {
         "data": {"max_test_per_class": 10, "val_per_class": 5, "n_max": 60, "imbalance": 10},  # 240 train images
         "backbones": {"visual": {"name": "vit-mini", "weights": "random"}},
-        "lpt": {"stage1": {"epochs": EPOCHS, "batch_size": 32}},
-        "ladder": [],  # stage 1 only
+        "lpt": {"stage1": {"epochs": EPOCHS, "batch_size": 32}, "arms": []},  # stage 1 only
         "out_dir": str(out),
         "stage1_path": str(out / "stage1.safetensors"),
         "metrics_path": str(out / "metrics.json"),
@@ -1404,7 +1403,7 @@ def _kill_tree(proc: subprocess.Popen) -> list[int]:
 
 
 def _killed_after_first_epoch(out: Path) -> None:
-    checkpoint = out / "checkpoints" / "stage1.pt"
+    checkpoint = out / "checkpoints" / "lpt_stage1.pt"  # notebook 02: checkpoints/<row key>.pt
     proc = _start(out)
     deadline = time.monotonic() + 300
     while not checkpoint.exists():  # written atomically (rename) at the end of every epoch

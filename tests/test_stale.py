@@ -83,8 +83,7 @@ def _papermill(repo: Path, out: Path, **overrides) -> str:
     """Notebook 02 (LPT stage 1) of the copy, tiny: one epoch; returns the executed notebook's text."""
     params = {
         "data": {"max_test_per_class": 20, "val_per_class": 5, **overrides.get("data", {})},
-        "lpt": {"stage1": {"epochs": 1, "batch_size": 32}},
-        "ladder": [],  # stage 1 only
+        "lpt": {"stage1": {"epochs": 1, "batch_size": 32}, "arms": []},  # stage 1 only
         "out_dir": str(out),
         "stage1_path": str(out / "stage1.safetensors"),
         "metrics_path": str(out / "metrics.json"),
