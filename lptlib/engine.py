@@ -278,6 +278,13 @@ class Schedule(Section):
     )
 
 
+def schedule_of(cfg, row: str, schedule: Schedule) -> Schedule:
+    """The schedule row `row` trains with: `schedule` (its params.yaml subsection), its learning rate replaced by
+    `cfg.arm_lr[row]` where the learning-rate grid (or the user) set one (docs/tuning.md)."""
+    lr = cfg.arm_lr.get(row)
+    return schedule if lr is None else schedule.model_copy(update={"lr": lr})
+
+
 @dataclass(frozen=True)
 class Optim:
     """The optimiser of a run and its per-step learning rate: linear warm-up over `warmup_steps`, then cosine

@@ -148,25 +148,19 @@ class LPTConfig(Section):
         EXTRA_ARMS,
         description="the ladder and ablation arms stage 1's stage trains besides stage 1 (row keys; () none)",
     )
-    arm_lr: dict[str, float] = Field(
-        {}, description="learning rate per ladder / ablation arm (row key -> lr); an arm not named uses `stage1.lr`"
-    )
     resume: Resume = "auto"
 
     _resume = field_validator("resume")(resume_ok)
 
     @model_validator(mode="after")
     def _rules(self) -> LPTConfig:
-        for field, keys in (("arms", self.arms), ("arm_lr", tuple(self.arm_lr))):
-            unknown = [k for k in keys if k not in EXTRA_ARMS]
-            if unknown:
-                raise RuleError(
-                    field,
-                    f"unknown arm {', '.join(map(repr, unknown))}; use one of {', '.join(EXTRA_ARMS)}"
-                    + (" (stage 1's own is `stage1.lr`)" if LPT_STAGE1 in keys else ""),
-                )
-        if any(lr <= 0 for lr in self.arm_lr.values()):
-            raise RuleError("arm_lr", "every learning rate must be > 0")
+        unknown = [k for k in self.arms if k not in EXTRA_ARMS]
+        if unknown:
+            raise RuleError(
+                "arms",
+                f"unknown arm {', '.join(map(repr, unknown))}; use one of {', '.join(EXTRA_ARMS)}"
+                + (" (stage 1 itself always runs)" if LPT_STAGE1 in unknown else ""),
+            )
         if self.top_k > self.pool_size:
             raise RuleError("top_k", f"{self.top_k} keys cannot be picked from a pool of {self.pool_size}")
         return self
@@ -347,3 +341,70 @@ class PretrainConfig(Section):
     zero_shot_templates: Templates = Field(("a photo of a {name}.",), description="prompts of the zero-shot classifier")
 
     _templates = field_validator("caption_templates", "zero_shot_templates")(templates_ok)
+
+
+# ---------------------------------------------------------------------------------------------------- row keys
+# The keys of the result rows the stages write, declared once: the recipes, the claims table, the results table,
+# the learning-rate grid and `arm_lr` (lptlib.config) use them.
+def row_name(method: str, sampling: str) -> str:
+    """Table 1 row key, e.g. 'vpt_deep/class_balanced'."""
+    return f"{method}/{sampling}"
+
+
+LP_IB = row_name("linear_probe", "instance_balanced")
+LP_CB = row_name("linear_probe", "class_balanced")
+LP_LA_IB = row_name("linear_probe_la", "instance_balanced")  # the logit-adjusted probe
+CRT_CB = row_name("crt", "class_balanced")  # cRT on the instance-balanced VPT-deep representation
+VPT_IB = row_name("vpt_deep", "instance_balanced")
+VPT_CB = row_name("vpt_deep", "class_balanced")
+#: the A/A control: VPT-deep (class-balanced) again on the same split, from other init / augmentation / sampler seeds
+VPT_CB_REPLICA = row_name("vpt_deep_replica", "class_balanced")
+TABLE1_ROWS = (LP_IB, LP_CB, LP_LA_IB, CRT_CB, VPT_IB, VPT_CB, VPT_CB_REPLICA)
+#: LPT stage 2, and stage 1 trained on for stage 2's epochs without the pool (what stage 2 is compared with)
+STAGE2_ROW = "lpt_stage2"
+STAGE1_CONTINUED_ROW = "lpt_stage1_continued"
+
+
+def member_name(peft: str, loss: str, variant: str) -> str:
+    """A TEA matrix member's name: e.g. 'lora-la-pea_pg_tec' (its row key is `method_key(name)`)."""
+    return f"{peft}-{loss}-{variant}"
+
+
+def method_key(name: str) -> str:
+    """The row key of a TEA member in `metrics/tea/seed_<s>.json`: e.g. 'tea/lora-la-pea_pg_tec'."""
+    return f"tea/{name}"
+
+
+def _tea_member_keys() -> tuple[str, ...]:
+    m = TEAMatrixConfig.model_fields
+    values = [m[f].annotation.__args__[0].__args__ for f in ("peft", "loss", "tea")]  # tuple[Literal[...], ...]
+    return tuple(method_key(member_name(p, lo, v)) for p in values[0] for lo in values[1] for v in values[2])
+
+
+#: the rows whose training schedule `arm_lr` may set: every trained row of Table 1 (the A/A replica takes
+#: VPT-deep's, being the same configuration), every stage-1 arm, stage 2 and its comparison, every TEA member
+ARM_LR_ROWS: tuple[str, ...] = (
+    *(r for r in TABLE1_ROWS if r != VPT_CB_REPLICA),
+    *ARMS,
+    STAGE2_ROW,
+    STAGE1_CONTINUED_ROW,
+    *_tea_member_keys(),
+)
+
+
+def arm_lr_ok(v: dict[str, float]) -> dict[str, float]:
+    """`arm_lr`: known row keys (`ARM_LR_ROWS`), learning rates > 0."""
+    import difflib
+
+    for key, lr in v.items():
+        if key not in ARM_LR_ROWS:
+            close = difflib.get_close_matches(key, ARM_LR_ROWS, n=1)
+            hint = (
+                f" (the A/A replica trains with {VPT_CB!r}'s rate)"
+                if key == VPT_CB_REPLICA
+                else (f" (did you mean {close[0]!r}?)" if close else "")
+            )
+            raise ValueError(f"unknown row {key!r}{hint}; rows with a schedule: {', '.join(ARM_LR_ROWS)}")
+        if not lr > 0:
+            raise ValueError(f"{key}: the learning rate must be > 0, got {lr!r}")
+    return v

@@ -79,6 +79,30 @@ def test_an_error_in_a_preset_value_names_the_preset(root, tmp_path):
         config.compose({"preset": "named"}, root=tmp_path)
 
 
+def test_the_tuned_layer_sits_between_the_preset_and_params_yaml(tmp_path):
+    from lptlib.engine import schedule_of
+
+    (tmp_path / "presets" / "tuned").mkdir(parents=True)
+    (tmp_path / "presets" / "mini.yaml").write_text("lpt:\n  stage1:\n    lr: 0.3\n")
+    assert config.compose({"preset": "mini"}, root=tmp_path).arm_lr == {}  # never tuned: no layer
+    tuned = tmp_path / "presets" / "tuned" / "mini.yaml"
+    tuned.write_text("arm_lr:\n  lpt_stage1: 0.7\n  ladder/agcl: 0.2\n")
+    cfg = config.compose({"preset": "mini", "arm_lr": {"ladder/agcl": 0.9}}, root=tmp_path)
+    assert cfg.arm_lr == {"lpt_stage1": 0.7, "ladder/agcl": 0.9}  # params.yaml's key wins, the other stays
+    assert cfg.lpt.stage1.lr == 0.3  # the schedule keeps the preset's rate; the row reads the tuned one
+    assert schedule_of(cfg, "lpt_stage1", cfg.lpt.stage1).lr == 0.7
+    assert schedule_of(cfg, "ladder/cosine_head", cfg.lpt.stage1) is cfg.lpt.stage1  # a row never tuned
+    assert schedule_of(cfg, "lpt_stage1", cfg.lpt.stage1).model_dump(exclude={"lr"}) == cfg.lpt.stage1.model_dump(
+        exclude={"lr"}
+    )
+    tuned.write_text("arm_lr:\n  ladder/cosine: 0.7\n")
+    with pytest.raises(ConfigError, match=r"unknown row 'ladder/cosine'.*\(set by tuned layer presets/tuned/mini"):
+        config.compose({"preset": "mini"}, root=tmp_path)
+    tuned.write_text("lpt:\n  stage1:\n    lr: 0.7\n")
+    with pytest.raises(ConfigError, match=r"a tuned layer holds only arm_lr.*lptlib.tune adopt"):
+        config.compose({"preset": "mini"}, root=tmp_path)
+
+
 def test_save_resolved_round_trips(tmp_path):
     cfg = parse(seed=3, data={"imbalance": 50})
     path = config.save_resolved(cfg, tmp_path / "config.yaml", stage="unit")

@@ -108,15 +108,15 @@ def test_ladder_changes_one_part_per_rung_and_leave_one_out_removes_one():
     assert ARMS["ladder/agcl"].differences(ARMS[LPT_STAGE1]) == ["lpt_weight_decay"]  # leave-one-out: weight decay
 
 
-def _tiny_arm_setup(tiny_lt, **lpt):
+def _tiny_arm_setup(tiny_lt, **top):
     from lptlib.config import parse
 
-    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}, **lpt})
+    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}}, **top)
     return cfg, tiny_lt(), create_backbone(BackboneConfig("vit-mini", "random"))
 
 
 def test_arm_runs_train_what_their_arm_says(tiny_lt):
-    """Each arm's schedule (lr from lpt.arm_lr, weight decay), head, dropout, batches and loss against a direct
+    """Each arm's schedule (lr from arm_lr, weight decay), head, dropout, batches and loss against a direct
     computation; stage 1 as an arm is stage_run's stage 1."""
     from lptlib.objectives import AGCL
     from lptlib.recipes.lpt import arm_run, build_arm, stage_run
@@ -195,6 +195,11 @@ def test_arm_config_is_validated():
 
     with pytest.raises(ConfigError, match="lpt.arms.*unknown arm 'ladder/bogus'"):
         parse(lpt={"arms": ["ladder/bogus"]})
-    with pytest.raises(ConfigError, match="stage1.lr"):
-        parse(lpt={"arm_lr": {"lpt_stage1": 0.1}})
+    with pytest.raises(ConfigError, match="arm_lr: unknown row 'ladder/cosine'.*did you mean 'ladder/cosine_head'"):
+        parse(arm_lr={"ladder/cosine": 0.1})
+    with pytest.raises(ConfigError, match="replica trains with 'vpt_deep/class_balanced'"):
+        parse(arm_lr={"vpt_deep_replica/class_balanced": 0.1})
+    with pytest.raises(ConfigError, match="must be > 0"):
+        parse(arm_lr={"lpt_stage1": 0.0})
+    assert parse(arm_lr={"lpt_stage1": 0.1, "tea/lora-ce-pea": 0.2}).arm_lr["lpt_stage1"] == 0.1
     assert parse(lpt={"arms": []}).lpt.arms == ()

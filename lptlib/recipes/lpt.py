@@ -18,11 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from lptlib.data import LTData, make_dual_sampling, make_loader, make_sampler
-from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings
+from lptlib.engine import FitResult, Run, Schedule, classifier_run, fit, predict, run_settings, schedule_of
 from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.peft import LPT, count_trainable
 from lptlib.objectives import AGCL, dual_sampling_objective
-from lptlib.sections import ARMS, LADDER_ARMS, LPT_STAGE1, Arm, LPTConfig
+from lptlib.sections import (  # noqa: F401 (STAGE2_ROW, STAGE1_CONTINUED_ROW: re-exported with STAGE1_ROW)
+    ARMS,
+    LADDER_ARMS,
+    LPT_STAGE1,
+    STAGE1_CONTINUED_ROW,
+    STAGE2_ROW,
+    Arm,
+    LPTConfig,
+)
 from lptlib.utils import default_device, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
@@ -92,10 +100,7 @@ def stage_run(
 
 
 #: the row keys LPT's stages write, declared once (the claims table, the results table and the grid import them)
-STAGE1_ROW = LPT_STAGE1
-STAGE2_ROW = "lpt_stage2"
-#: stage 1 trained on for stage 2's epochs without the pool: what stage 2 is compared with (same extra training)
-STAGE1_CONTINUED_ROW = "lpt_stage1_continued"
+STAGE1_ROW = LPT_STAGE1  # STAGE2_ROW, STAGE1_CONTINUED_ROW (stage 1 trained on for stage 2's epochs): lptlib.sections
 #: the ladder's rungs in order (the one below `ladder/linear_head` is VPT-deep + class-balanced sampling, Table 1)
 LADDER = tuple(LADDER_ARMS)
 
@@ -116,11 +121,12 @@ def agcl_part_row(part: str) -> str:
 
 
 def arm_schedule(cfg: Config, key: str) -> Schedule:
-    """Stage 1's schedule for arm `key`: its learning rate from `lpt.arm_lr` (else `lpt.stage1.lr`), LPT's weight
-    decay or, for the arms without it, the VPT study's (`vpt_study.vpt_deep.weight_decay`)."""
+    """Stage 1's schedule for arm `key`: `lpt.stage1` with the arm's learning rate from `arm_lr` (else
+    `lpt.stage1.lr`), LPT's weight decay or, for the arms without it, the VPT study's
+    (`vpt_study.vpt_deep.weight_decay`)."""
     lpt, arm = cfg.lpt, ARMS[key]
     wd = lpt.stage1.weight_decay if arm.lpt_weight_decay else cfg.vpt_study.vpt_deep.weight_decay
-    return lpt.stage1.model_copy(update={"lr": lpt.arm_lr.get(key, lpt.stage1.lr), "weight_decay": wd})
+    return schedule_of(cfg, key, lpt.stage1.model_copy(update={"weight_decay": wd}))
 
 
 def arm_losses(cfg: Config, arm: Arm, counts, scale: float) -> tuple[Callable, Callable]:
@@ -208,7 +214,8 @@ def stage2_task(
     torch.manual_seed(cfg.seed)
     model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=2 if pool else 1)
     load_stage1(model, stage1_path)
-    run = stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None, schedule=cfg.lpt.stage2)
+    schedule = schedule_of(cfg, STAGE2_ROW if pool else STAGE1_CONTINUED_ROW, cfg.lpt.stage2)
+    run = stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None, schedule=schedule)
     if not pool:
         run.name, run.settings = STAGE1_CONTINUED_ROW, {**run.settings, "continued": True}
     result = fit(run, test=test)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lptlib.data import LTData, make_loader, make_sampler
-from lptlib.engine import FitResult, Run, autocast, classifier_run, evaluate, fit, predict, run_settings
+from lptlib.engine import FitResult, Run, autocast, classifier_run, evaluate, fit, predict, run_settings, schedule_of
 from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.heads import ZeroShotCLIP, check_classnames, text_head_weights
 from lptlib.models.peft import PEFTClassifier, count_trainable
@@ -24,7 +24,15 @@ from lptlib.objectives import TEA, TEA_VARIANTS, build_loss, tea_objective
 from lptlib.schema import (
     ConfigError,
 )
-from lptlib.sections import PEFT_METHODS, TEA_LOSSES, TEAMatrixConfig, peft_arguments, peft_schedule
+from lptlib.sections import (  # noqa: F401 (member_name, method_key: re-exported, the TEA recipes' row keys)
+    PEFT_METHODS,
+    TEA_LOSSES,
+    TEAMatrixConfig,
+    member_name,
+    method_key,
+    peft_arguments,
+    peft_schedule,
+)
 from lptlib.utils import default_device
 
 if TYPE_CHECKING:
@@ -32,16 +40,6 @@ if TYPE_CHECKING:
 
 
 ZERO_SHOT_KEY = "zero_shot_clip"
-
-
-def member_name(peft: str, loss: str, variant: str) -> str:
-    """The member's name: e.g. 'lora-la-pea_pg_tec' (its metrics key is `method_key(name)`)."""
-    return f"{peft}-{loss}-{variant}"
-
-
-def method_key(name: str) -> str:
-    """The key of a member's row in `metrics/tea/seed_<s>.json`: e.g. 'tea/lora-la-pea_pg_tec'."""
-    return f"tea/{name}"
 
 
 def matrix_members(matrix: TEAMatrixConfig) -> list[tuple[str, str, str]]:
@@ -132,7 +130,7 @@ def member_run(
     member to the matrix does not restart the others."""
     check_member(peft, loss, variant)
     t = cfg.tea
-    schedule = peft_schedule(peft, t)
+    schedule = schedule_of(cfg, method_key(member_name(peft, loss, variant)), peft_schedule(peft, t))
     lt = data.transformed(model.backbone.normalization)
     sampler = make_sampler(t.sampling, lt.train.targets, cfg.seed)
     loader = make_loader(lt.train, schedule.batch_size, sampler, cfg.data.num_workers)

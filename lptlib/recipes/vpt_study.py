@@ -16,7 +16,7 @@ from torch import nn
 
 from lptlib.data import LTData, make_loader, make_sampler
 from lptlib.data.datasets import ImageDataset, cap_per_class
-from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings
+from lptlib.engine import Optim, Run, Schedule, classifier_run, fit, predict, run_settings, schedule_of
 from lptlib.measure.analysis import distance_ratio, knn_accuracy
 from lptlib.measure.metrics import prior_corrected, shot_accuracy
 from lptlib.models.backbones import Backbone, create_backbone
@@ -24,29 +24,25 @@ from lptlib.models.heads import build_head
 from lptlib.models.peft import PEFTClassifier, count_trainable
 from lptlib.objectives import build_loss
 from lptlib.pool import run_tasks
-from lptlib.sections import VPTStudyConfig
+from lptlib.sections import (  # noqa: F401 (the row keys are re-exported: their home for the recipes' users)
+    CRT_CB,
+    LP_CB,
+    LP_IB,
+    LP_LA_IB,
+    TABLE1_ROWS,
+    VPT_CB,
+    VPT_CB_REPLICA,
+    VPT_IB,
+    VPTStudyConfig,
+    row_name,
+)
 from lptlib.utils import default_device
 
 if TYPE_CHECKING:
     from lptlib.config import Config
 
 
-def row_name(method: str, sampling: str) -> str:
-    """Table 1 row key, e.g. 'vpt_deep/class_balanced'."""
-    return f"{method}/{sampling}"
-
-
-#: the row keys Table 1 writes (the default samplings), declared once: the claims table, the results table and the
-#: learning-rate grid import them
-LP_IB = row_name("linear_probe", "instance_balanced")
-LP_CB = row_name("linear_probe", "class_balanced")
-LP_LA_IB = row_name("linear_probe_la", "instance_balanced")  # the logit-adjusted probe
-CRT_CB = row_name("crt", "class_balanced")  # cRT on the instance-balanced VPT-deep representation
-VPT_IB = row_name("vpt_deep", "instance_balanced")
-VPT_CB = row_name("vpt_deep", "class_balanced")
-#: the A/A control: VPT-deep (class-balanced) again on the same split, from other init / augmentation / sampler seeds
-VPT_CB_REPLICA = row_name("vpt_deep_replica", "class_balanced")
-TABLE1_ROWS = (LP_IB, LP_CB, LP_LA_IB, CRT_CB, VPT_IB, VPT_CB, VPT_CB_REPLICA)
+# the row keys Table 1 writes are declared in lptlib.sections (LP_IB ... VPT_CB_REPLICA, imported above)
 #: Table 2's feature extractors: the frozen backbone, and every VPT-deep model of Table 1 under its row key
 FROZEN = "frozen"
 
@@ -230,7 +226,9 @@ def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test:
         jobs.append((CRT_CB, VPT_IB, "class_balanced", "ce"))
     rows = {}
     for name, rep, sampling, loss in jobs:
-        run = probe_run(caches[rep], sampling, loss, cfg, data, name)
+        run = probe_run(
+            caches[rep], sampling, loss, cfg, data, name, schedule_of(cfg, name, cfg.vpt_study.linear_probe)
+        )
         result = fit(run, test=test)
         rows[name] = {**result.row(count_trainable(run.model)), "history": result.history}
     return rows
@@ -259,7 +257,8 @@ def vpt_deep_row(
     torch.manual_seed(seed)  # the same initialisation for every sampling mode (paired); another for the replica
     model = build_vpt_model(backbone, data.num_classes, study)
     ckpt = Path(checkpoint) if checkpoint else None
-    run = table1_run(model, data, sampling, study.vpt_deep, cfg, ckpt, study.resume, name, seed)
+    schedule = schedule_of(cfg, row_name("vpt_deep", sampling), study.vpt_deep)  # the replica: VPT-deep's rate
+    run = table1_run(model, data, sampling, schedule, cfg, ckpt, study.resume, name, seed)
     result = fit(run, test=test)
     out = {
         "row": result.row(count_trainable(model)),
