@@ -49,8 +49,8 @@ class VPTStudyConfig(Section):
         4, ge=1, description="augmented views per training image whose cached features the linear probes train on"
     )
     la_tau: float = Field(1.0, ge=0.0, description="tau of the logit-adjusted linear probe (Menon et al. 2021)")
-    # SGD, warm-up then cosine decay per step. The miniature's learning rates are the val-chosen values of the
-    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
+    # SGD, warm-up then cosine decay per step. Each rate is the centre of its rows' learning-rate grids; a row's
+    # own val-chosen rate is its `arm_lr` entry (docs/tuning.md).
     linear_probe: Schedule = Field(
         Schedule(epochs=10, lr=0.5), description="linear probing on cached features (also the LA probe and cRT)"
     )
@@ -140,8 +140,8 @@ class LPTConfig(Section):
         3, ge=0, description="K: blocks 1..K use the shared prompts only (the first half: 3 of vit-mini's 6, 6 of 12)"
     )
     match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
-    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). The miniature's learning rates are the
-    # val-chosen values of the learning-rate grid (docs/tuning.md, `python -m lptlib.tune`). batch_size is per branch.
+    # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). Each rate is the centre of its rows'
+    # learning-rate grids; a row's own val-chosen rate is its `arm_lr` entry (docs/tuning.md). batch_size: per branch.
     stage1: Schedule = Field(Schedule(epochs=10, lr=0.0625, weight_decay=0.01), description="stage 1")
     stage2: Schedule = Field(Schedule(epochs=10, lr=0.05, weight_decay=0.01), description="stage 2")
     arms: tuple[str, ...] = Field(
@@ -256,8 +256,8 @@ class TEAConfig(Section):
         0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
     )
     tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
-    # One schedule per PEFT method, 5 epochs. The miniature's learning rates are the val-chosen values of the
-    # learning-rate grid, the same size for every method (docs/tuning.md, `python -m lptlib.tune`).
+    # One schedule per PEFT method, 5 epochs. Each rate is the centre of its members' learning-rate grids; a
+    # member's own val-chosen rate is its `arm_lr` entry (docs/tuning.md).
     vpt_deep: Schedule = Field(Schedule(epochs=5, lr=0.025), description="vpt_deep schedule")
     adaptformer: Schedule = Field(Schedule(epochs=5, lr=0.0025), description="adaptformer schedule")
     lora: Schedule = Field(Schedule(epochs=5, lr=0.0125), description="lora schedule")

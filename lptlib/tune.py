@@ -1,270 +1,390 @@
-"""The learning-rate grid: the same number of values for every compared method, judged on val only.
+"""The learning-rate grid, per compared arm: every row a claim compares gets its own grid of the same size, on val.
 
-    python -m lptlib.tune                       # every method, tuning seed 1000, 2 worker processes
-    python -m lptlib.tune --methods vpt_deep lpt.stage1 --workers 2
-    python -m lptlib.tune --list                # the grid, without running it
+    python -m lptlib.tune list                          # the arms and their grids, without running anything
+    python -m lptlib.tune run                           # every arm (2 worker processes), tuning seed 1000
+    python -m lptlib.tune run --arms lpt_stage1 ladder/agcl
+    python -m lptlib.tune adopt                         # write the winners into presets/tuned/<preset>.yaml
+    dvc repro tuning/dvc.yaml                           # the same grid as a DVC stage (outside `dvc repro`)
 
-Each entry of `GRID` is one schedule of params.yaml (e.g. `vpt_study.vpt_deep`) and the Table-1 / ladder rows it
-serves; a value's score is the mean final-epoch val accuracy over those rows (the schedules are fixed, as in the
-pipeline). The test split is never evaluated (`fit(test=False)`). The tuning seed (1000) is none of the seeds the
-pipeline reports, so the long-tailed train set and val split the grid sees are not the ones the results come
-from. Results are kept per schedule in docs/tuning.json (re-running some schedules keeps the others) and the
-table is written to docs/tuning.md; the chosen values are the code defaults of the miniature (their
-comments point to docs/tuning.md). Weight decay is not tuned: the papers fix it (VPT study 1e-4, LPT 0.01, LIFT
-5e-4), and the LPT ladder measures its effect as one rung.
+Each arm of `GRID` is one result row (its row key) and the schedule its rate is centred on (e.g. `lpt.stage1` for
+every stage-1 arm). Its grid is that schedule's learning rate times `FACTORS` (five values); where the winner sits
+at an edge, the grid is extended one factor of 2 beyond it, up to `MAX_EXTENSIONS` times, so every arm gets the same
+grid and the same rule. A value's score is the arm's **final-epoch val accuracy** (the pipeline reports the last
+epoch); the test split is never evaluated (`fit(test=False)`). Ties go to the smaller rate. The tuning seed (1000)
+is none of the seeds the pipeline reports: the grid sees another long-tailed train set and val draw than the
+results do. Weight decay is not tuned: the papers fix it (VPT study 1e-4, LPT 0.01), the ladder measures LPT's as
+one rung, and every stage-1 tensor being scale-invariant, a weight decay acts as a change of the effective learning
+rate, which each arm's own grid already covers.
+
+Two arms build on another arm's winner: cRT re-trains the head on the instance-balanced VPT-deep representation
+trained at that arm's chosen rate, and stage 2 (with the pool, and stage 1 continued without it) starts from stage
+1 trained at its chosen rate, as in the pipeline.
+
+Results go to `tuning/<preset>.json` (one arm at a time, so a stopped run keeps what it finished; the grid's
+sha256 names the grid it was run on) and the table to docs/tuning.md; `adopt` writes each arm's winner into the
+generated tuned layer `presets/tuned/<preset>.yaml` (`arm_lr`, with its provenance), which the pipeline composes
+between the preset and params.yaml (lptlib.config). Nothing is written by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import hashlib
 import json
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lptlib.config import Config, load, parse
+from lptlib.config import Config, load, tuned_file
 from lptlib.paths import repo_root
-from lptlib.recipes.lpt import STAGE1_ROW, STAGE2_ROW
-from lptlib.recipes.tea import member_name, method_key
-from lptlib.recipes.vpt_study import LP_CB, LP_IB, LP_LA_IB, VPT_CB, VPT_IB, row_name
-from lptlib.schema import to_dict
+from lptlib.sections import (
+    ARMS,
+    CRT_CB,
+    LP_CB,
+    LP_IB,
+    LP_LA_IB,
+    LPT_STAGE1,
+    PEFT_METHODS,
+    STAGE1_CONTINUED_ROW,
+    STAGE2_ROW,
+    VPT_CB,
+    VPT_IB,
+    member_name,
+    method_key,
+)
+from lptlib.utils import atomic_write_bytes, git_revision
 
 TUNING_SEED = 1000
-GRID_SIZE = 5
-TEA_LOSS, TEA_VARIANTS_TUNED = "la", ("none", "pea_pg_tec")  # the TEA members a PEFT method's schedule is tuned on
+FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+MAX_EXTENSIONS = 2
+#: the TEA members the claims compare (the default `tea.matrix`): each PEFT method plain and with full TEA
+TEA_LOSS, TEA_VARIANTS = "la", ("none", "pea_pg_tec")
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One schedule to tune: its dotted key, the learning rates tried and the rows whose mean val decides."""
+class Arm:
+    """One arm of the grid: the row it tunes, how it is trained (`kind`) and the schedule its grid is centred on
+    (a dotted params.yaml key whose `lr` is the grid's middle value)."""
 
-    key: str
-    lrs: tuple[float, ...]
-    rows: tuple[str, ...]
-    note: str = ""
+    row: str
+    kind: str  # probe | vpt_deep | lpt_stage1 | lpt_stage2 | tea
+    schedule: str
+    needs: str | None = None  # the arm whose winner this one starts from
 
 
-GRID: dict[str, Entry] = {
-    e.key: e
-    for e in (
-        Entry(
-            "vpt_study.linear_probe",
-            (0.25, 0.5, 1.0, 2.0, 4.0),
-            (LP_IB, LP_CB, LP_LA_IB),
-            "cached frozen features; also cRT's schedule",
-        ),
-        Entry(
-            "vpt_study.vpt_deep",
-            (0.125, 0.25, 0.5, 1.0, 2.0),
-            (VPT_IB, VPT_CB),
-        ),
-        Entry(
-            "lpt.stage1",
-            (0.0625, 0.125, 0.25, 0.5, 1.0),
-            (STAGE1_ROW,),
-            "also the schedule of the ladder rungs below stage 1",
-        ),
-        Entry("lpt.stage2", (0.0125, 0.025, 0.05, 0.1, 0.2), (STAGE2_ROW,), "on the best stage-1 state of the grid"),
+GRID: dict[str, Arm] = {
+    a.row: a
+    for a in (
+        Arm(VPT_IB, "vpt_deep", "vpt_study.vpt_deep"),
+        Arm(VPT_CB, "vpt_deep", "vpt_study.vpt_deep"),
+        Arm(LP_IB, "probe", "vpt_study.linear_probe"),
+        Arm(LP_CB, "probe", "vpt_study.linear_probe"),
+        Arm(LP_LA_IB, "probe", "vpt_study.linear_probe"),
+        Arm(CRT_CB, "probe", "vpt_study.linear_probe", needs=VPT_IB),
+        *(Arm(key, "lpt_stage1", "lpt.stage1") for key in ARMS),
+        Arm(STAGE2_ROW, "lpt_stage2", "lpt.stage2", needs=LPT_STAGE1),
+        Arm(STAGE1_CONTINUED_ROW, "lpt_stage2", "lpt.stage2", needs=LPT_STAGE1),
         *(
-            Entry(
-                f"tea.{peft}",
-                lrs,
-                tuple(method_key(member_name(peft, TEA_LOSS, v)) for v in TEA_VARIANTS_TUNED),
-                "the schedule of every TEA variant of this PEFT method",
-            )
-            for peft, lrs in (
-                ("vpt_deep", (0.025, 0.05, 0.1, 0.2, 0.4)),
-                ("adaptformer", (0.0025, 0.005, 0.01, 0.02, 0.04)),
-                ("lora", (0.0125, 0.025, 0.05, 0.1, 0.2)),
-            )
+            Arm(method_key(member_name(peft, TEA_LOSS, v)), "tea", f"tea.{peft}")
+            for peft in PEFT_METHODS
+            for v in TEA_VARIANTS
         ),
     )
 }
-assert all(len(e.lrs) == GRID_SIZE for e in GRID.values()), "every method gets the same grid size"
 
 
-def _with_lr(config: dict, key: str, lr: float) -> dict:
-    out = copy.deepcopy(config)
-    node = out
-    for part in key.split("."):
-        node = node[part]
-    node["lr"] = lr
-    return out
+def grid_sha256() -> str:
+    """The digest of the grid's definition (arms, factors, extension rule, seed): a stored result names it."""
+    spec = {"arms": [asdict(a) for a in GRID.values()], "factors": FACTORS, "max_ext": MAX_EXTENSIONS}
+    return hashlib.sha256(json.dumps({**spec, "seed": TUNING_SEED}, sort_keys=True).encode()).hexdigest()
 
 
-def _vpt_rows(config: dict, key: str, workers: int, state: dict) -> dict[str, float]:
+def centre(cfg: Config, arm: Arm) -> float:
+    """The middle value of `arm`'s grid: the `lr` of its schedule in the composed config (preset and params)."""
+    node = cfg
+    for part in arm.schedule.split("."):
+        node = getattr(node, part)
+    return node.lr
+
+
+def with_lr(cfg: Config, rates: dict[str, float]) -> Config:
+    """`cfg` with exactly these rows' rates (`arm_lr`), validated."""
+    return Config.model_validate({**cfg.model_dump(), "arm_lr": rates})
+
+
+# --------------------------------------------------------------------------------------------- training
+def _train(arm: Arm, rates: Sequence[float], base: Config, workers: int, state: dict) -> list[dict]:
+    """Train `arm` once per rate on the tuning seed (val only); [{'val': final-epoch val accuracy, ...}]."""
     from lptlib.pool import run_tasks, setup
-    from lptlib.recipes.vpt_study import frozen_cache_task, probe_rows, vpt_deep_task
 
-    cfg = load_config(config)
-    if key == "vpt_study.linear_probe":
-        data = setup(cfg)
+    cfgs = [with_lr(base, {arm.row: lr}) for lr in rates]
+    if arm.kind == "probe":
+        from lptlib.recipes.vpt_study import frozen_cache_task, probe_jobs, probe_row
+
+        data = setup(base)
         if "frozen" not in state:
-            state["frozen"] = frozen_cache_task(cfg, data, test=False)
-        rows = probe_rows({"frozen": state["frozen"]}, data, cfg, test=False)
-        return {k: v["val_overall"] for k, v in rows.items()}
-    tasks = [dict(cfg=cfg, sampling=s, checkpoint=None, test=False) for s in cfg.vpt_study.samplings]
-    outs = run_tasks(vpt_deep_task, tasks, workers)
-    return {row_name("vpt_deep", t["sampling"]): o["row"]["val_overall"] for t, o in zip(tasks, outs, strict=True)}
+            state["frozen"] = frozen_cache_task(base, data, test=False)
+        caches = {"frozen": state["frozen"], **({VPT_IB: state[VPT_IB]["cache"]} if arm.needs else {})}
+        job = next((j for j in probe_jobs(caches, data, base) if j[0] == arm.row), None)
+        if job is None:
+            raise SystemExit(f"{arm.row} cannot be trained on this data (a class without training images?)")
+        return [{"val": probe_row(caches, job, data, c, test=False)["val_overall"]} for c in cfgs]
+    if arm.kind == "vpt_deep":
+        from lptlib.recipes.vpt_study import vpt_deep_task
 
-
-def load_config(config: dict) -> Config:
-    return parse(**config)
-
-
-def run_entry(entry: Entry, base: dict, workers: int, state: dict, log: Callable[[str], None] = print) -> dict:
-    """Train every value of `entry`'s grid on the tuning seed; {lr: {row: val, 'mean': mean val}}."""
-    from lptlib.pool import run_tasks
-    from lptlib.recipes.lpt import stage1_task, stage2_task
-
-    results: dict[float, dict] = {}
-    if entry.key == "lpt.stage1":
-        tasks = [
-            dict(cfg=load_config(_with_lr(base, entry.key, lr)), arm=STAGE1_ROW, checkpoint=None, test=False)
-            for lr in entry.lrs
+        sampling = arm.row.split("/", 1)[1]
+        views = base.vpt_study.feature_views if arm.row == VPT_IB else 0  # cRT's input, kept for the winner
+        tasks = [dict(cfg=c, sampling=sampling, checkpoint=None, cache_views=views, test=False) for c in cfgs]
+        return [
+            {"val": o["row"]["val_overall"], "cache": o.get("cache")} for o in run_tasks(vpt_deep_task, tasks, workers)
         ]
+    if arm.kind == "lpt_stage1":
+        from lptlib.recipes.lpt import stage1_task
+
+        tasks = [dict(cfg=c, arm=arm.row, checkpoint=None, test=False) for c in cfgs]
         outs = run_tasks(stage1_task, tasks, workers)
-        for lr, out in zip(entry.lrs, outs, strict=True):
-            results[lr] = {STAGE1_ROW: out["row"]["val_overall"]}
-        best = max(entry.lrs, key=lambda lr: results[lr][STAGE1_ROW])
-        state["stage1_state"] = outs[entry.lrs.index(best)]["stage1_state"]
-        state["stage1_lr"] = best
-    elif entry.key == "lpt.stage2":
-        if "stage1_state" not in state:
-            run_entry(GRID["lpt.stage1"], base, workers, state, log)  # fills state["stage1_state"]
-        from lptlib.utils import save_safetensors
+        return [{"val": o["row"]["val_overall"], "stage1_state": o.get("stage1_state")} for o in outs]
+    if arm.kind == "lpt_stage2":
+        from lptlib.recipes.lpt import stage2_task
 
-        tmp = Path(tempfile.mkdtemp(prefix="lptlib-tune-")) / "stage1.safetensors"
-        save_safetensors(state["stage1_state"], tmp, _stage1_meta(load_config(base), state["stage1_state"]))
-        stage1_base = _with_lr(base, "lpt.stage1", state["stage1_lr"])
-        tasks = [
-            dict(
-                cfg=load_config(_with_lr(stage1_base, entry.key, lr)), stage1_path=str(tmp), checkpoint=None, test=False
-            )
-            for lr in entry.lrs
-        ]
-        for lr, out in zip(entry.lrs, run_tasks(stage2_task, tasks, workers), strict=True):
-            results[lr] = {STAGE2_ROW: out["row"]["val_overall"]}
-    elif entry.key.startswith("tea."):
+        path, pool = state[LPT_STAGE1]["path"], arm.row == STAGE2_ROW
+        tasks = [dict(cfg=c, stage1_path=path, checkpoint=None, test=False, pool=pool) for c in cfgs]
+        return [{"val": o["row"]["val_overall"]} for o in run_tasks(stage2_task, tasks, workers)]
+    if arm.kind == "tea":
         from lptlib.recipes.tea import member_task
 
-        peft = entry.key.split(".", 1)[1]
-        jobs = [(lr, v) for lr in entry.lrs for v in TEA_VARIANTS_TUNED]
-        tasks = [
-            dict(cfg=load_config(_with_lr(base, entry.key, lr)), peft=peft, loss=TEA_LOSS, variant=v, test=False)
-            for lr, v in jobs
-        ]
-        for (lr, v), out in zip(jobs, run_tasks(member_task, tasks, workers), strict=True):
-            results.setdefault(lr, {})[method_key(member_name(peft, TEA_LOSS, v))] = out["row"]["val_overall"]
-    else:
-        for lr in entry.lrs:
-            results[lr] = _vpt_rows(_with_lr(base, entry.key, lr), entry.key, workers, state)
-    for lr, r in results.items():
-        r["mean"] = statistics.fmean(r[k] for k in entry.rows if k in r)
-        log(f"{entry.key} lr={lr:g}: mean val {100 * r['mean']:.2f}")
-    return results
+        peft, loss, variant = arm.row.split("/", 1)[1].split("-")
+        tasks = [dict(cfg=c, peft=peft, loss=loss, variant=variant, test=False) for c in cfgs]
+        return [{"val": o["row"]["val_overall"]} for o in run_tasks(member_task, tasks, workers)]
+    raise ValueError(f"unknown arm kind {arm.kind!r}")  # a bug in GRID
 
 
-def _stage1_meta(cfg: Config, state: dict) -> dict[str, str]:
-    """The metadata `recipes.lpt.save_stage1` writes, from the config and the stage-1 state."""
-    return {
-        "backbone": getattr(cfg.backbones, cfg.lpt.backbone).name,
-        "prompt_length": str(cfg.lpt.prompt_length),
-        "num_classes": str(state["head.weight"].shape[0]),
+def chosen(scores: dict[float, float]) -> float:
+    """The rate with the best val accuracy (ties: the smaller rate)."""
+    return max(sorted(scores), key=lambda lr: scores[lr])
+
+
+def tune_arm(
+    arm: Arm, base: Config, workers: int, state: dict, log: Callable[[str], None] = print
+) -> tuple[dict, dict]:
+    """`arm`'s grid, extended beyond an edge winner: ({'centre', 'scores', 'chosen', 'edge', 'extensions',
+    'seconds'}, the winner's outputs, e.g. its feature cache)."""
+    start, c = time.perf_counter(), centre(base, arm)
+    rates = [c * f for f in FACTORS]
+    outs = dict(zip(rates, _train(arm, rates, base, workers, state), strict=True))
+    extensions = 0
+    while extensions < MAX_EXTENSIONS:
+        best = chosen({lr: o["val"] for lr, o in outs.items()})
+        if best not in (min(outs), max(outs)):
+            break
+        lr = best / 2 if best == min(outs) else best * 2
+        outs[lr] = _train(arm, [lr], base, workers, state)[0]
+        extensions += 1
+    scores = {lr: o["val"] for lr, o in sorted(outs.items())}
+    best = chosen(scores)
+    for lr, v in scores.items():
+        log(f"{arm.row} lr={lr:g}: val {100 * v:.2f}" + (" (chosen)" if lr == best else ""))
+    result = {
+        "schedule": arm.schedule,
+        "centre": c,
+        "scores": {repr(lr): v for lr, v in scores.items()},
+        "chosen": best,
+        "edge": best in (min(scores), max(scores)),
+        "extensions": extensions,
+        "seconds": round(time.perf_counter() - start, 1),
     }
+    return result, outs[best]
 
 
-def chosen(results: dict) -> float:
-    """The learning rate with the best mean val accuracy (ties: the smaller rate)."""
-    return max(sorted(results), key=lambda lr: results[lr]["mean"])
+def _keep(arm: Arm, winner: dict, base: Config, state: dict) -> None:
+    """Keep what a later arm builds on: the VPT-deep (instance-balanced) winner's cache, stage 1's winner file."""
+    if arm.row == VPT_IB:
+        state[VPT_IB] = {"cache": winner["cache"]}
+    if arm.row == LPT_STAGE1:
+        from lptlib.models.backbones import create_backbone
+        from lptlib.recipes.lpt import build_lpt, save_stage1
+
+        sd = winner["stage1_state"]
+        backbone = create_backbone(getattr(base.backbones, base.lpt.backbone))
+        model = build_lpt(backbone, sd["head.weight"].shape[0], base.lpt, stage=1)
+        model.load_stage1_state(sd)
+        path = Path(tempfile.mkdtemp(prefix="lptlib-tune-")) / "lpt_stage1.safetensors"
+        state[LPT_STAGE1] = {"path": str(save_stage1(model, path))}
+
+
+def _needed(arm: Arm, base: Config, store: dict, workers: int, state: dict, log: Callable[[str], None]) -> None:
+    """Rebuild the winner `arm` starts from when it was tuned in an earlier run (its stored rate, trained once)."""
+    if arm.needs is None or arm.needs in state:
+        return
+    if arm.needs not in store.get("arms", {}):
+        raise SystemExit(f"{arm.row} starts from {arm.needs}'s winner: tune that arm first (--arms {arm.needs})")
+    lr = store["arms"][arm.needs]["chosen"]
+    log(f"{arm.row}: retraining {arm.needs} at its chosen lr={lr:g} to start from it")
+    _keep(GRID[arm.needs], _train(GRID[arm.needs], [lr], base, workers, state)[0], base, state)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def results_path(preset: str, root: Path | None = None) -> Path:
+    """Where the grid's results for `preset` are kept: tuning/<preset>.json."""
+    return (root or repo_root()) / "tuning" / f"{preset}.json"
+
+
+def empty_store(preset: str) -> dict:
+    """The store of a grid never run (docs/tuning.md lists every arm as not yet tuned)."""
+    return {"preset": preset, "seed": TUNING_SEED, "grid_sha256": grid_sha256(), "arms": {}}
 
 
 def markdown(store: dict) -> str:
-    """docs/tuning.md from the stored grid results ({schedule key: {'seed', 'seconds', 'command', 'results'}})."""
-    seeds = sorted({v["seed"] for v in store.values()})
+    """docs/tuning.md from a stored grid (`tuning/<preset>.json`)."""
+    arms = store.get("arms", {})
     lines = [
         "# Learning-rate grid (miniature)",
         "",
-        "Generated by `python -m lptlib.tune` (`lptlib/tune.py`) from `docs/tuning.json`; do not edit by hand.",
+        f"Generated by `python -m lptlib.tune` from `tuning/{store['preset']}.json`; do not edit by hand.",
         "",
-        f"Every method gets the same budget: {GRID_SIZE} learning rates, each trained once for the method's fixed "
-        f"schedule on the tuning seed ({', '.join(map(str, seeds))}: its own long-tailed train set and val split, "
-        "none of the seeds the results report). The score is the final-epoch **val** accuracy (%), averaged over "
-        "the rows a schedule serves; the test split is never evaluated. The chosen value (bold) is the miniature's "
-        "code default of that schedule (docs/parameters.md). Weight decay is not tuned: the papers fix it, and the "
-        "LPT ladder measures LPT's weight decay as one rung. One seed per value: differences of a point or two "
-        "between neighbouring values are within the run-to-run spread, so the grid guards against a badly chosen "
-        "rate rather than finding the best one. LPT++ reuses LPT's optimiser and is compared only with its own "
-        "experts and their average, which share its schedules, so it is not in the grid. A value chosen at the "
-        "edge of its grid (marked) may not be the optimum.",
+        f"Every compared arm gets its own grid of the same size: its schedule's learning rate times "
+        f"{', '.join(f'{f:g}' for f in FACTORS)}, extended by a factor of 2 beyond an edge winner up to "
+        f"{MAX_EXTENSIONS} times. Each value is trained once on the tuning seed ({store['seed']}: its own "
+        "long-tailed train set and val split, none of the seeds the results report) for the arm's fixed schedule; "
+        "the score is the **final-epoch val accuracy** (%); the test split is never evaluated. The chosen rate "
+        f"(bold) is written into `presets/tuned/{store['preset']}.yaml` (`arm_lr`) by `python -m lptlib.tune "
+        "adopt`. cRT starts from the instance-balanced VPT-deep model at its chosen rate, stage 2 and stage 1 "
+        "continued from stage 1 at its chosen rate. One seed per value: neighbouring values a point or two apart "
+        "are within the run-to-run spread, so the grid guards against a badly chosen rate rather than finding the "
+        "best one. Weight decay is not tuned (the papers fix it; every stage-1 tensor is scale-invariant, so it "
+        "acts as a learning-rate change the grid covers). LPT++ and its scorer are not in the grid yet.",
         "",
-        "| schedule | rows scored (mean val) | " + " | ".join(f"lr {i + 1}" for i in range(GRID_SIZE)) + " | chosen |",
-        "|---|---|" + "---|" * GRID_SIZE + "---|",
+        f"Grid sha256 `{store['grid_sha256'][:16]}`"
+        + ("; run by " if arms else " (not run yet).")
+        + "; ".join(
+            f"`{cmd}` at commit `{commit or 'unknown'}`"
+            for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
+        )
+        + ("." if arms else ""),
+        "",
+        "| arm (row) | schedule | values | val accuracy (%) by learning rate | chosen | at an edge | min |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for key in [k for k in GRID if k in store]:
-        res = {float(lr): r for lr, r in store[key]["results"].items()}
-        best = chosen(res)
-        cells = [
-            (f"**{lr:g}: {100 * r['mean']:.2f}**" if lr == best else f"{lr:g}: {100 * r['mean']:.2f}")
-            for lr, r in sorted(res.items())
+    for row in [r for r in GRID if r in arms]:
+        a = arms[row]
+        scores = {float(k): v for k, v in a["scores"].items()}
+        cells = ", ".join(
+            f"**{lr:g}: {100 * v:.2f}**" if lr == a["chosen"] else f"{lr:g}: {100 * v:.2f}" for lr, v in scores.items()
+        )
+        edge = f"yes (after {a['extensions']} extensions)" if a["edge"] else "no"
+        lines.append(
+            f"| `{row}` | `{a['schedule']}` | {len(scores)} | {cells} | {a['chosen']:g} | {edge} | "
+            f"{a['seconds'] / 60:.1f} |"
+        )
+    missing = [r for r in GRID if r not in arms]
+    if missing:
+        lines += [
+            "",
+            "Not yet tuned (each trains with its schedule's rate, the miniature's default from an earlier grid "
+            "that was run per schedule, not per arm): " + ", ".join(f"`{r}`" for r in missing) + ".",
         ]
-        rows = ", ".join(f"`{r}`" for r in GRID[key].rows)
-        note = f" ({GRID[key].note})" if GRID[key].note else ""
-        edge = " (grid edge)" if best in (min(res), max(res)) else ""
-        lines.append(f"| `{key}` | {rows}{note} | " + " | ".join(cells) + f" | {best:g}{edge} |")
-    lines += ["", "| schedule | command | wall time (min, 2 cores) |", "|---|---|---|"]
-    for key in [k for k in GRID if k in store]:
-        entry = store[key]
-        wall = f"{entry['seconds'] / 60:.1f}" if entry.get("seconds") is not None else entry.get("wall_note", "–")
-        lines.append(f"| `{key}` | `{entry['command']}` | {wall} |")
+    if arms:
+        total = sum(a["seconds"] for a in arms.values()) / 60
+        n = statistics.fmean(len(a["scores"]) for a in arms.values())
+        lines += ["", f"{len(arms)} arms, {n:.1f} values each on average, {total:.0f} min in all (2 cores)."]
     return "\n".join(lines) + "\n"
 
 
+def tuned_yaml(store: dict) -> str:
+    """The tuned layer: each tuned arm's chosen rate, with where it comes from."""
+    arms = store.get("arms", {})
+    lines = [
+        f"# Generated by `python -m lptlib.tune adopt` from tuning/{store['preset']}.json; do not edit by hand.",
+        f"# Grid sha256 {store['grid_sha256']}, tuning seed {store['seed']}; run by",
+        *(
+            f"#   `{cmd}` at commit {commit or 'unknown'}"
+            for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
+        ),
+        "# Each rate: the best final-epoch val accuracy of its arm's grid (docs/tuning.md).",
+        "# Edge winners (the grid was extended and the best is still its edge): "
+        + (", ".join(r for r in GRID if r in arms and arms[r]["edge"]) or "none")
+        + ".",
+        "arm_lr:",
+    ]
+    lines += [f"  {row}: {arms[row]['chosen']!r}" for row in GRID if row in arms]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
+
+
+# ------------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m lptlib.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--methods", nargs="*", default=list(GRID), help=f"schedules to tune (default: all of {', '.join(GRID)})"
-    )
-    ap.add_argument("--seed", type=int, default=TUNING_SEED)
+    ap.add_argument("command", choices=("list", "run", "adopt", "table"))
+    ap.add_argument("--arms", nargs="*", default=None, help="rows to tune (default: every arm of the grid)")
+    ap.add_argument("--fresh", action="store_true", help="run: forget the stored results first")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--params", type=Path, default=None, help="params file (default: the repository's params.yaml)")
-    ap.add_argument("--out", type=Path, default=None, help="default: docs/tuning.md")
-    ap.add_argument("--list", action="store_true", help="print the grid and exit")
+    ap.add_argument("--set", dest="sets", nargs="*", default=[], help="key=value over the params (smoke tests)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where tuning/, docs/tuning.md, presets/tuned/ go (default: the repository)",
+    )
     args = ap.parse_args(argv)
-    unknown = [m for m in args.methods if m not in GRID]
+    arms = args.arms if args.arms is not None else list(GRID)
+    unknown = [a for a in arms if a not in GRID]
     if unknown:
-        ap.error(f"unknown schedule(s) {', '.join(unknown)}; choose from {', '.join(GRID)}")
-    if args.list:
-        for e in GRID.values():
-            print(f"{e.key}: lr in {', '.join(f'{v:g}' for v in e.lrs)}; scored on {', '.join(e.rows)}")
-        return 0
+        ap.error(f"unknown arm(s) {', '.join(unknown)}; the grid's arms: {', '.join(GRID)}")
     root = repo_root()
-    cfg = load(args.params or root / "params.yaml", [f"seed={args.seed}"])
-    base = to_dict(cfg)
-    out = args.out or root / "docs" / "tuning.md"
-    store_path = out.with_suffix(".json")
-    store = json.loads(store_path.read_text()) if store_path.is_file() else {}
-    command = "python -m lptlib.tune" + (f" --methods {' '.join(args.methods)}" if args.methods != list(GRID) else "")
+    params = args.params or root / "params.yaml"
+    base = load(params, [f"seed={TUNING_SEED}", *args.sets])
+    out = args.out or root
+    path, table = results_path(base.preset, out), out / "docs" / "tuning.md"
+    if args.command == "list":
+        for a in GRID.values():
+            rates = ", ".join(f"{centre(base, a) * f:g}" for f in FACTORS)
+            print(f"{a.row}: {a.schedule} lr in {rates}" + (f"; starts from {a.needs}'s winner" if a.needs else ""))
+        return 0
+    store = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
+    if store and store.get("grid_sha256") != grid_sha256():
+        raise SystemExit(
+            f"{path} was run on another grid (sha256 differs); re-run it: python -m lptlib.tune run --fresh"
+        )
+    if args.command in ("adopt", "table"):
+        if not store and args.command == "adopt":
+            raise SystemExit(f"{path} does not exist: run the grid first (python -m lptlib.tune run)")
+        store = store or empty_store(base.preset)
+        if args.command == "adopt":
+            _write(tuned_file(base.preset, out), tuned_yaml(store))
+            print(f"wrote {tuned_file(base.preset, out)} ({len(store['arms'])} arms)")
+        _write(table, markdown(store))
+        return 0
+    command = "python -m lptlib.tune run" + (f" --arms {' '.join(arms)}" if args.arms is not None else "")
+    store = {
+        "preset": base.preset,
+        "seed": TUNING_SEED,
+        "grid_sha256": grid_sha256(),
+        "commit": git_revision(root),
+        "command": command,
+        "arms": store.get("arms", {}),
+    }
+    base = with_lr(base, {})  # the grid is centred on the schedules, never on an earlier tuned layer
     state: dict = {}
-    for key in args.methods:
-        start = time.perf_counter()
-        results = run_entry(GRID[key], base, args.workers, state)
-        store[key] = {
-            "seed": args.seed,
-            "seconds": round(time.perf_counter() - start, 1),
-            "command": command,
-            "results": {str(lr): r for lr, r in results.items()},
-        }
-        store_path.write_text(json.dumps(store, indent=2) + "\n")  # a finished schedule is never lost
-        out.write_text(markdown(store))
-    print(f"wrote {out} and {store_path}")
+    for row in [r for r in GRID if r in arms]:
+        arm = GRID[row]
+        _needed(arm, base, store, args.workers, state, print)
+        result, winner = tune_arm(arm, base, args.workers, state)
+        _keep(arm, winner, base, state)
+        store["arms"][row] = {**result, "commit": store["commit"], "command": command}
+        _write(path, json.dumps(store, indent=2) + "\n")  # a finished arm is never lost
+        _write(table, markdown(store))
+    print(f"wrote {path} and docs/tuning.md; adopt the winners: python -m lptlib.tune adopt")
     return 0
 
 

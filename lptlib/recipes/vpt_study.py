@@ -214,24 +214,31 @@ def probe_run(
     )
 
 
-def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test: bool = True) -> dict[str, dict]:
-    """Table 1's cached-feature rows: the linear probe under every sampling mode, the logit-adjusted linear probe
-    (instance-balanced) and cRT (class-balanced, on the instance-balanced VPT-deep representation, when cached)."""
-    jobs = [(row_name("linear_probe", s), "frozen", s, "ce") for s in cfg.vpt_study.samplings]
-    if np.bincount(caches["frozen"].train_labels.numpy(), minlength=data.num_classes).min() > 0:
-        jobs.append((LP_LA_IB, "frozen", "instance_balanced", "la"))
+def probe_jobs(caches: dict[str, FeatureCache], data: LTData, cfg: Config) -> list[tuple[str, str, str, str]]:
+    """Table 1's cached-feature rows as (row key, representation, sampling, loss): the linear probe under every
+    sampling mode, the logit-adjusted linear probe (instance-balanced) and cRT (class-balanced, on the
+    instance-balanced VPT-deep representation, when cached)."""
+    jobs = [(row_name("linear_probe", s), FROZEN, s, "ce") for s in cfg.vpt_study.samplings]
+    if np.bincount(caches[FROZEN].train_labels.numpy(), minlength=data.num_classes).min() > 0:
+        jobs.append((LP_LA_IB, FROZEN, "instance_balanced", "la"))
     else:  # log pi is undefined for a class without training images (only in down-sampled smoke tests)
         print("linear_probe_la skipped: some classes have no training image, so the log prior is undefined")
     if VPT_IB in caches:
         jobs.append((CRT_CB, VPT_IB, "class_balanced", "ce"))
-    rows = {}
-    for name, rep, sampling, loss in jobs:
-        run = probe_run(
-            caches[rep], sampling, loss, cfg, data, name, schedule_of(cfg, name, cfg.vpt_study.linear_probe)
-        )
-        result = fit(run, test=test)
-        rows[name] = {**result.row(count_trainable(run.model)), "history": result.history}
-    return rows
+    return jobs
+
+
+def probe_row(caches: dict[str, FeatureCache], job: tuple[str, str, str, str], data: LTData, cfg: Config, test: bool):
+    """One cached-feature row (`probe_jobs`), trained with its schedule (`arm_lr` over `vpt_study.linear_probe`)."""
+    name, rep, sampling, loss = job
+    run = probe_run(caches[rep], sampling, loss, cfg, data, name, schedule_of(cfg, name, cfg.vpt_study.linear_probe))
+    result = fit(run, test=test)
+    return {**result.row(count_trainable(run.model)), "history": result.history}
+
+
+def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test: bool = True) -> dict[str, dict]:
+    """Table 1's cached-feature rows (`probe_jobs`) by row key."""
+    return {job[0]: probe_row(caches, job, data, cfg, test) for job in probe_jobs(caches, data, cfg)}
 
 
 # --------------------------------------------------------------------------- tasks (one process each)

@@ -1,0 +1,229 @@
+"""The per-arm learning-rate grid (lptlib.tune): every compared row has an arm, the same grid and extension rule,
+the winners reach the pipeline through the generated tuned layer, and every trained row reads its own rate."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lptlib import tune
+from lptlib.config import compose, parse
+from lptlib.models.backbones import create_backbone
+from lptlib.sections import LP_IB, LPT_STAGE1, STAGE1_CONTINUED_ROW, STAGE2_ROW, VPT_CB, VPT_CB_REPLICA, VPT_IB
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_row_a_claim_compares_has_its_own_arm():
+    from lptlib.recipes.tea import ZERO_SHOT_KEY
+    from lptlib.report.claims import CLAIMS, method_keys
+
+    untrained = {ZERO_SHOT_KEY}  # zero-shot CLIP trains nothing
+    shared = {VPT_CB_REPLICA}  # the A/A replica is VPT-deep's configuration: it takes VPT-deep's rate
+    not_yet = {k for k in method_keys(CLAIMS) if k.startswith("lptpp/")}  # LPT++'s phases: not in the grid yet
+    features = {k for k in method_keys(CLAIMS) if k.startswith("features/")}  # Table 2 reads Table 1's models
+    assert method_keys(CLAIMS) - untrained - shared - not_yet - features <= set(tune.GRID)
+    assert set(tune.GRID) - method_keys(CLAIMS) == set()  # and no arm is tuned that no claim compares
+
+
+def test_every_arm_gets_the_same_grid_centred_on_its_schedule():
+    cfg = parse()
+    for arm in tune.GRID.values():
+        c = tune.centre(cfg, arm)
+        node = cfg
+        for part in arm.schedule.split("."):
+            node = getattr(node, part)
+        assert c == node.lr > 0, arm.row
+    assert len(tune.FACTORS) == 5 and tune.FACTORS[2] == 1.0
+    assert tune.GRID[STAGE2_ROW].needs == tune.GRID[STAGE1_CONTINUED_ROW].needs == LPT_STAGE1
+    rows = list(tune.GRID)
+    assert all(rows.index(a.needs) < rows.index(a.row) for a in tune.GRID.values() if a.needs)
+
+
+def _fake_train(curve):
+    calls = []
+
+    def train(arm, rates, base, workers, state):
+        calls.append(list(rates))
+        return [{"val": curve(lr)} for lr in rates]
+
+    return train, calls
+
+
+@pytest.mark.parametrize(
+    ("curve", "chosen", "edge", "extensions"),
+    [
+        (lambda lr: -abs(lr - 0.05), 0.05, False, 0),  # an inside winner: five values, no extension
+        (lambda lr: lr, 0.8, True, 2),  # still rising at the top edge: two extensions, still at the edge
+        (lambda lr: -lr, 0.05 / 16, True, 2),  # falling: extended downwards
+        (lambda lr: -abs(lr - 0.21), 0.2, False, 1),  # the edge value wins, one step beyond it is worse
+        (lambda lr: 1.0, 0.05 / 4 / 2 / 2, True, 2),  # a tie everywhere goes to the smaller rate
+    ],
+)
+def test_an_edge_winner_extends_the_grid_by_the_same_rule(monkeypatch, curve, chosen, edge, extensions):
+    train, calls = _fake_train(curve)
+    monkeypatch.setattr(tune, "_train", train)
+    cfg = parse(vpt_study={"vpt_deep": {"lr": 0.05}})
+    result, _ = tune.tune_arm(tune.GRID[VPT_CB], cfg, 1, {}, log=lambda s: None)
+    assert calls[0] == [0.05 * f for f in tune.FACTORS]
+    assert all(len(c) == 1 for c in calls[1:])  # one value per extension
+    assert (result["chosen"], result["edge"], result["extensions"]) == (pytest.approx(chosen), edge, extensions)
+    assert len(result["scores"]) == 5 + extensions
+
+
+def test_chosen_breaks_ties_towards_the_smaller_rate():
+    assert tune.chosen({0.1: 0.5, 0.2: 0.7, 0.4: 0.7}) == 0.2
+
+
+def _store(arms: dict[str, float]) -> dict:
+    return {
+        "preset": "miniature",
+        "seed": tune.TUNING_SEED,
+        "grid_sha256": tune.grid_sha256(),
+        "commit": "abc",
+        "command": "python -m lptlib.tune run",
+        "arms": {
+            row: {
+                "schedule": tune.GRID[row].schedule,
+                "centre": lr,
+                "scores": {repr(lr / 2): 0.5, repr(lr): 0.6, repr(lr * 2): 0.55},
+                "chosen": lr,
+                "edge": False,
+                "extensions": 0,
+                "seconds": 60.0,
+                "commit": "abc",
+                "command": "python -m lptlib.tune run",
+            }
+            for row, lr in arms.items()
+        },
+    }
+
+
+def test_adopted_winners_are_what_the_pipeline_composes(tmp_path):
+    shutil.copytree(ROOT / "presets", tmp_path / "presets", ignore=shutil.ignore_patterns("tuned"))
+    store = _store({VPT_IB: 0.125, LPT_STAGE1: 0.03125, "tea/lora-la-none": 0.0125})
+    (tmp_path / "presets" / "tuned").mkdir()
+    (tmp_path / "presets" / "tuned" / "miniature.yaml").write_text(tune.tuned_yaml(store))
+    cfg = compose({"preset": "miniature"}, root=tmp_path)
+    assert cfg.arm_lr == {VPT_IB: 0.125, LPT_STAGE1: 0.03125, "tea/lora-la-none": 0.0125}
+    text = tune.tuned_yaml(store)
+    assert "do not edit by hand" in text and tune.grid_sha256() in text and "commit abc" in text
+    table = tune.markdown(store)
+    assert "**0.125: 60.00**" in table and "Not yet tuned" in table and f"`{VPT_CB}`" in table
+
+
+def test_a_store_of_another_grid_is_refused(tmp_path, capsys):
+    store = _store({VPT_IB: 0.125})
+    store["grid_sha256"] = "0" * 64
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "miniature.json").write_text(json.dumps(store))
+    with pytest.raises(SystemExit, match="another grid.*--fresh"):
+        tune.main(["adopt", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        tune.main(["run", "--arms", "ladder/bogus", "--out", str(tmp_path)])
+    assert "unknown arm(s) ladder/bogus" in capsys.readouterr().err
+
+
+def test_the_committed_tuned_layer_and_table_are_generated_from_the_committed_grid():
+    """Nothing written by hand: presets/tuned/<preset>.yaml and docs/tuning.md are what `adopt` writes from
+    tuning/<preset>.json (when the grid has been run)."""
+    path = ROOT / "tuning" / "miniature.json"
+    tuned = ROOT / "presets" / "tuned" / "miniature.yaml"
+    if not path.is_file():
+        assert not tuned.is_file(), "a tuned layer without the grid results it was adopted from"
+        assert (ROOT / "docs" / "tuning.md").read_text() == tune.markdown(tune.empty_store("miniature"))
+        return
+    store = json.loads(path.read_text())
+    assert store["grid_sha256"] == tune.grid_sha256(), "the grid changed since it was run: re-run it"
+    assert (ROOT / "docs" / "tuning.md").read_text() == tune.markdown(store)
+    if tuned.is_file():
+        assert tuned.read_text() == tune.tuned_yaml(store)
+        assert yaml.safe_load(tuned.read_text())["arm_lr"] == {r: a["chosen"] for r, a in store["arms"].items()}
+
+
+# ------------------------------------------------------------------- every trained row reads its own rate
+class _Stop(Exception):
+    pass
+
+
+def test_every_kind_of_row_trains_with_its_arm_lr(tiny_lt, monkeypatch):
+    from lptlib.recipes import lpt, tea, vpt_study
+
+    rates = {VPT_CB: 0.11, LP_IB: 0.22, STAGE2_ROW: 0.33, STAGE1_CONTINUED_ROW: 0.44, "tea/lora-la-none": 0.55}
+    random = {"weights": "random"}
+    cfg = parse(seed=0, arm_lr=rates, backbones={"visual": random, "vision_language": random})
+    data = tiny_lt()
+    seen = {}
+
+    def capture(name):
+        def fake(*args, **kwargs):
+            schedule = kwargs.get("schedule") or next(a for a in args if type(a).__name__ == "Schedule")
+            seen[name] = schedule.lr
+            raise _Stop
+
+        return fake
+
+    monkeypatch.setattr(vpt_study, "table1_run", capture("vpt"))
+    vit = create_backbone(cfg.backbones.visual)
+    for replica in (False, True):
+        with pytest.raises(_Stop):
+            vpt_study.vpt_deep_row(vit, data, cfg, "class_balanced", None, replica=replica)
+        assert seen.pop("vpt") == rates[VPT_CB]  # the A/A replica: VPT-deep's own rate
+    with pytest.raises(_Stop):
+        vpt_study.vpt_deep_row(vit, data, cfg, "instance_balanced", None)
+    assert seen.pop("vpt") == cfg.vpt_study.vpt_deep.lr  # a row without an arm_lr key: its schedule's rate
+    monkeypatch.setattr(vpt_study, "probe_run", capture("probe"))
+    with pytest.raises(_Stop):
+        vpt_study.probe_row({"frozen": None}, (LP_IB, "frozen", "instance_balanced", "ce"), data, cfg, test=False)
+    assert seen["probe"] == rates[LP_IB]
+    monkeypatch.setattr(lpt, "stage_run", capture("stage2"))
+    monkeypatch.setattr(lpt, "load_stage1", lambda model, path: None)
+    for pool, row in ((True, STAGE2_ROW), (False, STAGE1_CONTINUED_ROW)):
+        with pytest.raises(_Stop):
+            lpt.stage2_task(cfg, data, "unused.safetensors", None, pool=pool)
+        assert seen.pop("stage2") == rates[row]
+    clip = create_backbone(cfg.backbones.vision_language)
+    for variant, lr in (("none", rates["tea/lora-la-none"]), ("pea_pg_tec", cfg.tea.lora.lr)):
+        model = tea.build_model(clip, data, cfg, "lora")
+        assert tea.member_run(model, data, cfg, "lora", "la", variant, None).optim.lr == lr
+
+
+# ------------------------------------------------------------------------------ the real grid, tiny
+TINY = [
+    "data.max_test_per_class=10",
+    "data.val_per_class=5",
+    "data.n_max=60",
+    "data.imbalance=10",
+    "backbones.visual.weights=random",
+    "vpt_study.vpt_deep.epochs=1",
+    "lpt.stage1.epochs=1",
+    "lpt.stage2.epochs=1",
+]
+
+
+@pytest.mark.notebook
+def test_a_tiny_grid_runs_adopts_and_is_composed(tmp_path):
+    """The CLI end to end on a tiny configuration: stage 1, and stage 2 (which starts from stage
+    1's winner, retrained from the stored rate in a second invocation); adopt; the tuned layer composes."""
+    env_cmd = [sys.executable, "-m", "lptlib.tune"]
+    common = ["--out", str(tmp_path), "--workers", "1", "--set", *TINY]
+    run = lambda *a: subprocess.run([*env_cmd, *a, *common], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    first = run("run", "--arms", LPT_STAGE1)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    second = run("run", "--arms", STAGE2_ROW)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"retraining {LPT_STAGE1}" in second.stdout
+    store = json.loads((tmp_path / "tuning" / "miniature.json").read_text())
+    assert set(store["arms"]) == {LPT_STAGE1, STAGE2_ROW}
+    for a in store["arms"].values():
+        assert 5 <= len(a["scores"]) <= 5 + tune.MAX_EXTENSIONS and all(0 <= v <= 1 for v in a["scores"].values())
+    adopt = run("adopt")
+    assert adopt.returncode == 0, adopt.stderr[-2000:]
+    shutil.copytree(ROOT / "presets", tmp_path / "presets", dirs_exist_ok=True, ignore=shutil.ignore_patterns("tuned"))
+    cfg = compose({"preset": "miniature"}, root=tmp_path)
+    assert cfg.arm_lr == {r: a["chosen"] for r, a in store["arms"].items()}
+    assert (tmp_path / "docs" / "tuning.md").read_text() == tune.markdown(store)
