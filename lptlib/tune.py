@@ -265,6 +265,17 @@ def markdown(store: dict) -> str:
             for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
         )
         + ("." if arms else ""),
+        *(
+            ["", "Pretrained weights the grid ran on (sha256, first 16 hex digits): " + weights + "."]
+            if (
+                weights := "; ".join(
+                    sorted(
+                        {", ".join(f"`{k}` {v}" for k, v in a.get("weights", {}).items()) for a in arms.values()} - {""}
+                    )
+                )
+            )
+            else []
+        ),
         "",
         "| arm (row) | schedule | values | val accuracy (%) by learning rate | chosen | at an edge | min |",
         "|---|---|---|---|---|---|---|",
@@ -304,6 +315,17 @@ def tuned_yaml(store: dict) -> str:
             f"#   `{cmd}` at commit {commit or 'unknown'}"
             for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
         ),
+        "# Pretrained weights (sha256): "
+        + (
+            "; ".join(
+                ", ".join(f"{k} {v}" for k, v in w.items())
+                for w in {
+                    json.dumps(a.get("weights", {}), sort_keys=True): a.get("weights", {}) for a in arms.values()
+                }.values()
+            )
+            or "none recorded"
+        )
+        + ".",
         "# Each rate: the best final-epoch val accuracy of its arm's grid (docs/tuning.md).",
         "# Edge winners (the grid was extended and the best is still its edge): "
         + (", ".join(r for r in GRID if r in arms and arms[r]["edge"]) or "none")
@@ -312,6 +334,19 @@ def tuned_yaml(store: dict) -> str:
     ]
     lines += [f"  {row}: {arms[row]['chosen']!r}" for row in GRID if row in arms]
     return "\n".join(lines) + "\n"
+
+
+def weight_digests(cfg: Config, root: Path) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of each weight file the grid's backbones load: the pretrained models differ
+    between machines (CPU pretraining is not bitwise reproducible), so the rates name the weights they were
+    chosen on."""
+    out = {}
+    for role in ("visual", "vision_language"):
+        b = getattr(cfg.backbones, role)
+        path = Path(b.weights) if Path(b.weights).is_absolute() else root / b.weights
+        if path.is_file():
+            out[b.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return out
 
 
 def _write(path: Path, text: str) -> None:
@@ -376,12 +411,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     base = with_lr(base, {})  # the grid is centred on the schedules, never on an earlier tuned layer
     state: dict = {}
+    weights = weight_digests(base, root)
     for row in [r for r in GRID if r in arms]:
         arm = GRID[row]
         _needed(arm, base, store, args.workers, state, print)
         result, winner = tune_arm(arm, base, args.workers, state)
         _keep(arm, winner, base, state)
-        store["arms"][row] = {**result, "commit": store["commit"], "command": command}
+        store["arms"][row] = {**result, "commit": store["commit"], "command": command, "weights": weights}
         _write(path, json.dumps(store, indent=2) + "\n")  # a finished arm is never lost
         _write(table, markdown(store))
     print(f"wrote {path} and docs/tuning.md; adopt the winners: python -m lptlib.tune adopt")
