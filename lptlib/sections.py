@@ -335,6 +335,9 @@ DEFAULT_TEMPLATES = (
 class PretrainConfig(Section):
     """The `pretrain` section."""
 
+    seed: int | None = Field(
+        None, ge=0, description="seed of the pretraining (null: `seed`); the robustness stage varies it (robustness/)"
+    )
     vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
     clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
     caption_templates: Templates = Field(DEFAULT_TEMPLATES, description="captions of the contrastive pretraining")

@@ -96,18 +96,23 @@ def _train(model: nn.Module, loader, run: PretrainRunConfig, loss_fn, device: to
     return [{"model": desc, **row} for row in result.steps]
 
 
+def pretrain_seed(cfg: Config) -> int:
+    """The seed of the miniature's pretraining: `pretrain.seed`, else the run's `seed`."""
+    return cfg.seed if cfg.pretrain.seed is None else cfg.pretrain.seed
+
+
 def pretrain_vit_mini(data: LTData, cfg: Config, device: torch.device | None = None) -> PretrainResult:
     """Supervised pretraining of `vit-mini` on the 4 coarse labels of the source pool."""
     device = device or default_device()
-    run = cfg.pretrain.vit_mini
-    seed_everything(cfg.seed)
+    run, seed = cfg.pretrain.vit_mini, pretrain_seed(cfg)
+    seed_everything(seed)
     model = build_timm(VIT_MINI, num_classes=len(np.unique(FASHION_MNIST_COARSE))).to(device)
     train_tf, test_tf = build_transforms(cfg.data, normalization_of(model, "timm"))
-    source = _capped(relabel(data.source, FASHION_MNIST_COARSE), run.max_images, cfg.seed).with_transform(train_tf)
+    source = _capped(relabel(data.source, FASHION_MNIST_COARSE), run.max_images, seed).with_transform(train_tf)
     loader = make_loader(
         source,
         run.batch_size,
-        ShuffleSampler(len(source), cfg.seed),
+        ShuffleSampler(len(source), seed),
         cfg.data.num_workers,
         drop_last=len(source) >= run.batch_size,
     )
@@ -149,23 +154,23 @@ def pretrain_clip_mini(data: LTData, cfg: Config, device: torch.device | None = 
     import open_clip
 
     device = device or default_device()
-    run = cfg.pretrain.clip_mini
-    seed_everything(cfg.seed)
+    run, seed = cfg.pretrain.clip_mini, pretrain_seed(cfg)
+    seed_everything(seed)
     model = build_open_clip(CLIP_MINI).to(device)
     tokenizer = open_clip.get_tokenizer(CLIP_MINI)
     templates = cfg.pretrain.caption_templates
     # every (class, template) caption, tokenised once; a sample draws its template at random
     captions = tokenizer([t.format(name=n) for n in data.classnames for t in templates]).to(device)
     train_tf, test_tf = build_transforms(cfg.data, normalization_of(model, "open_clip"))
-    source = _capped(data.source, run.max_images, cfg.seed).with_transform(train_tf)
+    source = _capped(data.source, run.max_images, seed).with_transform(train_tf)
     loader = make_loader(
         source,
         run.batch_size,
-        ShuffleSampler(len(source), cfg.seed),
+        ShuffleSampler(len(source), seed),
         cfg.data.num_workers,
         drop_last=len(source) >= run.batch_size,
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         caption_ids = y * len(templates) + torch.randint(len(templates), y.shape, generator=gen).to(y.device)

@@ -611,6 +611,37 @@ def claims_json(rows: Sequence[dict], confidence: float | None = None) -> dict:
     return {"confidence": float(confidence), "units": UNITS, "claims": _plain(list(rows))}
 
 
+def across_pretraining(rows: Sequence[dict], others: Mapping[str, Sequence[dict]]) -> list[dict]:
+    """Each claim row with its verdict on other pretrained backbones (`others`: label -> claim rows, e.g. the
+    robustness stage's `pretrain_seed_1`): `pretrainings` {label: verdict} (this one is `this`) and `robust`:
+    *holds* when every pretraining that ran the claim gives the same verdict, *fragile* when one differs, None
+    when no other pretraining ran it."""
+    index = {label: {(r["id"], r["metric"]): r["verdict"] for r in rs} for label, rs in others.items()}
+    out = []
+    for r in rows:
+        found = {label: v[(r["id"], r["metric"])] for label, v in index.items() if (r["id"], r["metric"]) in v}
+        found = {k: v for k, v in found.items() if v != "not run"}
+        verdicts = {"this": r["verdict"], **found}
+        robust = (
+            None
+            if not found or r["verdict"] == "not run"
+            else ("holds" if len(set(verdicts.values())) == 1 else "fragile")
+        )
+        out.append({**r, "pretrainings": verdicts, "robust": robust})
+    return out
+
+
+def _robust(row: dict) -> str:
+    """The verdict cell's note on other pretrainings (`across_pretraining`)."""
+    if row.get("robust") is None:
+        return ""
+    n = len(row["pretrainings"])
+    if row["robust"] == "holds":
+        return f" (holds on {n} pretrainings)"
+    same = sum(v == row["verdict"] for v in row["pretrainings"].values())
+    return f" *fragile* ({row['verdict']} on {same} of {n} pretrainings)"
+
+
 def _signed(x: float) -> str:
     s = f"{x:+.2f}"
     return "+0.00" if s == "-0.00" else s
@@ -672,7 +703,7 @@ def claims_markdown(rows: Sequence[dict]) -> str:
             _tests_cell(r),
             _mde(r),
             r["raw_verdict"],
-            f"**{r['verdict']}**",
+            f"**{r['verdict']}**{_robust(r)}",
         )
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

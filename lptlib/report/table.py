@@ -37,7 +37,7 @@ from lptlib.measure.stats import format_mean_std, seed_summary
 from lptlib.paths import repo_root
 from lptlib.recipes.tea import ZERO_SHOT_KEY
 from lptlib.recipes.vpt_study import LP_IB, feature_key
-from lptlib.report.claims import claims_markdown, evaluate_claims
+from lptlib.report.claims import across_pretraining, claims_markdown, evaluate_claims
 
 GROUPS = ("overall", "many", "medium", "few")
 VAL = "val_overall"
@@ -213,6 +213,8 @@ class Report:
     #: 'many' / 'medium' / 'few' per class, as the data stage computed them (metrics/data.json): the groups of
     #: every row's many / medium / few
     groups: list[str] = field(default_factory=list)
+    #: the claims rows of other pretrained backbones (metrics/robustness/<label>/claims.json, the robustness stage)
+    robustness: dict[str, list[dict]] = field(default_factory=dict)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -238,9 +240,10 @@ class Report:
     def claims(self, confidence: float = 0.95) -> list[dict]:
         """The claims table (`lptlib.report.claims.evaluate_claims`) on every method's per-seed rows."""
         try:
-            return evaluate_claims(self.results, confidence=confidence)
+            rows = evaluate_claims(self.results, confidence=confidence)
         except ValueError as e:  # a row without an accuracy in [0, 1] where a claim reads one
             raise ReportError(f"the claims cannot be evaluated: {e}; re-run the stage that wrote it") from None
+        return across_pretraining(rows, self.robustness) if self.robustness else rows
 
     def metrics(self) -> dict:
         """metrics/report.json: per table row mean / std / n / per-seed values per group, and the val-chosen best."""
@@ -416,7 +419,19 @@ def collect(metrics_dir: str | Path = "metrics", seeds: Any = None) -> Report:
         data.get("dataset", ""),
         selection,
         _groups(data),
+        _robustness(metrics_dir),
     )
+
+
+def _robustness(metrics_dir: Path) -> dict[str, list[dict]]:
+    """The claims of the other pretrainings the robustness stage ran: {label: claim rows}, by folder name."""
+    out = {}
+    for path in sorted((metrics_dir / "robustness").glob("*/claims.json")):
+        try:
+            out[path.parent.name] = json.loads(path.read_text())["claims"]
+        except (json.JSONDecodeError, KeyError):
+            raise ReportError(f"{path} is not a claims file; re-run its robustness stage") from None
+    return out
 
 
 def _groups(data: dict) -> list[str]:

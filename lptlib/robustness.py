@@ -1,0 +1,100 @@
+"""Robustness to the pretrained backbone: the whole pipeline again on other pretrainings, the verdicts compared.
+
+    python -m lptlib.robustness run --pretrain-seed 1     # one cold `dvc repro` of a copy (as long as the pipeline)
+    dvc repro robustness/dvc.yaml                         # every pretraining seed the stage lists
+
+The claims' intervals are over seeds of the fine-tuning (split, initialisation, sampling) on one pretrained
+`vit-mini` / `clip-mini`; CPU pretraining even differs between machines for the same seed. This module repeats the
+pipeline on other pretrainings: it copies the repository's tracked files to `outputs/robustness/pretrain_seed_<s>/`,
+sets `pretrain.seed: <s>` in the copy's params.yaml (everything else as committed), runs `dvc repro` there and
+keeps the copy's `metrics/claims.json` and `metrics/pretrain.json` in `metrics/robustness/pretrain_seed_<s>/`. The
+report reads every `metrics/robustness/*/claims.json` and marks each claim whose verdict differs on another
+pretraining *fragile* (`lptlib.report.claims.across_pretraining`); one that agrees on all of them *holds*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from lptlib.paths import repo_root
+
+KEPT = ("claims.json", "pretrain.json")
+
+
+def label(seed: int) -> str:
+    """The folder name of one pretraining: 'pretrain_seed_<s>'."""
+    return f"pretrain_seed_{seed}"
+
+
+def _sh(*args: str, cwd: Path, env: dict | None = None) -> None:
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(
+            f"`{' '.join(args)}` failed in {cwd} ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+        )
+
+
+def prepare(seed: int, root: Path, dest: Path) -> Path:
+    """A fresh copy of `root`'s tracked files (as committed or edited, untracked and ignored ones left out) at
+    `dest`, its params.yaml with `pretrain.seed: seed`, as its own git repository; returns `dest`."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name in filter(None, files.decode().split("\0")):
+        src = root / name
+        if src.is_file():  # a tracked file deleted in the work tree is left out
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    params_path = dest / "params.yaml"
+    params = yaml.safe_load(params_path.read_text()) or {}
+    params["pretrain"] = {**(params.get("pretrain") or {}), "seed": seed}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    for stale in (dest / "metrics" / "robustness",):
+        shutil.rmtree(stale, ignore_errors=True)  # a copy never reports other pretrainings of its own
+    git = ("git", "-c", "user.name=lptlib", "-c", "user.email=lptlib@localhost")
+    _sh("git", "init", "-q", cwd=dest)
+    _sh(*git, "add", "-A", cwd=dest)
+    _sh(*git, "commit", "-qm", f"robustness copy: pretrain.seed {seed}", cwd=dest)
+    return dest
+
+
+def run(seed: int, root: Path | None = None) -> Path:
+    """`prepare` the copy of pretraining `seed`, `dvc repro` it and keep its claims; returns the kept folder."""
+    root = root or repo_root()
+    work = prepare(seed, root, root / "outputs" / "robustness" / label(seed))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    _sh("dvc", "repro", cwd=work, env=env)
+    kept = root / "metrics" / "robustness" / label(seed)
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        shutil.copy2(work / "metrics" / name, kept / name)
+    return kept
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m lptlib.robustness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("command", choices=("run", "prepare"))
+    ap.add_argument("--pretrain-seed", type=int, required=True)
+    args = ap.parse_args(argv)
+    if args.pretrain_seed < 0:
+        ap.error("--pretrain-seed must be >= 0")
+    root = repo_root()
+    if args.command == "prepare":
+        print(prepare(args.pretrain_seed, root, root / "outputs" / "robustness" / label(args.pretrain_seed)))
+        return 0
+    print(f"kept {run(args.pretrain_seed, root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
