@@ -13,8 +13,8 @@ The configuration of a run is composed in one place, `compose`:
 Defaults are the offline miniature. A preset names only what differs from the defaults, and is merged at load
 time; a dataset preset names a shared base (`base: paper`: presets/base/paper.yaml, the paper-scale protocol) and
 adds what is its own, as LIFT's two-line dataset configs are merged over its model configs; nothing rewrites
-`params.yaml`. The tuned layer `presets/tuned/<preset>.yaml` holds only `arm_lr`, the learning rates the grid chose
-on val for that preset; it is generated (`python -m lptlib.tune adopt`, docs/tuning.md), never written by hand, and
+`params.yaml`. The tuned layer `presets/tuned/<preset>.yaml` holds only `arm_lr` and `arm_cosine_scale`, what the
+grid chose on val for that preset; it is generated (`python -m lptlib.tune adopt`, docs/tuning.md), never written by hand, and
 absent for a preset never tuned. `params.yaml` holds `preset: <name>` and the user's own keys. Overrides
 are a mapping (nested or dotted keys: papermill `-y`) or `key=value` strings (`--set`); `dvc exp run -S`
 edits `params.yaml` itself. An unknown key (with a "did you mean"), a wrong type, a value out of range or a
@@ -41,7 +41,15 @@ from pydantic import BaseModel, ValidationError
 from lptlib.data.datasets import DataConfig
 from lptlib.models.backbones import BackbonesConfig
 from lptlib.schema import ConfigError, Field, Section, distinct, field_validator, to_dict, without_resume
-from lptlib.sections import LPTConfig, LPTPPConfig, PretrainConfig, TEAConfig, VPTStudyConfig, arm_lr_ok
+from lptlib.sections import (
+    LPTConfig,
+    LPTPPConfig,
+    PretrainConfig,
+    TEAConfig,
+    VPTStudyConfig,
+    arm_cosine_scale_ok,
+    arm_lr_ok,
+)
 from lptlib.utils import atomic_write_bytes, git_revision
 
 __all__ = [
@@ -99,7 +107,14 @@ class Config(Section):
         "grid into presets/tuned/<preset>.yaml (docs/tuning.md)",
     )
 
+    arm_cosine_scale: dict[str, float] = Field(
+        {},
+        description="cosine scale s per cosine-head cross-entropy arm of stage 1 (row key -> s) over "
+        "`lpt.cosine_scale`; written by the grid into presets/tuned/<preset>.yaml (docs/tuning.md)",
+    )
+
     _arm_lr = field_validator("arm_lr")(arm_lr_ok)
+    _arm_cosine_scale = field_validator("arm_cosine_scale")(arm_cosine_scale_ok)
 
 
 SECTIONS = tuple(Config.model_fields)
@@ -255,11 +270,11 @@ def tuned_file(preset: str, root: Path | None = None) -> Path:
     return presets_dir(root) / "tuned" / f"{preset}.yaml"
 
 
-TUNED_KEYS = ("arm_lr",)
+TUNED_KEYS = ("arm_lr", "arm_cosine_scale")
 
 
 def load_tuned(preset: str, root: Path | None = None) -> dict:
-    """The tuned layer of `preset` ({} when the preset was never tuned): `arm_lr` alone."""
+    """The tuned layer of `preset` ({} when the preset was never tuned): `arm_lr` and `arm_cosine_scale`."""
     path = tuned_file(preset, root)
     if not path.is_file():
         return {}

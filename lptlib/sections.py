@@ -395,6 +395,24 @@ ARM_LR_ROWS: tuple[str, ...] = (
 )
 
 
+#: the stage-1 arms whose cross-entropy reads the cosine scale s (CE(s c, y)): the cosine-head arms without A-GCL,
+#: which has its own scale; `arm_cosine_scale` may set s for them (the grid chooses it on val)
+COSINE_CE_ARMS: tuple[str, ...] = tuple(k for k, a in ARMS.items() if a.head == "cosine" and a.loss == "ce")
+
+
+def arm_cosine_scale_ok(v: dict[str, float]) -> dict[str, float]:
+    """`arm_cosine_scale`: cosine-head cross-entropy arms (`COSINE_CE_ARMS`), scales > 0."""
+    for key, s in v.items():
+        if key not in COSINE_CE_ARMS:
+            raise ValueError(
+                f"{key!r} has no cosine scale of its own (A-GCL has its own, a linear head none); "
+                f"arms with one: {', '.join(COSINE_CE_ARMS)}"
+            )
+        if not s > 0:
+            raise ValueError(f"{key}: the cosine scale must be > 0, got {s!r}")
+    return v
+
+
 def arm_lr_ok(v: dict[str, float]) -> dict[str, float]:
     """`arm_lr`: known row keys (`ARM_LR_ROWS`), learning rates > 0."""
     import difflib

@@ -43,6 +43,7 @@ from lptlib.config import Config, load, tuned_file
 from lptlib.paths import repo_root
 from lptlib.sections import (
     ARMS,
+    COSINE_CE_ARMS,
     CRT_CB,
     LP_CB,
     LP_IB,
@@ -113,15 +114,20 @@ def centre(cfg: Config, arm: Arm) -> float:
 
 def with_lr(cfg: Config, rates: dict[str, float]) -> Config:
     """`cfg` with exactly these rows' rates (`arm_lr`), validated."""
-    return Config.model_validate({**cfg.model_dump(), "arm_lr": rates})
+    return with_sections(cfg, arm_lr=rates)
+
+
+def with_sections(cfg: Config, **sections) -> Config:
+    """`cfg` with these top-level sections replaced, validated."""
+    return Config.model_validate({**cfg.model_dump(), **sections})
 
 
 # --------------------------------------------------------------------------------------------- training
-def _train(arm: Arm, rates: Sequence[float], base: Config, workers: int, state: dict) -> list[dict]:
-    """Train `arm` once per rate on the tuning seed (val only); [{'val': final-epoch val accuracy, ...}]."""
+def _train(arm: Arm, cfgs: Sequence[Config], base: Config, workers: int, state: dict) -> list[dict]:
+    """Train `arm` once per config (one grid value each) on the tuning seed, val only: [{'val': final-epoch val
+    accuracy, ...}]."""
     from lptlib.pool import run_tasks, setup
 
-    cfgs = [with_lr(base, {arm.row: lr}) for lr in rates]
     if arm.kind == "probe":
         from lptlib.recipes.vpt_study import frozen_cache_task, probe_jobs, probe_row
 
@@ -169,27 +175,35 @@ def chosen(scores: dict[float, float]) -> float:
 
 
 def tune_arm(
-    arm: Arm, base: Config, workers: int, state: dict, log: Callable[[str], None] = print
+    arm: Arm, base: Config, workers: int, state: dict, log: Callable[[str], None] = print, knob: str = "lr"
 ) -> tuple[dict, dict]:
-    """`arm`'s grid, extended beyond an edge winner: ({'centre', 'scores', 'chosen', 'edge', 'extensions',
-    'seconds'}, the winner's outputs, e.g. its feature cache)."""
-    start, c = time.perf_counter(), centre(base, arm)
-    rates = [c * f for f in FACTORS]
-    outs = dict(zip(rates, _train(arm, rates, base, workers, state), strict=True))
+    """`arm`'s grid of `knob` ('lr', or 'cosine_scale' at the rate in `base.arm_lr`), extended beyond an edge
+    winner: ({'centre', 'scores', 'chosen', 'edge', 'extensions', 'seconds'}, the winner's outputs)."""
+    if knob == "lr":
+        c = centre(base, arm)
+        make = lambda v: with_lr(base, {arm.row: v})  # noqa: E731
+    elif knob == "cosine_scale":
+        c = base.lpt.cosine_scale
+        make = lambda v: with_sections(base, arm_cosine_scale={arm.row: v})  # noqa: E731
+    else:
+        raise ValueError(f"unknown knob {knob!r}")
+    start = time.perf_counter()
+    values = [c * f for f in FACTORS]
+    outs = dict(zip(values, _train(arm, [make(v) for v in values], base, workers, state), strict=True))
     extensions = 0
     while extensions < MAX_EXTENSIONS:
-        best = chosen({lr: o["val"] for lr, o in outs.items()})
+        best = chosen({v: o["val"] for v, o in outs.items()})
         if best not in (min(outs), max(outs)):
             break
-        lr = best / 2 if best == min(outs) else best * 2
-        outs[lr] = _train(arm, [lr], base, workers, state)[0]
+        v = best / 2 if best == min(outs) else best * 2
+        outs[v] = _train(arm, [make(v)], base, workers, state)[0]
         extensions += 1
-    scores = {lr: o["val"] for lr, o in sorted(outs.items())}
+    scores = {v: o["val"] for v, o in sorted(outs.items())}
     best = chosen(scores)
-    for lr, v in scores.items():
-        log(f"{arm.row} lr={lr:g}: val {100 * v:.2f}" + (" (chosen)" if lr == best else ""))
+    for v, val in scores.items():
+        log(f"{arm.row} {knob}={v:g}: val {100 * val:.2f}" + (" (chosen)" if v == best else ""))
     result = {
-        "schedule": arm.schedule,
+        "schedule": arm.schedule if knob == "lr" else "lpt.cosine_scale",
         "centre": c,
         "scores": {repr(lr): v for lr, v in scores.items()},
         "chosen": best,
@@ -224,7 +238,9 @@ def _needed(arm: Arm, base: Config, store: dict, workers: int, state: dict, log:
         raise SystemExit(f"{arm.row} starts from {arm.needs}'s winner: tune that arm first (--arms {arm.needs})")
     lr = store["arms"][arm.needs]["chosen"]
     log(f"{arm.row}: retraining {arm.needs} at its chosen lr={lr:g} to start from it")
-    _keep(GRID[arm.needs], _train(GRID[arm.needs], [lr], base, workers, state)[0], base, state)
+    _keep(
+        GRID[arm.needs], _train(GRID[arm.needs], [with_lr(base, {arm.needs: lr})], base, workers, state)[0], base, state
+    )
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -256,7 +272,8 @@ def markdown(store: dict) -> str:
         "continued from stage 1 at its chosen rate. One seed per value: neighbouring values a point or two apart "
         "are within the run-to-run spread, so the grid guards against a badly chosen rate rather than finding the "
         "best one. Weight decay is not tuned (the papers fix it; every stage-1 tensor is scale-invariant, so it "
-        "acts as a learning-rate change the grid covers). LPT++ and its scorer are not in the grid yet.",
+        "acts as a learning-rate change the grid covers). LPT++'s phases and its scorer are not in the grid yet: "
+        "their claims compare LPT++ with its own experts and their average, which share its schedules.",
         "",
         f"Grid sha256 `{store['grid_sha256'][:16]}`"
         + ("; run by " if arms else " (not run yet).")
@@ -277,20 +294,19 @@ def markdown(store: dict) -> str:
             else []
         ),
         "",
-        "| arm (row) | schedule | values | val accuracy (%) by learning rate | chosen | at an edge | min |",
-        "|---|---|---|---|---|---|---|",
+        *_table(arms, list(GRID), "learning rate"),
     ]
-    for row in [r for r in GRID if r in arms]:
-        a = arms[row]
-        scores = {float(k): v for k, v in a["scores"].items()}
-        cells = ", ".join(
-            f"**{lr:g}: {100 * v:.2f}**" if lr == a["chosen"] else f"{lr:g}: {100 * v:.2f}" for lr, v in scores.items()
-        )
-        edge = f"yes (after {a['extensions']} extensions)" if a["edge"] else "no"
-        lines.append(
-            f"| `{row}` | `{a['schedule']}` | {len(scores)} | {cells} | {a['chosen']:g} | {edge} | "
-            f"{a['seconds'] / 60:.1f} |"
-        )
+    scales = store.get("cosine_scale", {})
+    lines += [
+        "",
+        "**Cosine scale.** The cosine head's scale s (`lpt.cosine_scale`, LPT's 20 for 365 classes) enters the "
+        "cross-entropy of the cosine-head arms without A-GCL (A-GCL has its own scale; a linear head none; the "
+        "prediction's argmax does not depend on it). Each of those arms gets a second grid of the same rule over s, "
+        "at its chosen learning rate (so these arms are tuned on two knobs, the others on one); the winner is its "
+        "`arm_cosine_scale`.",
+        "",
+        *(_table(scales, list(COSINE_CE_ARMS), "cosine scale") if scales else ["Not run yet."]),
+    ]
     missing = [r for r in GRID if r not in arms]
     if missing:
         lines += [
@@ -299,10 +315,35 @@ def markdown(store: dict) -> str:
             "that was run per schedule, not per arm): " + ", ".join(f"`{r}`" for r in missing) + ".",
         ]
     if arms:
-        total = sum(a["seconds"] for a in arms.values()) / 60
+        total = sum(a["seconds"] for a in [*arms.values(), *scales.values()]) / 60
         n = statistics.fmean(len(a["scores"]) for a in arms.values())
-        lines += ["", f"{len(arms)} arms, {n:.1f} values each on average, {total:.0f} min in all (2 cores)."]
+        lines += [
+            "",
+            f"{len(arms)} arms, {n:.1f} learning rates each on average; {len(scales)} cosine-scale grids; "
+            f"{total:.0f} min in all (2 cores).",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _table(results: dict, order: list[str], knob: str) -> list[str]:
+    """Markdown rows of one grid: per arm its values and val accuracies, the chosen one, whether at an edge."""
+    lines = [
+        f"| arm (row) | schedule | values | val accuracy (%) by {knob} | chosen | at an edge | min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in [r for r in order if r in results]:
+        a = results[row]
+        scores = {float(k): v for k, v in a["scores"].items()}
+        cells = ", ".join(
+            f"**{x:g}: {100 * v:.2f}**" if x == a["chosen"] else f"{x:g}: {100 * v:.2f}" for x, v in scores.items()
+        )
+        edge = f"yes (after {a['extensions']} extensions)" if a["edge"] else "no"
+        at = f" (at lr {a['lr']:g})" if "lr" in a else ""
+        lines.append(
+            f"| `{row}` | `{a['schedule']}`{at} | {len(scores)} | {cells} | {a['chosen']:g} | {edge} | "
+            f"{a['seconds'] / 60:.1f} |"
+        )
+    return lines
 
 
 def tuned_yaml(store: dict) -> str:
@@ -333,6 +374,10 @@ def tuned_yaml(store: dict) -> str:
         "arm_lr:",
     ]
     lines += [f"  {row}: {arms[row]['chosen']!r}" for row in GRID if row in arms]
+    scales = store.get("cosine_scale", {})
+    if scales:
+        lines.append("arm_cosine_scale:")
+        lines += [f"  {row}: {scales[row]['chosen']!r}" for row in COSINE_CE_ARMS if row in scales]
     return "\n".join(lines) + "\n"
 
 
@@ -362,6 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("command", choices=("list", "run", "adopt", "table"))
     ap.add_argument("--arms", nargs="*", default=None, help="rows to tune (default: every arm of the grid)")
     ap.add_argument("--fresh", action="store_true", help="run: forget the stored results first")
+    ap.add_argument(
+        "--knob",
+        choices=("both", "lr", "cosine_scale"),
+        default="both",
+        help="run: the learning-rate grid, the cosine-scale grid (cosine-head cross-entropy arms, at their chosen "
+        "rate) or both, in that order (default)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--params", type=Path, default=None, help="params file (default: the repository's params.yaml)")
     ap.add_argument("--set", dest="sets", nargs="*", default=[], help="key=value over the params (smoke tests)")
@@ -401,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(table, markdown(store))
         return 0
     command = "python -m lptlib.tune run" + (f" --arms {' '.join(arms)}" if args.arms is not None else "")
+    command += f" --knob {args.knob}" if args.knob != "both" else ""
     store = {
         "preset": base.preset,
         "seed": TUNING_SEED,
@@ -408,17 +461,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "commit": git_revision(root),
         "command": command,
         "arms": store.get("arms", {}),
+        "cosine_scale": store.get("cosine_scale", {}),
     }
     base = with_lr(base, {})  # the grid is centred on the schedules, never on an earlier tuned layer
     state: dict = {}
     weights = weight_digests(base, root)
-    for row in [r for r in GRID if r in arms]:
+    stamp = {"commit": store["commit"], "command": command, "weights": weights}
+    for row in [r for r in GRID if r in arms] if args.knob != "cosine_scale" else []:
         arm = GRID[row]
         _needed(arm, base, store, args.workers, state, print)
         result, winner = tune_arm(arm, base, args.workers, state)
         _keep(arm, winner, base, state)
-        store["arms"][row] = {**result, "commit": store["commit"], "command": command, "weights": weights}
+        store["arms"][row] = {**result, **stamp}
         _write(path, json.dumps(store, indent=2) + "\n")  # a finished arm is never lost
+        _write(table, markdown(store))
+    for row in [r for r in COSINE_CE_ARMS if r in arms] if args.knob != "lr" else []:
+        if row not in store["arms"]:
+            raise SystemExit(f"the cosine scale of {row} is tuned at its chosen rate: tune its rate first (--knob lr)")
+        at_rate = with_lr(base, {row: store["arms"][row]["chosen"]})
+        result, _ = tune_arm(GRID[row], at_rate, args.workers, state, knob="cosine_scale")
+        store["cosine_scale"][row] = {**result, "lr": store["arms"][row]["chosen"], **stamp}
+        _write(path, json.dumps(store, indent=2) + "\n")
         _write(table, markdown(store))
     print(f"wrote {path} and docs/tuning.md; adopt the winners: python -m lptlib.tune adopt")
     return 0

@@ -44,12 +44,13 @@ def test_every_arm_gets_the_same_grid_centred_on_its_schedule():
     assert all(rows.index(a.needs) < rows.index(a.row) for a in tune.GRID.values() if a.needs)
 
 
-def _fake_train(curve):
+def _fake_train(curve, knob="lr"):
     calls = []
 
-    def train(arm, rates, base, workers, state):
-        calls.append(list(rates))
-        return [{"val": curve(lr)} for lr in rates]
+    def train(arm, cfgs, base, workers, state):
+        values = [c.arm_lr[arm.row] if knob == "lr" else c.arm_cosine_scale[arm.row] for c in cfgs]
+        calls.append(values)
+        return [{"val": curve(v)} for v in values]
 
     return train, calls
 
@@ -73,6 +74,44 @@ def test_an_edge_winner_extends_the_grid_by_the_same_rule(monkeypatch, curve, ch
     assert all(len(c) == 1 for c in calls[1:])  # one value per extension
     assert (result["chosen"], result["edge"], result["extensions"]) == (pytest.approx(chosen), edge, extensions)
     assert len(result["scores"]) == 5 + extensions
+
+
+def test_the_cosine_scale_grid_runs_at_the_arms_chosen_rate(monkeypatch):
+    from lptlib.recipes.lpt import build_arm
+    from lptlib.sections import COSINE_CE_ARMS
+
+    assert set(COSINE_CE_ARMS) == {
+        "ladder/cosine_head",
+        "ladder/head_dropout",
+        "ladder/dual_sampling",
+        "lpt_stage1_without/agcl",
+    }
+    seen_lr = []
+
+    def curve(s):
+        return -abs(s - 10.0)
+
+    train, calls = _fake_train(curve, knob="cosine_scale")
+
+    def spy(arm, cfgs, base, workers, state):
+        seen_lr.extend(c.arm_lr[arm.row] for c in cfgs)
+        return train(arm, cfgs, base, workers, state)
+
+    monkeypatch.setattr(tune, "_train", spy)
+    at_rate = tune.with_lr(parse(), {"ladder/cosine_head": 0.125})
+    result, _ = tune.tune_arm(tune.GRID["ladder/cosine_head"], at_rate, 1, {}, log=lambda s: None, knob="cosine_scale")
+    assert calls[0] == [20.0 * f for f in tune.FACTORS] and set(seen_lr) == {0.125}
+    assert result["chosen"] == 10.0 and not result["edge"] and result["schedule"] == "lpt.cosine_scale"
+    cfg = parse(arm_cosine_scale={"ladder/cosine_head": 10.0})
+    model = build_arm(
+        create_backbone(parse(backbones={"visual": {"weights": "random"}}).backbones.visual),
+        10,
+        cfg,
+        "ladder/cosine_head",
+    )
+    assert model.scale == 10.0
+    with pytest.raises(Exception, match="no cosine scale of its own"):
+        parse(arm_cosine_scale={"lpt_stage1": 10.0})
 
 
 def test_chosen_breaks_ties_towards_the_smaller_rate():
@@ -112,7 +151,13 @@ def test_adopted_winners_are_what_the_pipeline_composes(tmp_path):
     assert cfg.arm_lr == {VPT_IB: 0.125, LPT_STAGE1: 0.03125, "tea/lora-la-none": 0.0125}
     text = tune.tuned_yaml(store)
     assert "do not edit by hand" in text and tune.grid_sha256() in text and "commit abc" in text
+    store["cosine_scale"] = {
+        "ladder/cosine_head": {**store["arms"][VPT_IB], "schedule": "lpt.cosine_scale", "chosen": 0.125, "lr": 0.5}
+    }
+    text = tune.tuned_yaml(store)
+    assert yaml.safe_load(text)["arm_cosine_scale"] == {"ladder/cosine_head": 0.125}
     table = tune.markdown(store)
+    assert "(at lr 0.5)" in table
     assert "**0.125: 60.00**" in table and "Not yet tuned" in table and f"`{VPT_CB}`" in table
 
 

@@ -183,9 +183,13 @@ def arm_run(model: LPT, data: LTData, cfg: Config, key: str, checkpoint: Path | 
 
 
 def build_arm(backbone: Backbone, num_classes: int, cfg: Config, key: str) -> LPT:
-    """The stage-1 model of arm `key`: its head, with `lpt.head_dropout` or none."""
+    """The stage-1 model of arm `key`: its head, with `lpt.head_dropout` or none, and its cosine scale
+    (`arm_cosine_scale`, else `lpt.cosine_scale`)."""
     arm = ARMS[key]
-    lpt = cfg.lpt.model_copy(update={"head_dropout": cfg.lpt.head_dropout if arm.dropout else 0.0})
+    scale = cfg.arm_cosine_scale.get(key, cfg.lpt.cosine_scale)
+    lpt = cfg.lpt.model_copy(
+        update={"head_dropout": cfg.lpt.head_dropout if arm.dropout else 0.0, "cosine_scale": scale}
+    )
     return build_lpt(backbone, num_classes, lpt, stage=1, head=arm.head)
 
 
