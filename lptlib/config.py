@@ -40,7 +40,17 @@ from pydantic import BaseModel, ValidationError
 
 from lptlib.data.datasets import DataConfig
 from lptlib.models.backbones import BackbonesConfig
-from lptlib.schema import ConfigError, Field, Section, distinct, field_validator, to_dict, without_resume
+from lptlib.schema import (
+    ConfigError,
+    Field,
+    RuleError,
+    Section,
+    distinct,
+    field_validator,
+    model_validator,
+    to_dict,
+    without_resume,
+)
 from lptlib.sections import (
     LPTConfig,
     LPTPPConfig,
@@ -75,14 +85,28 @@ class Seeds(Section):
     initialisation, the sampler order and the augmentation; every method of a stage sees the same seed (paired)."""
 
     vpt_study: tuple[Seed, ...] = Field((0, 1, 2, 3, 4), min_length=1, description="the VPT study")
+    vpt_study_probes: tuple[Seed, ...] = Field(
+        tuple(range(5, 15)),
+        description="more seeds for Table 1's cached-feature rows alone (linear probe, LA probe; cheap): the claims "
+        "between them use these and `vpt_study`'s; () none",
+    )
     lpt: tuple[Seed, ...] = Field((0, 1, 2, 3, 4), min_length=1, description="the LPT ladder and LPT stages 1 and 2")
     tea: tuple[Seed, ...] = Field((0, 1, 2), min_length=1, description="the TEA matrix")
     lptpp: tuple[Seed, ...] = Field((0, 1, 2), min_length=1, description="LPT++ (all three phases)")
 
-    @field_validator("vpt_study", "lpt", "tea", "lptpp")
+    @field_validator("vpt_study", "vpt_study_probes", "lpt", "tea", "lptpp")
     @classmethod
     def _distinct(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         return distinct(v, "seed")
+
+    @model_validator(mode="after")
+    def _probe_seeds_apart(self) -> Seeds:
+        shared = sorted(set(self.vpt_study) & set(self.vpt_study_probes))
+        if shared:
+            raise RuleError(
+                "vpt_study_probes", f"seeds {shared} are already `vpt_study` seeds (whose stage trains the probes too)"
+            )
+        return self
 
 
 class Config(Section):

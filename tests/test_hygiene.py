@@ -21,10 +21,11 @@ def parameters_cells(nb: dict) -> list[dict]:
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:7] == [
+    assert [p.name for p in NOTEBOOKS][:8] == [
         "00_data.ipynb",
         "00_pretrain.ipynb",
         "01_vpt_study.ipynb",
+        "01_vpt_study_probes.ipynb",
         "02_lpt_stage1.ipynb",
         "03_lpt_stage2.ipynb",
         "04_tea.ipynb",

@@ -160,6 +160,32 @@ def test_01_vpt_study(tmp_path):
 
 
 @pytest.mark.notebook
+def test_01_vpt_study_probes(tmp_path):
+    """The probe-only stage of one more seed: the cached-feature rows of Table 1 (no cRT: it needs VPT-deep), the
+    same structure as `01_vpt_study`'s, with the same tiny parameters."""
+    tiny = {"epochs": 1, "batch_size": 128}
+    m = run(
+        "01_vpt_study_probes",
+        tmp_path,
+        seed=5,
+        data={"max_test_per_class": 10},
+        backbones={"visual": {"name": "vit-mini", "weights": "random"}},
+        vpt_study={"linear_probe": tiny, "feature_views": 1},
+    )
+    assert list(m) == [
+        "linear_probe/instance_balanced",
+        "linear_probe/class_balanced",
+        "linear_probe_la/instance_balanced",
+    ]
+    golden = json.loads((GOLDEN / "01_vpt_study.json").read_text())["metrics"]
+    for key, row in m.items():
+        assert row["trainable_params"] == 128 * 10 + 10 and row["epochs"] == 1
+        assert set(row) == set(golden[key]), key  # the rows 01_vpt_study writes for the same methods
+        assert all(0 <= row[k] <= 1 for k in ("overall", "many", "medium", "few", "val_overall"))
+    assert {p.name for p in (tmp_path / "out" / "figures").iterdir()} == {"probes_shot_accuracy.png"}
+
+
+@pytest.mark.notebook
 def test_02_and_03_lpt_stages(tmp_path):
     tiny = {"epochs": 1, "batch_size": 128}
     common = dict(

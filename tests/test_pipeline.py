@@ -45,7 +45,7 @@ def clone(tmp_path_factory):
         return node
 
     section("data").update(max_test_per_class=20, val_per_class=10)
-    params["seeds"] = {"vpt_study": [0, 1], "lpt": [0, 1], "tea": [0], "lptpp": [0]}
+    params["seeds"] = {"vpt_study": [0, 1], "vpt_study_probes": [2], "lpt": [0, 1], "tea": [0], "lptpp": [0]}
     params["workers"] = 1
     for run in ("vit_mini", "clip_mini"):
         section("pretrain", run).update(epochs=1, max_images=256, batch_size=64, warmup_steps=1)
@@ -105,7 +105,9 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     assert {"lptpp/moe", "lptpp/uniform", "info"} <= set(lptpp)
     report = json.loads((clone / "metrics" / "report.json").read_text())
     assert {"lpt_stage2", "ladder/linear_head", "crt/class_balanced", "lptpp/moe"} <= set(report["rows"])
-    assert report["seeds"]["vpt_study"] == [0, 1]
+    assert report["seeds"]["vpt_study"] == [0, 1] and report["seeds"]["vpt_study_probes"] == [2]
+    assert report["rows"]["linear_probe/class_balanced"]["seeds"] == [0, 1, 2]  # the probe-only seed merged in
+    assert report["rows"]["crt/class_balanced"]["seeds"] == [0, 1]
     assert {p.name for p in (clone / "figures" / "report").iterdir()} == {
         "shot_accuracy.png",
         "claims.png",

@@ -147,7 +147,7 @@ def test_collect_reads_every_seed_of_every_stage(metrics_dir):
     assert rep.results["features/frozen"][2]["gamma"] == pytest.approx(0.38)
     assert not features & {r.name for r in rep.rows}
     assert all(set(per_seed) == set(SEEDS) for per_seed in rep.results.values())
-    assert rep.seeds == {s.stage: list(SEEDS) for s in report.STAGES}
+    assert rep.seeds == {s.stage: [] if s.extends else list(SEEDS) for s in report.STAGES}  # no probe-only seeds
     assert (
         rep.results["lpt_stage1"][1]
         == json.loads((metrics_dir / "lpt_stage1" / "seed_1.json").read_text())["lpt_stage1"]
@@ -156,7 +156,7 @@ def test_collect_reads_every_seed_of_every_stage(metrics_dir):
     head = [*VPT_STUDY, *LPT_STAGE1, *LPT_STAGE2, "zero_shot_clip"]
     assert names[: len(head)] == head
     assert names[-4:] == list(LPTPP)
-    assert {r.stage for r in rep.rows} == {s.stage for s in report.STAGES}
+    assert {r.stage for r in rep.rows} == {s.stage for s in report.STAGES if not s.extends}
     assert all(r.n == len(SEEDS) for r in rep.rows)
     assert rep.class_counts == COUNTS and rep.dataset == "toy_lt"
     # the shape evaluate_claims takes: every claim of the pipeline's keys is evaluated on the 3 seeds
@@ -164,6 +164,32 @@ def test_collect_reads_every_seed_of_every_stage(metrics_dir):
     assert all(c["verdict"] != "not run" and c["n"] == len(SEEDS) for c in claims), [
         (c["id"], c["note"]) for c in claims if c["verdict"] == "not run"
     ]
+
+
+def test_probe_only_seeds_extend_the_probe_rows_and_pair_where_both_sides_ran(metrics_dir):
+    (metrics_dir / "vpt_study_probes").mkdir()
+    seed0 = json.loads((metrics_dir / "vpt_study" / "seed_0.json").read_text())
+    probes = {k: v for k, v in seed0.items() if k.startswith("linear_probe")}
+    for s in (10, 11):
+        (metrics_dir / "vpt_study_probes" / f"seed_{s}.json").write_text(json.dumps(probes))
+    rep = collect(metrics_dir)
+    assert rep.seeds["vpt_study_probes"] == [10, 11]
+    assert rep.row("linear_probe/class_balanced").seeds == [*SEEDS, 10, 11]
+    assert rep.row("vpt_deep/class_balanced").seeds == list(SEEDS)
+    claims = {(c["id"], c["metric"]): c for c in rep.claims()}
+    cb_vs_ib = next(
+        c
+        for (i, _), c in claims.items()
+        if c["a"] == "linear_probe/class_balanced" and c["b"] == "linear_probe/instance_balanced"
+    )
+    assert cb_vs_ib["seeds"] == [*SEEDS, 10, 11]  # both sides have the extra seeds
+    vpt_vs_lp = next(
+        c for c in claims.values() if c["a"] == "vpt_deep/class_balanced" and c["b"] == "linear_probe/class_balanced"
+    )
+    assert vpt_vs_lp["seeds"] == list(SEEDS)  # paired over the seeds both ran
+    (metrics_dir / "vpt_study_probes" / "seed_0.json").write_text(json.dumps(probes))
+    with pytest.raises(ReportError, match=r"seeds \[0\] are written by both `vpt_study` and `vpt_study_probes`"):
+        collect(metrics_dir)
 
 
 def test_rows_give_mean_and_std_over_seeds(metrics_dir):

@@ -241,6 +241,12 @@ def probe_rows(caches: dict[str, FeatureCache], data: LTData, cfg: Config, test:
     return {job[0]: probe_row(caches, job, data, cfg, test) for job in probe_jobs(caches, data, cfg)}
 
 
+def probe_seed_rows(cfg: Config, data: LTData, test: bool = True) -> dict[str, dict]:
+    """Table 1's cached-feature rows on the frozen backbone alone (linear probe per sampling mode, LA probe), for
+    the extra seeds of `seeds.vpt_study_probes`: the same code and seeding as the `vpt_study` stage's probes."""
+    return probe_rows({FROZEN: frozen_cache_task(cfg, data, test=test)}, data, cfg, test=test)
+
+
 # --------------------------------------------------------------------------- tasks (one process each)
 def vpt_deep_row(
     backbone: Backbone,

@@ -60,10 +60,14 @@ class StageFiles:
     folder: str
     stage: str
     seeds_key: str
+    #: rows that extend another stage's rows with more seeds (`vpt_study_probes`): their seeds merge into the same
+    #: method keys, and a run without such files reads none
+    extends: str | None = None
 
 
 STAGES: tuple[StageFiles, ...] = (
     StageFiles("vpt_study", "vpt_study", "vpt_study"),
+    StageFiles("vpt_study_probes", "vpt_study_probes", "vpt_study_probes", extends="vpt_study"),
     StageFiles("lpt_stage1", "lpt_stage1", "lpt"),
     StageFiles("lpt_stage2", "lpt_stage2", "lpt"),
     StageFiles("tea", "tea", "tea"),
@@ -277,6 +281,8 @@ def _seeds_for(seeds: Any, key: str) -> list[int] | None:
         seeds = seeds.model_dump()
     if isinstance(seeds, Mapping):
         return None if seeds.get(key) is None else [int(s) for s in seeds[key]]
+    if key in {s.seeds_key for s in STAGES if s.extends}:
+        return None  # one list for every stage: extra seeds of an extending stage are read as found
     return [int(s) for s in seeds]
 
 
@@ -284,7 +290,7 @@ def _stage_seeds(metrics_dir: Path, spec: StageFiles, wanted: list[int] | None) 
     found = seed_files(metrics_dir, spec.folder)
     folder = metrics_dir / spec.folder
     if wanted is None:
-        if not found:
+        if not found and spec.extends is None:
             raise ReportError(
                 f"{folder} holds no seed_<s>.json: run the `{spec.stage}` stage for every seed "
                 f"(`dvc repro {spec.stage}`)"
@@ -318,6 +324,8 @@ def _load_stage(
     """({method_key: {seed: row}}, the seeds read) of one stage; every seed file must hold the same method keys."""
     files = _stage_seeds(metrics_dir, spec, wanted)
     per_seed = {s: _read(p, spec.stage, s) for s, p in files.items()}
+    if not per_seed:
+        return {}, []
     first = next(iter(per_seed))
     keys = list(per_seed[first])
     for s, rows in per_seed.items():
@@ -374,6 +382,15 @@ def collect(metrics_dir: str | Path = "metrics", seeds: Any = None) -> Report:
         stage_rows, used[spec.stage] = _load_stage(metrics_dir, spec, _seeds_for(seeds, spec.seeds_key))
         loaded[spec.stage] = stage_rows
         for key, per_seed in stage_rows.items():
+            if key in results and spec.extends == stage_of[key]:
+                shared = sorted(set(results[key]) & set(per_seed))
+                if shared:
+                    raise ReportError(
+                        f"method {key!r}: seeds {shared} are written by both `{stage_of[key]}` and `{spec.stage}`; "
+                        "keep the seed lists apart (params.yaml seeds)"
+                    )
+                results[key] = {**results[key], **per_seed}
+                continue
             if key in results:
                 raise ReportError(f"method {key!r} is written by both `{stage_of[key]}` and `{spec.stage}`")
             results[key] = per_seed
@@ -476,7 +493,7 @@ def _seed_list(seeds: Sequence[int]) -> str:
 def results_markdown(report: Report) -> str:
     """The results table with its caption, then the claims table (`claims_markdown`) with its caption."""
     best = report.best()
-    per_stage = "; ".join(f"`{s}`: {_seed_list(v)}" for s, v in report.seeds.items())
+    per_stage = "; ".join(f"`{s}`: {_seed_list(v)}" for s, v in report.seeds.items() if v)
     if best is None:
         chosen = "No row has val accuracy, so none is marked best."
     else:
