@@ -1,7 +1,7 @@
 """The learning-rate grid, per compared arm: every row a claim compares gets its own grid of the same size, on val.
 
     python -m lptlib.tune list                          # the arms and their grids, without running anything
-    python -m lptlib.tune run                           # every arm (2 worker processes), tuning seed 1000
+    python -m lptlib.tune run                           # every arm not yet tuned (2 workers), tuning seed 1000
     python -m lptlib.tune run --arms lpt_stage1 ladder/agcl
     python -m lptlib.tune adopt                         # write the winners into presets/tuned/<preset>.yaml
     dvc repro tuning/dvc.yaml                           # the same grid as a DVC stage (outside `dvc repro`)
@@ -405,7 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m lptlib.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("command", choices=("list", "run", "adopt", "table"))
-    ap.add_argument("--arms", nargs="*", default=None, help="rows to tune (default: every arm of the grid)")
+    ap.add_argument(
+        "--arms",
+        nargs="*",
+        default=None,
+        help="rows to tune, again if already tuned (default: every arm of the grid not yet in the results)",
+    )
     ap.add_argument("--fresh", action="store_true", help="run: forget the stored results first")
     ap.add_argument(
         "--knob",
@@ -467,7 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     state: dict = {}
     weights = weight_digests(base, root)
     stamp = {"commit": store["commit"], "command": command, "weights": weights}
-    for row in [r for r in GRID if r in arms] if args.knob != "cosine_scale" else []:
+    done = set(store["arms"]) if args.arms is None else set()  # resume: a finished arm is not run again
+    if done:
+        print(f"already tuned (kept; --fresh re-runs them): {', '.join(r for r in GRID if r in done)}")
+    for row in [r for r in GRID if r in arms and r not in done] if args.knob != "cosine_scale" else []:
         arm = GRID[row]
         _needed(arm, base, store, args.workers, state, print)
         result, winner = tune_arm(arm, base, args.workers, state)
@@ -475,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         store["arms"][row] = {**result, **stamp}
         _write(path, json.dumps(store, indent=2) + "\n")  # a finished arm is never lost
         _write(table, markdown(store))
-    for row in [r for r in COSINE_CE_ARMS if r in arms] if args.knob != "lr" else []:
+    done = set(store["cosine_scale"]) if args.arms is None else set()
+    for row in [r for r in COSINE_CE_ARMS if r in arms and r not in done] if args.knob != "lr" else []:
         if row not in store["arms"]:
             raise SystemExit(f"the cosine scale of {row} is tuned at its chosen rate: tune its rate first (--knob lr)")
         at_rate = with_lr(base, {row: store["arms"][row]["chosen"]})
