@@ -468,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "arms": store.get("arms", {}),
         "cosine_scale": store.get("cosine_scale", {}),
     }
-    base = with_lr(base, {})  # the grid is centred on the schedules, never on an earlier tuned layer
+    base = with_sections(base, arm_lr={}, arm_cosine_scale={})  # centred on the schedules, not an earlier tuned layer
     state: dict = {}
     weights = weight_digests(base, root)
     stamp = {"commit": store["commit"], "command": command, "weights": weights}
