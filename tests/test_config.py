@@ -29,7 +29,8 @@ def test_params_yaml_is_accepted_and_is_the_miniature(root):
     assert cfg.backbones.visual.name == "vit-mini" and cfg.backbones.vision_language.name == "clip-mini"
     raw = yaml.safe_load((root / "params.yaml").read_text())
     assert set(raw) == set(config.SECTIONS)  # every section present (DVC tracks them), most of them empty
-    assert cfg == config.Config(), "the committed params.yaml names only values equal to the defaults"
+    tuned = config.load_tuned("miniature", root)  # the generated tuned layer (arm_lr, arm_cosine_scale) only
+    assert cfg == config.Config(**tuned), "the committed params.yaml names only values equal to the defaults"
 
 
 def test_dotted_keys_and_set_strings_and_yaml_1_1_exponents():
@@ -54,7 +55,7 @@ def test_presets_listed(root):
 
 def test_switching_presets_in_any_order_and_back_gives_exactly_the_defaults():
     """Presets are overlays merged at load time, so no order of switching leaves anything behind."""
-    defaults = config.Config()
+    defaults = config.Config(**config.load_tuned("miniature"))  # the defaults and the miniature's tuned layer
     for order in itertools.permutations(PRESETS[1:], 2):
         for name in order:
             config.compose({"preset": name}, DATA_PATHS)

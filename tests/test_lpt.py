@@ -111,7 +111,9 @@ def test_ladder_changes_one_part_per_rung_and_leave_one_out_removes_one():
 def _tiny_arm_setup(tiny_lt, **top):
     from lptlib.config import parse
 
-    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}}, **top)
+    cfg = parse(seed=0, lpt={"stage1": {"epochs": 2, "batch_size": 4}})
+    tuned = {"arm_lr": top.pop("arm_lr", {}), "arm_cosine_scale": top.pop("arm_cosine_scale", {})}
+    cfg = type(cfg).model_validate({**cfg.model_dump(), **tuned})  # exactly these (no tuned layer)
     return cfg, tiny_lt(), create_backbone(BackboneConfig("vit-mini", "random"))
 
 

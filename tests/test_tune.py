@@ -200,7 +200,8 @@ def test_every_kind_of_row_trains_with_its_arm_lr(tiny_lt, monkeypatch):
 
     rates = {VPT_CB: 0.11, LP_IB: 0.22, STAGE2_ROW: 0.33, STAGE1_CONTINUED_ROW: 0.44, "tea/lora-la-none": 0.55}
     random = {"weights": "random"}
-    cfg = parse(seed=0, arm_lr=rates, backbones={"visual": random, "vision_language": random})
+    cfg = parse(seed=0, backbones={"visual": random, "vision_language": random})
+    cfg = tune.with_sections(cfg, arm_lr=rates, arm_cosine_scale={})  # exactly these rates (no tuned layer)
     data = tiny_lt()
     seen = {}
 
