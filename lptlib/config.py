@@ -94,10 +94,15 @@ class Seeds(Section):
     tea: tuple[Seed, ...] = Field((0, 1, 2), min_length=1, description="the TEA matrix")
     lptpp: tuple[Seed, ...] = Field((0, 1, 2), min_length=1, description="LPT++ (all three phases)")
 
-    @field_validator("vpt_study", "vpt_study_probes", "lpt", "tea", "lptpp")
+    @field_validator("vpt_study", "lpt", "tea", "lptpp")
     @classmethod
     def _distinct(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         return distinct(v, "seed")
+
+    @field_validator("vpt_study_probes")
+    @classmethod
+    def _distinct_or_none(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return distinct(v, "seed") if v else v
 
     @model_validator(mode="after")
     def _probe_seeds_apart(self) -> Seeds:

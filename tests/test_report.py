@@ -390,7 +390,7 @@ def test_06_report_notebook(metrics_dir, tmp_path):
                 "metrics_path": str(out / "report.json"),
                 "claims_path": str(out / "claims.json"),
                 "fig_dir": str(out / "figures"),
-                "seeds": {k: list(SEEDS) for k in ("vpt_study", "lpt", "tea", "lptpp")},
+                "seeds": {**{k: list(SEEDS) for k in ("vpt_study", "lpt", "tea", "lptpp")}, "vpt_study_probes": []},
             },
         ),
         kernel_name="python3",
