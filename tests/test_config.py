@@ -299,3 +299,11 @@ def test_a_preset_base_that_is_missing_or_circular_is_named(tmp_path):
         7,
         3,
     )  # the dataset file wins over its base, the base over the defaults
+
+
+def test_probe_only_seeds_may_be_empty_and_stay_apart_from_the_vpt_study_seeds():
+    assert parse(seeds={"vpt_study_probes": []}).seeds.vpt_study_probes == ()
+    with pytest.raises(ConfigError, match=r"seeds.vpt_study_probes: seeds \[3\] are already `vpt_study` seeds"):
+        parse(seeds={"vpt_study_probes": [3, 20]})
+    with pytest.raises(ConfigError, match="repeats a seed"):
+        parse(seeds={"vpt_study_probes": [20, 20]})
