@@ -16,7 +16,7 @@ from lptlib.data.samplers import SAMPLING_MODES, Sampling
 from lptlib.engine import Schedule
 from lptlib.models.backbones import BACKBONE_ROLES, Role
 from lptlib.models.blocks import PromptForm
-from lptlib.objectives import AGCLConfig
+from lptlib.objectives import TEA_VARIANTS, AGCLConfig
 from lptlib.schema import (
     Field,
     Resume,
@@ -378,12 +378,6 @@ def method_key(name: str) -> str:
     return f"tea/{name}"
 
 
-def _tea_member_keys() -> tuple[str, ...]:
-    m = TEAMatrixConfig.model_fields
-    values = [m[f].annotation.__args__[0].__args__ for f in ("peft", "loss", "tea")]  # tuple[Literal[...], ...]
-    return tuple(method_key(member_name(p, lo, v)) for p in values[0] for lo in values[1] for v in values[2])
-
-
 #: the rows whose training schedule `arm_lr` may set: every trained row of Table 1 (the A/A replica takes
 #: VPT-deep's, being the same configuration), every stage-1 arm, stage 2 and its comparison, every TEA member
 ARM_LR_ROWS: tuple[str, ...] = (
@@ -391,7 +385,7 @@ ARM_LR_ROWS: tuple[str, ...] = (
     *ARMS,
     STAGE2_ROW,
     STAGE1_CONTINUED_ROW,
-    *_tea_member_keys(),
+    *(method_key(member_name(p, lo, v)) for p in PEFT_METHODS for lo in TEA_LOSSES for v in TEA_VARIANTS),
 )
 
 

@@ -283,14 +283,8 @@ def markdown(store: dict) -> str:
         )
         + ("." if arms else ""),
         *(
-            ["", "Pretrained weights the grid ran on (sha256, first 16 hex digits): " + weights + "."]
-            if (
-                weights := "; ".join(
-                    sorted(
-                        {", ".join(f"`{k}` {v}" for k, v in a.get("weights", {}).items()) for a in arms.values()} - {""}
-                    )
-                )
-            )
+            ["", "Pretrained weights the grid ran on (sha256, first 16 hex digits): " + "; ".join(weights) + "."]
+            if (weights := _weight_sets(arms, "`{}`"))
             else []
         ),
         "",
@@ -325,6 +319,12 @@ def markdown(store: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _weight_sets(arms: dict, name: str = "{}") -> list[str]:
+    """The distinct pretrained-weight digests the arms ran on, each as 'vit-mini <sha>, clip-mini <sha>'."""
+    sets = dict.fromkeys(tuple(a.get("weights", {}).items()) for a in arms.values())
+    return [", ".join(f"{name.format(k)} {v}" for k, v in w) for w in sets if w]
+
+
 def _table(results: dict, order: list[str], knob: str) -> list[str]:
     """Markdown rows of one grid: per arm its values and val accuracies, the chosen one, whether at an edge."""
     lines = [
@@ -356,17 +356,7 @@ def tuned_yaml(store: dict) -> str:
             f"#   `{cmd}` at commit {commit or 'unknown'}"
             for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
         ),
-        "# Pretrained weights (sha256): "
-        + (
-            "; ".join(
-                ", ".join(f"{k} {v}" for k, v in w.items())
-                for w in {
-                    json.dumps(a.get("weights", {}), sort_keys=True): a.get("weights", {}) for a in arms.values()
-                }.values()
-            )
-            or "none recorded"
-        )
-        + ".",
+        "# Pretrained weights (sha256): " + ("; ".join(_weight_sets(arms)) or "none recorded") + ".",
         "# Each rate: the best final-epoch val accuracy of its arm's grid (docs/tuning.md).",
         "# Edge winners (the grid was extended and the best is still its edge): "
         + (", ".join(r for r in GRID if r in arms and arms[r]["edge"]) or "none")
