@@ -138,8 +138,9 @@ class Config(Section):
 
     arm_cosine_scale: dict[str, float] = Field(
         {},
-        description="cosine scale s per cosine-head cross-entropy arm of stage 1 (row key -> s) over "
-        "`lpt.cosine_scale`; written by the grid into presets/tuned/<preset>.yaml (docs/tuning.md)",
+        description="scale s per stage-1 arm whose loss reads one (row key -> s): over `lpt.cosine_scale` for the "
+        "cross-entropy arms, over `lpt.agcl.scale` for the A-GCL arms (and stage 2, which continues stage 1's); "
+        "written by the grid into presets/tuned/<preset>.yaml (docs/tuning.md)",
     )
 
     _arm_lr = field_validator("arm_lr")(arm_lr_ok)

@@ -389,18 +389,20 @@ ARM_LR_ROWS: tuple[str, ...] = (
 )
 
 
-#: the stage-1 arms whose cross-entropy reads the cosine scale s (CE(s c, y)): the cosine-head arms without A-GCL,
-#: which has its own scale; `arm_cosine_scale` may set s for them (the grid chooses it on val)
-COSINE_CE_ARMS: tuple[str, ...] = tuple(k for k, a in ARMS.items() if a.head == "cosine" and a.loss == "ce")
+#: the stage-1 arms whose loss reads a scale s on the model's normalised scores c: cross-entropy CE(s c, y) on a
+#: cosine head, and A-GCL's s on either head (the A-GCL arms, their parts and stage 1 without the cosine head); a
+#: linear head under cross-entropy has none (its weights absorb any scale). `arm_cosine_scale` may set s for each
+#: (the grid chooses it on val); unset, it is `lpt.cosine_scale` under cross-entropy and `lpt.agcl.scale` under A-GCL
+SCALED_ARMS: tuple[str, ...] = tuple(k for k, a in ARMS.items() if a.head == "cosine" or a.loss != "ce")
 
 
 def arm_cosine_scale_ok(v: dict[str, float]) -> dict[str, float]:
-    """`arm_cosine_scale`: cosine-head cross-entropy arms (`COSINE_CE_ARMS`), scales > 0."""
+    """`arm_cosine_scale`: stage-1 arms whose loss reads a scale (`SCALED_ARMS`), scales > 0."""
     for key, s in v.items():
-        if key not in COSINE_CE_ARMS:
+        if key not in SCALED_ARMS:
             raise ValueError(
-                f"{key!r} has no cosine scale of its own (A-GCL has its own, a linear head none); "
-                f"arms with one: {', '.join(COSINE_CE_ARMS)}"
+                f"{key!r} has no scale of its own (a linear head under cross-entropy absorbs it); "
+                f"arms with one: {', '.join(SCALED_ARMS)}"
             )
         if not s > 0:
             raise ValueError(f"{key}: the cosine scale must be > 0, got {s!r}")

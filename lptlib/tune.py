@@ -43,7 +43,7 @@ from lptlib.config import Config, load, tuned_file
 from lptlib.paths import repo_root
 from lptlib.sections import (
     ARMS,
-    COSINE_CE_ARMS,
+    SCALED_ARMS,
     CRT_CB,
     LP_CB,
     LP_IB,
@@ -177,13 +177,14 @@ def chosen(scores: dict[float, float]) -> float:
 def tune_arm(
     arm: Arm, base: Config, workers: int, state: dict, log: Callable[[str], None] = print, knob: str = "lr"
 ) -> tuple[dict, dict]:
-    """`arm`'s grid of `knob` ('lr', or 'cosine_scale' at the rate in `base.arm_lr`), extended beyond an edge
-    winner: ({'centre', 'scores', 'chosen', 'edge', 'extensions', 'seconds'}, the winner's outputs)."""
+    """`arm`'s grid of `knob` ('lr', or 'cosine_scale' at the rate in `base.arm_lr`, centred on the arm's default
+    scale: `lpt.cosine_scale` under cross-entropy, `lpt.agcl.scale` under A-GCL), extended beyond an edge winner:
+    ({'centre', 'scores', 'chosen', 'edge', 'extensions', 'seconds'}, the winner's outputs)."""
     if knob == "lr":
         c = centre(base, arm)
         make = lambda v: with_lr(base, {arm.row: v})  # noqa: E731
     elif knob == "cosine_scale":
-        c = base.lpt.cosine_scale
+        c = base.lpt.cosine_scale if _scale_key(arm.row) == "lpt.cosine_scale" else base.lpt.agcl.scale
         make = lambda v: with_sections(base, arm_cosine_scale={arm.row: v})  # noqa: E731
     else:
         raise ValueError(f"unknown knob {knob!r}")
@@ -203,7 +204,7 @@ def tune_arm(
     for v, val in scores.items():
         log(f"{arm.row} {knob}={v:g}: val {100 * val:.2f}" + (" (chosen)" if v == best else ""))
     result = {
-        "schedule": arm.schedule if knob == "lr" else "lpt.cosine_scale",
+        "schedule": arm.schedule if knob == "lr" else _scale_key(arm.row),
         "centre": c,
         "scores": {repr(lr): v for lr, v in scores.items()},
         "chosen": best,
@@ -230,6 +231,11 @@ def _keep(arm: Arm, winner: dict, base: Config, state: dict) -> None:
         state[LPT_STAGE1] = {"path": str(save_stage1(model, path))}
 
 
+def _scale_key(row: str) -> str:
+    """The params key a scale grid of stage-1 arm `row` is centred on."""
+    return "lpt.cosine_scale" if ARMS[row].loss == "ce" else "lpt.agcl.scale"
+
+
 def _needed(arm: Arm, base: Config, store: dict, workers: int, state: dict, log: Callable[[str], None]) -> None:
     """Rebuild the winner `arm` starts from when it was tuned in an earlier run (its stored rate, trained once)."""
     if arm.needs is None or arm.needs in state:
@@ -237,10 +243,10 @@ def _needed(arm: Arm, base: Config, store: dict, workers: int, state: dict, log:
     if arm.needs not in store.get("arms", {}):
         raise SystemExit(f"{arm.row} starts from {arm.needs}'s winner: tune that arm first (--arms {arm.needs})")
     lr = store["arms"][arm.needs]["chosen"]
-    log(f"{arm.row}: retraining {arm.needs} at its chosen lr={lr:g} to start from it")
-    _keep(
-        GRID[arm.needs], _train(GRID[arm.needs], [with_lr(base, {arm.needs: lr})], base, workers, state)[0], base, state
-    )
+    scale = store.get("cosine_scale", {}).get(arm.needs, {}).get("chosen")
+    tuned = with_sections(base, arm_lr={arm.needs: lr}, arm_cosine_scale={} if scale is None else {arm.needs: scale})
+    log(f"{arm.row}: retraining {arm.needs} at its chosen lr={lr:g}" + ("" if scale is None else f", s={scale:g}"))
+    _keep(GRID[arm.needs], _train(GRID[arm.needs], [tuned], base, workers, state)[0], base, state)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -293,13 +299,15 @@ def markdown(store: dict) -> str:
     scales = store.get("cosine_scale", {})
     lines += [
         "",
-        "**Cosine scale.** The cosine head's scale s (`lpt.cosine_scale`, LPT's 20 for 365 classes) enters the "
-        "cross-entropy of the cosine-head arms without A-GCL (A-GCL has its own scale; a linear head none; the "
-        "prediction's argmax does not depend on it). Each of those arms gets a second grid of the same rule over s, "
-        "at its chosen learning rate (so these arms are tuned on two knobs, the others on one); the winner is its "
-        "`arm_cosine_scale`.",
+        "**Cosine scale.** The scale s on the normalised scores (LPT's 20 for 365 classes) enters the loss of every "
+        "stage-1 arm but the linear head under cross-entropy: CE(s c, y) on a cosine head (centred on "
+        "`lpt.cosine_scale`), A-GCL's s on either head (centred on `lpt.agcl.scale`); the prediction's argmax does not "
+        "depend on it. Each of those arms gets a second grid of the same rule over s, at its chosen learning rate (so "
+        "the stage-1 arms are tuned on two knobs, the others on one); the winner is its `arm_cosine_scale`. Stage 2 "
+        "and stage 1 trained on continue with stage 1's s; their rates are tuned from stage 1's winner at its chosen "
+        "rate and s.",
         "",
-        *(_table(scales, list(COSINE_CE_ARMS), "cosine scale") if scales else ["Not run yet."]),
+        *(_table(scales, list(SCALED_ARMS), "cosine scale") if scales else ["Not run yet."]),
     ]
     missing = [r for r in GRID if r not in arms]
     if missing:
@@ -367,7 +375,7 @@ def tuned_yaml(store: dict) -> str:
     scales = store.get("cosine_scale", {})
     if scales:
         lines.append("arm_cosine_scale:")
-        lines += [f"  {row}: {scales[row]['chosen']!r}" for row in COSINE_CE_ARMS if row in scales]
+        lines += [f"  {row}: {scales[row]['chosen']!r}" for row in SCALED_ARMS if row in scales]
     return "\n".join(lines) + "\n"
 
 
@@ -474,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(path, json.dumps(store, indent=2) + "\n")  # a finished arm is never lost
         _write(table, markdown(store))
     done = set(store["cosine_scale"]) if args.arms is None else set()
-    for row in [r for r in COSINE_CE_ARMS if r in arms and r not in done] if args.knob != "lr" else []:
+    for row in [r for r in SCALED_ARMS if r in arms and r not in done] if args.knob != "lr" else []:
         if row not in store["arms"]:
             raise SystemExit(f"the cosine scale of {row} is tuned at its chosen rate: tune its rate first (--knob lr)")
         at_rate = with_lr(base, {row: store["arms"][row]["chosen"]})

@@ -119,11 +119,14 @@ def _tiny_arm_setup(tiny_lt, **top):
 
 def test_arm_runs_train_what_their_arm_says(tiny_lt):
     """Each arm's schedule (lr from arm_lr, weight decay), head, dropout, batches and loss against a direct
-    computation; stage 1 as an arm is stage_run's stage 1."""
+    computation; stage 1 as an arm is stage_run's stage 1; an A-GCL arm's `arm_cosine_scale` is A-GCL's s and the
+    model's."""
     from lptlib.objectives import AGCL
     from lptlib.recipes.lpt import arm_run, build_arm, stage_run
 
-    cfg, data, backbone = _tiny_arm_setup(tiny_lt, arm_lr={"ladder/cosine_head": 0.5})
+    cfg, data, backbone = _tiny_arm_setup(
+        tiny_lt, arm_lr={"ladder/cosine_head": 0.5}, arm_cosine_scale={"agcl_part/no_cloud": 7.0}
+    )
     runs, models = {}, {}
     for key in ARMS:
         torch.manual_seed(0)
@@ -136,6 +139,7 @@ def test_arm_runs_train_what_their_arm_says(tiny_lt):
         assert run.optim.lr == (0.5 if key == "ladder/cosine_head" else cfg.lpt.stage1.lr) and run.epochs == 2
         assert models[key].dropout.p == (cfg.lpt.head_dropout if ARMS[key].dropout else 0.0)
         assert isinstance(models[key].tuner["head"], torch.nn.Linear) == (ARMS[key].head == "linear")
+        assert models[key].scale == (7.0 if key == "agcl_part/no_cloud" else 20.0)
     assert stage1.optim == runs[STAGE1_ROW].optim
     # the linear head: forward is the linear logits, forward_train's score times s gives them back
     linear = models["ladder/linear_head"]
@@ -159,7 +163,7 @@ def test_arm_runs_train_what_their_arm_says(tiny_lt):
     (xb, yb), _ = pair
     expected = {
         "agcl_part/cloud": AGCL(counts, a.alpha, 0.0, a.scale, 0.0, 0.0, 0.0),
-        "agcl_part/no_cloud": AGCL(counts, 0.0, a.margin, a.scale, *a.class_balanced, a.smoothing),
+        "agcl_part/no_cloud": AGCL(counts, 0.0, a.margin, 7.0, *a.class_balanced, a.smoothing),
     }
     for key, loss in expected.items():
         m = models[key]
@@ -171,12 +175,38 @@ def test_arm_runs_train_what_their_arm_says(tiny_lt):
         ib = (
             loss
             if key == "agcl_part/cloud"
-            else AGCL(counts, 0.0, a.margin, a.scale, *a.instance_balanced, a.smoothing)
+            else AGCL(counts, 0.0, a.margin, 7.0, *a.instance_balanced, a.smoothing)
         )
         want = loss(cos_b, yb) + beta * ib(cos_i, pair[1][1])
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="unknown stage-1 arm"):
         arm_run(models[STAGE1_ROW], data, cfg, "bogus", None)
+
+
+def test_arm_scale_defaults_per_loss_and_stage2_continues_stage1s(tiny_lt):
+    """s: `arm_cosine_scale`, else `lpt.cosine_scale` under cross-entropy and `lpt.agcl.scale` under A-GCL; stage_run's
+    A-GCL takes the scale it is given (stage 2 passes stage 1's)."""
+    from lptlib.objectives import AGCL
+    from lptlib.recipes.lpt import arm_scale, build_lpt, stage_run
+
+    cfg, data, backbone = _tiny_arm_setup(tiny_lt, arm_cosine_scale={STAGE1_ROW: 5.0})
+    cfg = type(cfg).model_validate({**cfg.model_dump(), "lpt": {**cfg.lpt.model_dump(), "cosine_scale": 30.0}})
+    assert arm_scale(cfg, STAGE1_ROW) == 5.0
+    assert arm_scale(cfg, "ladder/agcl") == cfg.lpt.agcl.scale == 20.0
+    assert arm_scale(cfg, "lpt_stage1_without/agcl") == 30.0
+    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=1).eval()
+    pair = next(iter(stage_run(model, data, cfg, None).batches(0)))
+    a, counts = cfg.lpt.agcl, data.train_counts
+    cos_b, cos_i = (model.forward_train(x)["cosine"] for x in (pair[0][0], pair[1][0]))
+    for scale in (None, 5.0):
+        s = a.scale if scale is None else scale
+        cb = AGCL(counts, a.alpha, a.margin, s, *a.class_balanced, a.smoothing)
+        ib = AGCL(counts, a.alpha, a.margin, s, *a.instance_balanced, a.smoothing)
+        torch.manual_seed(3)
+        got = stage_run(model, data, cfg, None, scale=scale).objective(model, pair, 0)
+        torch.manual_seed(3)
+        want = cb(cos_b, pair[0][1]) + cfg.lpt.eta * ib(cos_i, pair[1][1])
+        torch.testing.assert_close(got, want)
 
 
 def test_agcl_cloud_alone_is_cross_entropy_on_the_clouded_cosines():

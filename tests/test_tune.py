@@ -78,14 +78,9 @@ def test_an_edge_winner_extends_the_grid_by_the_same_rule(monkeypatch, curve, ch
 
 def test_the_cosine_scale_grid_runs_at_the_arms_chosen_rate(monkeypatch):
     from lptlib.recipes.lpt import build_arm
-    from lptlib.sections import COSINE_CE_ARMS
+    from lptlib.sections import ARMS, SCALED_ARMS
 
-    assert set(COSINE_CE_ARMS) == {
-        "ladder/cosine_head",
-        "ladder/head_dropout",
-        "ladder/dual_sampling",
-        "lpt_stage1_without/agcl",
-    }
+    assert set(SCALED_ARMS) == set(ARMS) - {"ladder/linear_head"}  # a linear head under cross-entropy has no s
     seen_lr = []
 
     def curve(s):
@@ -110,8 +105,12 @@ def test_the_cosine_scale_grid_runs_at_the_arms_chosen_rate(monkeypatch):
         "ladder/cosine_head",
     )
     assert model.scale == 10.0
-    with pytest.raises(Exception, match="no cosine scale of its own"):
-        parse(arm_cosine_scale={"lpt_stage1": 10.0})
+    with pytest.raises(Exception, match="no scale of its own"):
+        parse(arm_cosine_scale={"ladder/linear_head": 10.0})
+    # an A-GCL arm's grid is centred on A-GCL's scale
+    agcl = tune.with_lr(parse(lpt={"agcl": {"scale": 16.0}}), {"ladder/agcl": 0.125})
+    result, _ = tune.tune_arm(tune.GRID["ladder/agcl"], agcl, 1, {}, log=lambda s: None, knob="cosine_scale")
+    assert calls[-1][:5] == [16.0 * f for f in tune.FACTORS] and result["schedule"] == "lpt.agcl.scale"
 
 
 def test_chosen_breaks_ties_towards_the_smaller_rate():

@@ -72,10 +72,12 @@ def stage_run(
     checkpoint: Path | None,
     schedule: Schedule | None = None,
     resume: str | None = None,
+    scale: float | None = None,
 ) -> Run:
     """The run of one LPT stage: dual sampling with A-GCL on both branches for a fixed schedule, final state tested
     once.
-    `schedule` / `resume` default to the `lpt` section's (LPT++ passes its phase schedules)."""
+    `schedule` / `resume` default to the `lpt` section's (LPT++ passes its phase schedules), A-GCL's `scale` to
+    `lpt.agcl.scale` (stage 2 passes stage 1's, `arm_scale`)."""
     lpt = cfg.lpt
     schedule = schedule or (lpt.stage1 if model.stage == 1 else lpt.stage2)
     lt = data.transformed(model.backbone.normalization)
@@ -83,8 +85,9 @@ def stage_run(
         lt.train, lt.train.targets, schedule.batch_size, cfg.seed, lpt.num_samples_cls, cfg.data.num_workers
     )
     a, counts = lpt.agcl, lt.train_counts
-    cb = AGCL(counts, a.alpha, a.margin, a.scale, *a.class_balanced, a.smoothing)
-    ib = AGCL(counts, a.alpha, a.margin, a.scale, *a.instance_balanced, a.smoothing)
+    s = a.scale if scale is None else scale
+    cb = AGCL(counts, a.alpha, a.margin, s, *a.class_balanced, a.smoothing)
+    ib = AGCL(counts, a.alpha, a.margin, s, *a.instance_balanced, a.smoothing)
     objective = dual_sampling_objective(cb, ib, schedule.epochs, lpt.eta, lpt.match_weight)
     return classifier_run(
         model,
@@ -129,20 +132,28 @@ def arm_schedule(cfg: Config, key: str) -> Schedule:
     return schedule_of(cfg, key, lpt.stage1.model_copy(update={"weight_decay": wd}))
 
 
+def arm_scale(cfg: Config, key: str) -> float:
+    """The scale s on stage-1 arm `key`'s normalised scores: its `arm_cosine_scale`, else `lpt.cosine_scale` under
+    cross-entropy and A-GCL's `lpt.agcl.scale` under A-GCL (the model predicts with the s it was trained with)."""
+    default = cfg.lpt.cosine_scale if ARMS[key].loss == "ce" else cfg.lpt.agcl.scale
+    return cfg.arm_cosine_scale.get(key, default)
+
+
 def arm_losses(cfg: Config, arm: Arm, counts, scale: float) -> tuple[Callable, Callable]:
-    """The (class-balanced, instance-balanced) branch losses of `arm`, on the model's normalised scores:
-    ce: CE(s c, y); agcl: A-GCL with each branch's (lambda+, lambda-); agcl_cloud: A-GCL's Gaussian cloud alone
-    (margin, focusing and smoothing off: CE on s (c - alpha |eps| mu)); agcl_no_cloud: A-GCL with alpha = 0."""
+    """The (class-balanced, instance-balanced) branch losses of `arm`, on the model's normalised scores c, with the
+    arm's scale s (`arm_scale`): ce: CE(s c, y); agcl: A-GCL with each branch's (lambda+, lambda-); agcl_cloud:
+    A-GCL's Gaussian cloud alone (margin, focusing and smoothing off: CE on s (c - alpha |eps| mu)); agcl_no_cloud:
+    A-GCL with alpha = 0."""
     a = cfg.lpt.agcl
     if arm.loss == "ce":
         ce = lambda cosine, y: F.cross_entropy(scale * cosine, y)  # noqa: E731
         return ce, ce
     if arm.loss == "agcl_cloud":
-        cloud = AGCL(counts, a.alpha, 0.0, a.scale, 0.0, 0.0, 0.0)
+        cloud = AGCL(counts, a.alpha, 0.0, scale, 0.0, 0.0, 0.0)
         return cloud, cloud
     alpha = 0.0 if arm.loss == "agcl_no_cloud" else a.alpha
     return tuple(
-        AGCL(counts, alpha, a.margin, a.scale, *branch, a.smoothing)
+        AGCL(counts, alpha, a.margin, scale, *branch, a.smoothing)
         for branch in (a.class_balanced, a.instance_balanced)
     )
 
@@ -183,12 +194,10 @@ def arm_run(model: LPT, data: LTData, cfg: Config, key: str, checkpoint: Path | 
 
 
 def build_arm(backbone: Backbone, num_classes: int, cfg: Config, key: str) -> LPT:
-    """The stage-1 model of arm `key`: its head, with `lpt.head_dropout` or none, and its cosine scale
-    (`arm_cosine_scale`, else `lpt.cosine_scale`)."""
+    """The stage-1 model of arm `key`: its head, with `lpt.head_dropout` or none, and its scale (`arm_scale`)."""
     arm = ARMS[key]
-    scale = cfg.arm_cosine_scale.get(key, cfg.lpt.cosine_scale)
     lpt = cfg.lpt.model_copy(
-        update={"head_dropout": cfg.lpt.head_dropout if arm.dropout else 0.0, "cosine_scale": scale}
+        update={"head_dropout": cfg.lpt.head_dropout if arm.dropout else 0.0, "cosine_scale": arm_scale(cfg, key)}
     )
     return build_lpt(backbone, num_classes, lpt, stage=1, head=arm.head)
 
@@ -212,14 +221,17 @@ def stage2_task(
 ) -> dict:
     """Stage 2 for `cfg.seed` on that seed's stage-1 file, a task of `lptlib.pool.run_tasks`; `pool=False` trains
     stage 1 on instead (`STAGE1_CONTINUED_ROW`: shared prompts + head, stage 2's schedule and objective without the
-    pool), so stage 2 is compared with the same extra epochs. Returns {'row', 'history'} and, with the pool and
-    `test`, 'key_usage' (how often each entry is picked on the test images)."""
+    pool), so stage 2 is compared with the same extra epochs; both continue with stage 1's scale (`arm_scale`).
+    Returns {'row', 'history'} and, with the pool and `test`, 'key_usage' (how often each entry is picked on the
+    test images)."""
     backbone = create_backbone(getattr(cfg.backbones, cfg.lpt.backbone))
     torch.manual_seed(cfg.seed)
-    model = build_lpt(backbone, data.num_classes, cfg.lpt, stage=2 if pool else 1)
+    scale = arm_scale(cfg, STAGE1_ROW)
+    lpt = cfg.lpt.model_copy(update={"cosine_scale": scale})
+    model = build_lpt(backbone, data.num_classes, lpt, stage=2 if pool else 1)
     load_stage1(model, stage1_path)
     schedule = schedule_of(cfg, STAGE2_ROW if pool else STAGE1_CONTINUED_ROW, cfg.lpt.stage2)
-    run = stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None, schedule=schedule)
+    run = stage_run(model, data, cfg, Path(checkpoint) if checkpoint else None, schedule=schedule, scale=scale)
     if not pool:
         run.name, run.settings = STAGE1_CONTINUED_ROW, {**run.settings, "continued": True}
     result = fit(run, test=test)
