@@ -43,13 +43,13 @@ from lptlib.config import Config, load, tuned_file
 from lptlib.paths import repo_root
 from lptlib.sections import (
     ARMS,
-    SCALED_ARMS,
     CRT_CB,
     LP_CB,
     LP_IB,
     LP_LA_IB,
     LPT_STAGE1,
     PEFT_METHODS,
+    SCALED_ARMS,
     STAGE1_CONTINUED_ROW,
     STAGE2_ROW,
     VPT_CB,

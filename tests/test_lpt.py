@@ -172,11 +172,7 @@ def test_arm_runs_train_what_their_arm_says(tiny_lt):
         torch.manual_seed(7)
         got = runs[key].objective(m, pair, 0)
         torch.manual_seed(7)
-        ib = (
-            loss
-            if key == "agcl_part/cloud"
-            else AGCL(counts, 0.0, a.margin, 7.0, *a.instance_balanced, a.smoothing)
-        )
+        ib = loss if key == "agcl_part/cloud" else AGCL(counts, 0.0, a.margin, 7.0, *a.instance_balanced, a.smoothing)
         want = loss(cos_b, yb) + beta * ib(cos_i, pair[1][1])
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="unknown stage-1 arm"):

@@ -153,8 +153,7 @@ def arm_losses(cfg: Config, arm: Arm, counts, scale: float) -> tuple[Callable, C
         return cloud, cloud
     alpha = 0.0 if arm.loss == "agcl_no_cloud" else a.alpha
     return tuple(
-        AGCL(counts, alpha, a.margin, scale, *branch, a.smoothing)
-        for branch in (a.class_balanced, a.instance_balanced)
+        AGCL(counts, alpha, a.margin, scale, *branch, a.smoothing) for branch in (a.class_balanced, a.instance_balanced)
     )
 
 
