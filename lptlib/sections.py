@@ -396,6 +396,12 @@ ARM_LR_ROWS: tuple[str, ...] = (
 SCALED_ARMS: tuple[str, ...] = tuple(k for k, a in ARMS.items() if a.head == "cosine" or a.loss != "ce")
 
 
+def scale_key(key: str) -> str:
+    """The params key of stage-1 arm `key`'s default scale s (`SCALED_ARMS`): `lpt.cosine_scale` under
+    cross-entropy, A-GCL's `lpt.agcl.scale` under A-GCL."""
+    return "lpt.cosine_scale" if ARMS[key].loss == "ce" else "lpt.agcl.scale"
+
+
 def arm_cosine_scale_ok(v: dict[str, float]) -> dict[str, float]:
     """`arm_cosine_scale`: stage-1 arms whose loss reads a scale (`SCALED_ARMS`), scales > 0."""
     for key, s in v.items():

@@ -29,6 +29,7 @@ between the preset and params.yaml (lptlib.config). Nothing is written by hand.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import statistics
@@ -56,6 +57,7 @@ from lptlib.sections import (
     VPT_IB,
     member_name,
     method_key,
+    scale_key,
 )
 from lptlib.utils import atomic_write_bytes, git_revision
 
@@ -184,7 +186,7 @@ def tune_arm(
         c = centre(base, arm)
         make = lambda v: with_lr(base, {arm.row: v})  # noqa: E731
     elif knob == "cosine_scale":
-        c = base.lpt.cosine_scale if _scale_key(arm.row) == "lpt.cosine_scale" else base.lpt.agcl.scale
+        c = functools.reduce(getattr, scale_key(arm.row).split("."), base)
         make = lambda v: with_sections(base, arm_cosine_scale={arm.row: v})  # noqa: E731
     else:
         raise ValueError(f"unknown knob {knob!r}")
@@ -204,7 +206,7 @@ def tune_arm(
     for v, val in scores.items():
         log(f"{arm.row} {knob}={v:g}: val {100 * val:.2f}" + (" (chosen)" if v == best else ""))
     result = {
-        "schedule": arm.schedule if knob == "lr" else _scale_key(arm.row),
+        "schedule": arm.schedule if knob == "lr" else scale_key(arm.row),
         "centre": c,
         "scores": {repr(lr): v for lr, v in scores.items()},
         "chosen": best,
@@ -229,11 +231,6 @@ def _keep(arm: Arm, winner: dict, base: Config, state: dict) -> None:
         model.load_stage1_state(sd)
         path = Path(tempfile.mkdtemp(prefix="lptlib-tune-")) / "lpt_stage1.safetensors"
         state[LPT_STAGE1] = {"path": str(save_stage1(model, path))}
-
-
-def _scale_key(row: str) -> str:
-    """The params key a scale grid of stage-1 arm `row` is centred on."""
-    return "lpt.cosine_scale" if ARMS[row].loss == "ce" else "lpt.agcl.scale"
 
 
 def _needed(arm: Arm, base: Config, store: dict, workers: int, state: dict, log: Callable[[str], None]) -> None:

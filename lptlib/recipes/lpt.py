@@ -8,6 +8,7 @@ loads them (frozen) and trains the group prompt pool, its keys and the head.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from lptlib.sections import (  # noqa: F401 (STAGE2_ROW, STAGE1_CONTINUED_ROW: r
     STAGE2_ROW,
     Arm,
     LPTConfig,
+    scale_key,
 )
 from lptlib.utils import default_device, read_safetensors, save_safetensors
 
@@ -135,7 +137,7 @@ def arm_schedule(cfg: Config, key: str) -> Schedule:
 def arm_scale(cfg: Config, key: str) -> float:
     """The scale s on stage-1 arm `key`'s normalised scores: its `arm_cosine_scale`, else `lpt.cosine_scale` under
     cross-entropy and A-GCL's `lpt.agcl.scale` under A-GCL (the model predicts with the s it was trained with)."""
-    default = cfg.lpt.cosine_scale if ARMS[key].loss == "ce" else cfg.lpt.agcl.scale
+    default = functools.reduce(getattr, scale_key(key).split("."), cfg)
     return cfg.arm_cosine_scale.get(key, default)
 
 
