@@ -378,14 +378,35 @@ def method_key(name: str) -> str:
     return f"tea/{name}"
 
 
+#: the row keys LPT++'s phase 3 writes: each expert alone (`expert_row`), the uniform average and the MoE scorer
+MOE_ROW = "lptpp/moe"
+UNIFORM_ROW = "lptpp/uniform"
+
+
+def expert_row(role: str) -> str:
+    """The phase-3 row key of one LPT++ expert alone, e.g. 'lptpp/visual'."""
+    return f"lptpp/{role}"
+
+
+def phase_row(role: str, phase: int) -> str:
+    """The row key of one LPT++ expert's phase 1 or 2 (`metrics/lptpp_phase<p>/`), e.g. 'visual/phase1': the key
+    `arm_lr` sets that phase's rate by (`lptpp.phase1` / `lptpp.phase2`)."""
+    return f"{role}/phase{phase}"
+
+
+LPTPP_PHASE_ROWS = tuple(phase_row(role, phase) for role in BACKBONE_ROLES for phase in (1, 2))
+
 #: the rows whose training schedule `arm_lr` may set: every trained row of Table 1 (the A/A replica takes
-#: VPT-deep's, being the same configuration), every stage-1 arm, stage 2 and its comparison, every TEA member
+#: VPT-deep's, being the same configuration), every stage-1 arm, stage 2 and its comparison, every TEA member,
+#: each LPT++ expert's two phases and the MoE scorer (`lptpp.scorer.lr`); the uniform average trains nothing
 ARM_LR_ROWS: tuple[str, ...] = (
     *(r for r in TABLE1_ROWS if r != VPT_CB_REPLICA),
     *ARMS,
     STAGE2_ROW,
     STAGE1_CONTINUED_ROW,
     *(method_key(member_name(p, lo, v)) for p in PEFT_METHODS for lo in TEA_LOSSES for v in TEA_VARIANTS),
+    *LPTPP_PHASE_ROWS,
+    MOE_ROW,
 )
 
 

@@ -16,12 +16,14 @@ results do. Weight decay is not tuned: the papers fix it (VPT study 1e-4, LPT 0.
 one rung, and every stage-1 tensor being scale-invariant, a weight decay acts as a change of the effective learning
 rate, which each arm's own grid already covers.
 
-Two arms build on another arm's winner: cRT re-trains the head on the instance-balanced VPT-deep representation
-trained at that arm's chosen rate, and stage 2 (with the pool, and stage 1 continued without it) starts from stage
-1 trained at its chosen rate, as in the pipeline.
+Some arms build on other arms' winners, as in the pipeline: cRT re-trains the head on the instance-balanced VPT-deep
+representation trained at that arm's chosen rate; stage 2 (with the pool, and stage 1 continued without it) starts
+from stage 1 trained at its chosen rate; each LPT++ expert's phase 2 from its phase 1 at its chosen rate, and the
+MoE scorer (phase 3, trained on the experts' cached train outputs) from both experts' phase 2 at their chosen rates.
 
-Results go to `tuning/<preset>.json` (one arm at a time, so a stopped run keeps what it finished; the grid's
-sha256 names the grid it was run on) and the table to docs/tuning.md; `adopt` writes each arm's winner into the
+Results go to `tuning/<preset>.json` (one arm at a time, so a stopped run keeps what it finished; each arm's
+sha256 names the grid it was run on, and the winners it started from are recorded, so a changed arm, or an arm
+whose starting winner changed, is refused until re-run) and the table to docs/tuning.md; `adopt` writes each arm's winner into the
 generated tuned layer `presets/tuned/<preset>.yaml` (`arm_lr`, with its provenance), which the pipeline composes
 between the preset and params.yaml (lptlib.config). Nothing is written by hand.
 """
@@ -41,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lptlib.config import Config, load, tuned_file
+from lptlib.models.backbones import BACKBONE_ROLES
 from lptlib.paths import repo_root
 from lptlib.sections import (
     ARMS,
@@ -49,14 +52,18 @@ from lptlib.sections import (
     LP_IB,
     LP_LA_IB,
     LPT_STAGE1,
+    MOE_ROW,
     PEFT_METHODS,
     SCALED_ARMS,
     STAGE1_CONTINUED_ROW,
     STAGE2_ROW,
+    UNIFORM_ROW,
     VPT_CB,
     VPT_IB,
+    expert_row,
     member_name,
     method_key,
+    phase_row,
     scale_key,
 )
 from lptlib.utils import atomic_write_bytes, git_revision
@@ -74,9 +81,9 @@ class Arm:
     (a dotted params.yaml key whose `lr` is the grid's middle value)."""
 
     row: str
-    kind: str  # probe | vpt_deep | lpt_stage1 | lpt_stage2 | tea
+    kind: str  # probe | vpt_deep | lpt_stage1 | lpt_stage2 | tea | lptpp_phase | lptpp_scorer
     schedule: str
-    needs: str | None = None  # the arm whose winner this one starts from
+    needs: tuple[str, ...] = ()  # the arms whose winners this one starts from
 
 
 GRID: dict[str, Arm] = {
@@ -87,23 +94,88 @@ GRID: dict[str, Arm] = {
         Arm(LP_IB, "probe", "vpt_study.linear_probe"),
         Arm(LP_CB, "probe", "vpt_study.linear_probe"),
         Arm(LP_LA_IB, "probe", "vpt_study.linear_probe"),
-        Arm(CRT_CB, "probe", "vpt_study.linear_probe", needs=VPT_IB),
+        Arm(CRT_CB, "probe", "vpt_study.linear_probe", needs=(VPT_IB,)),
         *(Arm(key, "lpt_stage1", "lpt.stage1") for key in ARMS),
-        Arm(STAGE2_ROW, "lpt_stage2", "lpt.stage2", needs=LPT_STAGE1),
-        Arm(STAGE1_CONTINUED_ROW, "lpt_stage2", "lpt.stage2", needs=LPT_STAGE1),
+        Arm(STAGE2_ROW, "lpt_stage2", "lpt.stage2", needs=(LPT_STAGE1,)),
+        Arm(STAGE1_CONTINUED_ROW, "lpt_stage2", "lpt.stage2", needs=(LPT_STAGE1,)),
         *(
             Arm(method_key(member_name(peft, TEA_LOSS, v)), "tea", f"tea.{peft}")
             for peft in PEFT_METHODS
             for v in TEA_VARIANTS
         ),
+        *(
+            Arm(phase_row(role, p), "lptpp_phase", f"lptpp.phase{p}", needs=(phase_row(role, 1),) if p == 2 else ())
+            for role in BACKBONE_ROLES
+            for p in (1, 2)
+        ),
+        Arm(MOE_ROW, "lptpp_scorer", "lptpp.scorer", needs=tuple(phase_row(role, 2) for role in BACKBONE_ROLES)),
     )
+}
+KNOB_S = "cosine_scale"  # the second knob of the scaled stage-1 arms (`SCALED_ARMS`)
+#: the result rows a claim compares that no arm of their own tunes, and the arms that train what they read: an LPT++
+#: expert alone is its two phases; the uniform average of the experts trains nothing of its own
+TRAINED_BY: dict[str, tuple[str, ...]] = {
+    **{expert_row(role): tuple(phase_row(role, p) for p in (1, 2)) for role in BACKBONE_ROLES},
+    UNIFORM_ROW: tuple(phase_row(role, p) for role in BACKBONE_ROLES for p in (1, 2)),
 }
 
 
+def rule_sha256() -> str:
+    """The digest of the grid's rule (factors, extension rule, tuning seed), shared by every arm."""
+    spec = {"factors": FACTORS, "max_ext": MAX_EXTENSIONS, "seed": TUNING_SEED}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def arm_sha256(arm: Arm, knob: str = "lr") -> str:
+    """The digest of one arm's grid of `knob` (its definition and the rule): a stored result names it, so an arm
+    added to the grid or changed re-runs alone."""
+    spec = {"arm": asdict(arm), "knob": knob, "rule": rule_sha256()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
 def grid_sha256() -> str:
-    """The digest of the grid's definition (arms, factors, extension rule, seed): a stored result names it."""
-    spec = {"arms": [asdict(a) for a in GRID.values()], "factors": FACTORS, "max_ext": MAX_EXTENSIONS}
-    return hashlib.sha256(json.dumps({**spec, "seed": TUNING_SEED}, sort_keys=True).encode()).hexdigest()
+    """The digest of the whole grid's definition (every arm and knob, the rule): names what a complete store ran."""
+    spec = {
+        "arms": [arm_sha256(a) for a in GRID.values()],
+        "scales": [arm_sha256(GRID[r], KNOB_S) for r in SCALED_ARMS],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def starts_from(store: dict, arm: Arm) -> dict[str, dict[str, float]]:
+    """The stored winners `arm` starts from ({need: {'lr': ..., 'cosine_scale': ...}}): recorded with its result,
+    so a result whose starting winner has changed since is refused."""
+    out = {}
+    for need in arm.needs:
+        if need not in store.get("arms", {}):
+            raise SystemExit(f"{arm.row} starts from {need}'s winner: tune that arm first (--arms {need})")
+        out[need] = {"lr": store["arms"][need]["chosen"]}
+        if need in store.get(KNOB_S, {}):
+            out[need][KNOB_S] = store[KNOB_S][need]["chosen"]
+    return out
+
+
+def stale(store: dict) -> list[tuple[str, str, str]]:
+    """The stored results that no longer hold, as (row, knob, why): another grid for their arm, an arm no longer in
+    the grid, winners they started from that have changed since, a scale grid run at a rate no longer chosen."""
+    out = []
+    arms = store.get("arms", {})
+    for knob, results in (("lr", arms), (KNOB_S, store.get(KNOB_S, {}))):
+        for row, r in results.items():
+            if row not in GRID:
+                out.append((row, knob, "no longer an arm of the grid"))
+            elif r.get("grid_sha256") != arm_sha256(GRID[row], knob):
+                out.append((row, knob, "run on another grid of its arm (sha256 differs)"))
+            elif knob == KNOB_S and r.get("lr") != arms.get(row, {}).get("chosen"):
+                out.append((row, knob, f"run at lr {r.get('lr')}, no longer the arm's chosen rate"))
+            elif knob == "lr" and GRID[row].needs:
+                try:
+                    now = starts_from(store, GRID[row])
+                except SystemExit:
+                    now = None
+                if r.get("starts_from") != now:
+                    out.append((row, knob, f"the winners it started from changed ({r.get('starts_from')} -> {now})"))
+    return out
 
 
 def centre(cfg: Config, arm: Arm) -> float:
@@ -168,6 +240,32 @@ def _train(arm: Arm, cfgs: Sequence[Config], base: Config, workers: int, state: 
         peft, loss, variant = arm.row.split("/", 1)[1].split("-")
         tasks = [dict(cfg=c, peft=peft, loss=loss, variant=variant, test=False) for c in cfgs]
         return [{"val": o["row"]["val_overall"]} for o in run_tasks(member_task, tasks, workers)]
+    if arm.kind == "lptpp_phase":
+        from lptlib.recipes.lptpp import phase_task
+
+        role, phase = arm.row.split("/phase")
+        start = state[arm.needs[0]]["dir"] if arm.needs else None
+        dirs = [tempfile.mkdtemp(prefix="lptlib-tune-") for _ in cfgs]  # one folder per value: parallel workers
+        tasks = [
+            dict(cfg=c, phase=int(phase), role=role, out_dir=d, phase1_dir=start, test=False)
+            for c, d in zip(cfgs, dirs, strict=True)
+        ]
+        outs = run_tasks(phase_task, tasks, workers)
+        return [{"val": o["row"]["val_overall"], "dir": d} for o, d in zip(outs, dirs, strict=True)]
+    if arm.kind == "lptpp_scorer":
+        from lptlib.recipes.lptpp import cache_all, evaluate_rows, train_scorer
+
+        data = setup(base)
+        roles = [need.split("/phase")[0] for need in arm.needs]
+        folders = {role: state[need]["dir"] for role, need in zip(roles, arm.needs, strict=True)}
+        cache_dir = tempfile.mkdtemp(prefix="lptlib-tune-")
+        caches, _ = cache_all(roles, data, base, folders, cache_dir, splits=("train", "val"))
+        out = []
+        for c in cfgs:
+            scorer, _ = train_scorer([caches[r] for r in roles], c, test=False)
+            rows = evaluate_rows(caches, scorer, data, "val")[0]
+            out.append({"val": rows["MoE scorer"]["overall"]})
+        return out
     raise ValueError(f"unknown arm kind {arm.kind!r}")  # a bug in GRID
 
 
@@ -218,7 +316,10 @@ def tune_arm(
 
 
 def _keep(arm: Arm, winner: dict, base: Config, state: dict) -> None:
-    """Keep what a later arm builds on: the VPT-deep (instance-balanced) winner's cache, stage 1's winner file."""
+    """Keep what a later arm builds on: the VPT-deep (instance-balanced) winner's cache, stage 1's winner file, an
+    LPT++ expert phase's winner folder."""
+    if arm.kind == "lptpp_phase":
+        state[arm.row] = {"dir": winner["dir"]}
     if arm.row == VPT_IB:
         state[VPT_IB] = {"cache": winner["cache"]}
     if arm.row == LPT_STAGE1:
@@ -234,16 +335,16 @@ def _keep(arm: Arm, winner: dict, base: Config, state: dict) -> None:
 
 
 def _needed(arm: Arm, base: Config, store: dict, workers: int, state: dict, log: Callable[[str], None]) -> None:
-    """Rebuild the winner `arm` starts from when it was tuned in an earlier run (its stored rate, trained once)."""
-    if arm.needs is None or arm.needs in state:
-        return
-    if arm.needs not in store.get("arms", {}):
-        raise SystemExit(f"{arm.row} starts from {arm.needs}'s winner: tune that arm first (--arms {arm.needs})")
-    lr = store["arms"][arm.needs]["chosen"]
-    scale = store.get("cosine_scale", {}).get(arm.needs, {}).get("chosen")
-    tuned = with_sections(base, arm_lr={arm.needs: lr}, arm_cosine_scale={} if scale is None else {arm.needs: scale})
-    log(f"{arm.row}: retraining {arm.needs} at its chosen lr={lr:g}" + ("" if scale is None else f", s={scale:g}"))
-    _keep(GRID[arm.needs], _train(GRID[arm.needs], [tuned], base, workers, state)[0], base, state)
+    """Rebuild the winners `arm` starts from that were tuned in an earlier run (each at its stored rate and scale,
+    trained once, after the winners it starts from in turn)."""
+    for need, chosen in starts_from(store, arm).items():
+        if need in state:
+            continue
+        _needed(GRID[need], base, store, workers, state, log)
+        lr, scale = chosen["lr"], chosen.get(KNOB_S)
+        tuned = with_sections(base, arm_lr={need: lr}, arm_cosine_scale={} if scale is None else {need: scale})
+        log(f"{arm.row}: retraining {need} at its chosen lr={lr:g}" + ("" if scale is None else f", s={scale:g}"))
+        _keep(GRID[need], _train(GRID[need], [tuned], base, workers, state)[0], base, state)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -254,7 +355,7 @@ def results_path(preset: str, root: Path | None = None) -> Path:
 
 def empty_store(preset: str) -> dict:
     """The store of a grid never run (docs/tuning.md lists every arm as not yet tuned)."""
-    return {"preset": preset, "seed": TUNING_SEED, "grid_sha256": grid_sha256(), "arms": {}}
+    return {"preset": preset, "seed": TUNING_SEED, "rule_sha256": rule_sha256(), "arms": {}}
 
 
 def markdown(store: dict) -> str:
@@ -272,14 +373,17 @@ def markdown(store: dict) -> str:
         "the score is the **final-epoch val accuracy** (%); the test split is never evaluated. The chosen rate "
         f"(bold) is written into `presets/tuned/{store['preset']}.yaml` (`arm_lr`) by `python -m lptlib.tune "
         "adopt`. cRT starts from the instance-balanced VPT-deep model at its chosen rate, stage 2 and stage 1 "
-        "continued from stage 1 at its chosen rate. One seed per value: neighbouring values a point or two apart "
+        "continued from stage 1 at its chosen rate; each LPT++ expert's phase 2 from its phase 1, and the MoE "
+        "scorer (trained on the experts' cached outputs) from both experts' phase 2, each at its chosen rate. The "
+        "LPT++ rows a claim compares are the experts alone (their two phases), the uniform average of the experts "
+        "(which trains nothing of its own) and the MoE scorer (its own rate on top of the experts'). One seed per value: neighbouring values a point or two apart "
         "are within the run-to-run spread, so the grid guards against a badly chosen rate rather than finding the "
         "best one. Weight decay is not tuned (the papers fix it; every stage-1 tensor is scale-invariant, so it "
-        "acts as a learning-rate change the grid covers). LPT++'s phases and its scorer are not in the grid yet: "
-        "their claims compare LPT++ with its own experts and their average, which share its schedules.",
+        "acts as a learning-rate change the grid covers).",
         "",
-        f"Grid sha256 `{store['grid_sha256'][:16]}`"
-        + ("; run by " if arms else " (not run yet).")
+        f"Grid rule sha256 `{store['rule_sha256'][:16]}` (each arm's own grid is named by its sha256 in "
+        f"`tuning/{store['preset']}.json`)"
+        + ("; run by " if arms else "; not run yet.")
         + "; ".join(
             f"`{cmd}` at commit `{commit or 'unknown'}`"
             for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
@@ -310,8 +414,8 @@ def markdown(store: dict) -> str:
     if missing:
         lines += [
             "",
-            "Not yet tuned (each trains with its schedule's rate, the miniature's default from an earlier grid "
-            "that was run per schedule, not per arm): " + ", ".join(f"`{r}`" for r in missing) + ".",
+            "Not yet tuned (each trains with its schedule's rate from params.yaml or the code defaults, "
+            "docs/parameters.md): " + ", ".join(f"`{r}`" for r in missing) + ".",
         ]
     if arms:
         total = sum(a["seconds"] for a in [*arms.values(), *scales.values()]) / 60
@@ -356,7 +460,8 @@ def tuned_yaml(store: dict) -> str:
     arms = store.get("arms", {})
     lines = [
         f"# Generated by `python -m lptlib.tune adopt` from tuning/{store['preset']}.json; do not edit by hand.",
-        f"# Grid sha256 {store['grid_sha256']}, tuning seed {store['seed']}; run by",
+        f"# Grid rule sha256 {store['rule_sha256']} (each arm's grid: its sha256 in tuning/{store['preset']}.json), "
+        f"tuning seed {store['seed']}; run by",
         *(
             f"#   `{cmd}` at commit {commit or 'unknown'}"
             for cmd, commit in dict.fromkeys((a["command"], a["commit"]) for a in arms.values())
@@ -436,12 +541,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         for a in GRID.values():
             rates = ", ".join(f"{centre(base, a) * f:g}" for f in FACTORS)
-            print(f"{a.row}: {a.schedule} lr in {rates}" + (f"; starts from {a.needs}'s winner" if a.needs else ""))
+            print(
+                f"{a.row}: {a.schedule} lr in {rates}"
+                + (f"; starts from the winner of {', '.join(a.needs)}" if a.needs else "")
+            )
         return 0
     store = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
-    if store and store.get("grid_sha256") != grid_sha256():
+    if store and store.get("rule_sha256") != rule_sha256():
         raise SystemExit(
-            f"{path} was run on another grid (sha256 differs); re-run it: python -m lptlib.tune run --fresh"
+            f"{path} was run on another grid rule (factors, extension or seed; sha256 differs); re-run it: "
+            "python -m lptlib.tune run --fresh"
+        )
+    problems = [p for p in stale(store) if args.command != "run" or p[0] not in arms]
+    if problems:  # `run` re-runs the stale results of the arms it runs; anything else must not be adopted
+        rows = " ".join(dict.fromkeys(p[0] for p in problems))
+        raise SystemExit(
+            f"{path} holds results that no longer hold:\n"
+            + "".join(f"  {row} ({knob}): {why}\n" for row, knob, why in problems)
+            + f"re-run them: python -m lptlib.tune run --arms {rows}"
         )
     if args.command in ("adopt", "table"):
         if not store and args.command == "adopt":
@@ -457,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = {
         "preset": base.preset,
         "seed": TUNING_SEED,
-        "grid_sha256": grid_sha256(),
+        "rule_sha256": rule_sha256(),
         "commit": git_revision(root),
         "command": command,
         "arms": store.get("arms", {}),
@@ -467,24 +584,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     state: dict = {}
     weights = weight_digests(base, root)
     stamp = {"commit": store["commit"], "command": command, "weights": weights}
-    done = set(store["arms"]) if args.arms is None else set()  # resume: a finished arm is not run again
+
+    def kept(row: str, knob: str) -> bool:
+        """Resume: a finished arm is not run again (unless named in --arms), nor while its result still holds;
+        checked before each arm, since re-tuning an arm makes the results that started from its winner stale."""
+        held = store["arms" if knob == "lr" else KNOB_S]
+        return args.arms is None and row in held and not any(p[:2] == (row, knob) for p in stale(store))
+
+    done = [r for r in GRID if kept(r, "lr")]
     if done:
-        print(f"already tuned (kept; --fresh re-runs them): {', '.join(r for r in GRID if r in done)}")
-    for row in [r for r in GRID if r in arms and r not in done] if args.knob != "cosine_scale" else []:
+        print(f"already tuned (kept; --fresh re-runs them): {', '.join(done)}")
+    for row in [r for r in GRID if r in arms] if args.knob != KNOB_S else []:
+        if kept(row, "lr"):
+            continue
         arm = GRID[row]
         _needed(arm, base, store, args.workers, state, print)
+        origin = {"starts_from": starts_from(store, arm)} if arm.needs else {}
         result, winner = tune_arm(arm, base, args.workers, state)
         _keep(arm, winner, base, state)
-        store["arms"][row] = {**result, **stamp}
+        store["arms"][row] = {**result, "grid_sha256": arm_sha256(arm), **origin, **stamp}
         _write(path, json.dumps(store, indent=2) + "\n")  # a finished arm is never lost
         _write(table, markdown(store))
-    done = set(store["cosine_scale"]) if args.arms is None else set()
-    for row in [r for r in SCALED_ARMS if r in arms and r not in done] if args.knob != "lr" else []:
+    for row in [r for r in SCALED_ARMS if r in arms] if args.knob != "lr" else []:
+        if kept(row, KNOB_S):
+            continue
         if row not in store["arms"]:
             raise SystemExit(f"the cosine scale of {row} is tuned at its chosen rate: tune its rate first (--knob lr)")
         at_rate = with_lr(base, {row: store["arms"][row]["chosen"]})
-        result, _ = tune_arm(GRID[row], at_rate, args.workers, state, knob="cosine_scale")
-        store["cosine_scale"][row] = {**result, "lr": store["arms"][row]["chosen"], **stamp}
+        result, _ = tune_arm(GRID[row], at_rate, args.workers, state, knob=KNOB_S)
+        store[KNOB_S][row] = {
+            **result,
+            "lr": store["arms"][row]["chosen"],
+            "grid_sha256": arm_sha256(GRID[row], KNOB_S),
+            **stamp,
+        }
         _write(path, json.dumps(store, indent=2) + "\n")
         _write(table, markdown(store))
     print(f"wrote {path} and docs/tuning.md; adopt the winners: python -m lptlib.tune adopt")

@@ -13,7 +13,16 @@ import yaml
 from lptlib import tune
 from lptlib.config import compose, parse
 from lptlib.models.backbones import create_backbone
-from lptlib.sections import LP_IB, LPT_STAGE1, STAGE1_CONTINUED_ROW, STAGE2_ROW, VPT_CB, VPT_CB_REPLICA, VPT_IB
+from lptlib.sections import (
+    LP_IB,
+    LPT_STAGE1,
+    MOE_ROW,
+    STAGE1_CONTINUED_ROW,
+    STAGE2_ROW,
+    VPT_CB,
+    VPT_CB_REPLICA,
+    VPT_IB,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,10 +33,13 @@ def test_every_row_a_claim_compares_has_its_own_arm():
 
     untrained = {ZERO_SHOT_KEY}  # zero-shot CLIP trains nothing
     shared = {VPT_CB_REPLICA}  # the A/A replica is VPT-deep's configuration: it takes VPT-deep's rate
-    not_yet = {k for k in method_keys(CLAIMS) if k.startswith("lptpp/")}  # LPT++'s phases: not in the grid yet
     features = {k for k in method_keys(CLAIMS) if k.startswith("features/")}  # Table 2 reads Table 1's models
-    assert method_keys(CLAIMS) - untrained - shared - not_yet - features <= set(tune.GRID)
-    assert set(tune.GRID) - method_keys(CLAIMS) == set()  # and no arm is tuned that no claim compares
+    compared = method_keys(CLAIMS) - untrained - shared - features
+    # an LPT++ expert alone is its two phases; the uniform average of the experts trains nothing of its own
+    assert compared - set(tune.TRAINED_BY) <= set(tune.GRID)
+    assert all(set(arms) <= set(tune.GRID) for row, arms in tune.TRAINED_BY.items() if row in compared)
+    trained_by = {a for row, arms in tune.TRAINED_BY.items() if row in compared for a in arms}
+    assert set(tune.GRID) - compared - trained_by == set()  # and no arm is tuned that no claim reads
 
 
 def test_every_arm_gets_the_same_grid_centred_on_its_schedule():
@@ -39,9 +51,11 @@ def test_every_arm_gets_the_same_grid_centred_on_its_schedule():
             node = getattr(node, part)
         assert c == node.lr > 0, arm.row
     assert len(tune.FACTORS) == 5 and tune.FACTORS[2] == 1.0
-    assert tune.GRID[STAGE2_ROW].needs == tune.GRID[STAGE1_CONTINUED_ROW].needs == LPT_STAGE1
+    assert tune.GRID[STAGE2_ROW].needs == tune.GRID[STAGE1_CONTINUED_ROW].needs == (LPT_STAGE1,)
+    assert tune.GRID[MOE_ROW].needs == ("visual/phase2", "vision_language/phase2")
+    assert tune.GRID["visual/phase2"].needs == ("visual/phase1",)
     rows = list(tune.GRID)
-    assert all(rows.index(a.needs) < rows.index(a.row) for a in tune.GRID.values() if a.needs)
+    assert all(rows.index(n) < rows.index(a.row) for a in tune.GRID.values() for n in a.needs)
 
 
 def _fake_train(curve, knob="lr"):
@@ -118,14 +132,15 @@ def test_chosen_breaks_ties_towards_the_smaller_rate():
 
 
 def _store(arms: dict[str, float]) -> dict:
-    return {
+    store = {
         "preset": "miniature",
         "seed": tune.TUNING_SEED,
-        "grid_sha256": tune.grid_sha256(),
+        "rule_sha256": tune.rule_sha256(),
         "commit": "abc",
         "command": "python -m lptlib.tune run",
         "arms": {
             row: {
+                "grid_sha256": tune.arm_sha256(tune.GRID[row]),
                 "schedule": tune.GRID[row].schedule,
                 "centre": lr,
                 "scores": {repr(lr / 2): 0.5, repr(lr): 0.6, repr(lr * 2): 0.55},
@@ -139,6 +154,10 @@ def _store(arms: dict[str, float]) -> dict:
             for row, lr in arms.items()
         },
     }
+    for row in arms:
+        if tune.GRID[row].needs:
+            store["arms"][row]["starts_from"] = tune.starts_from(store, tune.GRID[row])
+    return store
 
 
 def test_adopted_winners_are_what_the_pipeline_composes(tmp_path):
@@ -149,10 +168,10 @@ def test_adopted_winners_are_what_the_pipeline_composes(tmp_path):
     cfg = compose({"preset": "miniature"}, root=tmp_path)
     assert cfg.arm_lr == {VPT_IB: 0.125, LPT_STAGE1: 0.03125, "tea/lora-la-none": 0.0125}
     text = tune.tuned_yaml(store)
-    assert "do not edit by hand" in text and tune.grid_sha256() in text and "commit abc" in text
+    assert "do not edit by hand" in text and tune.rule_sha256() in text and "commit abc" in text
     store["cosine_scale"] = {
         "ladder/cosine_head": {**store["arms"][VPT_IB], "schedule": "lpt.cosine_scale", "chosen": 0.125, "lr": 0.5}
-    }
+    }  # (not a store that holds: the scale grid ran at a rate the arm never chose; the table shows it anyway)
     text = tune.tuned_yaml(store)
     assert yaml.safe_load(text)["arm_cosine_scale"] == {"ladder/cosine_head": 0.125}
     table = tune.markdown(store)
@@ -162,14 +181,45 @@ def test_adopted_winners_are_what_the_pipeline_composes(tmp_path):
 
 def test_a_store_of_another_grid_is_refused(tmp_path, capsys):
     store = _store({VPT_IB: 0.125})
-    store["grid_sha256"] = "0" * 64
+    store["rule_sha256"] = "0" * 64
     (tmp_path / "tuning").mkdir()
-    (tmp_path / "tuning" / "miniature.json").write_text(json.dumps(store))
-    with pytest.raises(SystemExit, match="another grid.*--fresh"):
+    path = tmp_path / "tuning" / "miniature.json"
+    path.write_text(json.dumps(store))
+    with pytest.raises(SystemExit, match="another grid rule.*--fresh"):
         tune.main(["adopt", "--out", str(tmp_path)])
+    # one arm's grid changed: that arm alone is named, with the command that re-runs it
+    store = _store({VPT_IB: 0.125, LP_IB: 0.5})
+    store["arms"][LP_IB]["grid_sha256"] = "0" * 64
+    path.write_text(json.dumps(store))
+    with pytest.raises(SystemExit, match=rf"(?s){LP_IB} \(lr\): run on another grid.*--arms {LP_IB}$"):
+        tune.main(["adopt", "--out", str(tmp_path)])
+    assert [p[0] for p in tune.stale(store)] == [LP_IB]
     with pytest.raises(SystemExit):
         tune.main(["run", "--arms", "ladder/bogus", "--out", str(tmp_path)])
     assert "unknown arm(s) ladder/bogus" in capsys.readouterr().err
+
+
+def test_a_result_whose_starting_winner_changed_no_longer_holds():
+    """Stage 2 tuned from stage 1's winner at 0.0625 is stale once stage 1's winner is another rate; so is a scale
+    grid run at a rate the arm no longer chooses; an arm added to the grid leaves the others' results alone."""
+    store = _store({LPT_STAGE1: 0.0625, STAGE2_ROW: 0.05})
+    assert tune.stale(store) == []
+    store["arms"][LPT_STAGE1]["chosen"] = 0.125
+    (row, knob, why), *rest = tune.stale(store)
+    assert (row, knob, rest) == (STAGE2_ROW, "lr", []) and "started from changed" in why
+    store["arms"][LPT_STAGE1]["chosen"] = 0.0625
+    store["cosine_scale"] = {
+        LPT_STAGE1: {
+            **store["arms"][LPT_STAGE1],
+            "grid_sha256": tune.arm_sha256(tune.GRID[LPT_STAGE1], tune.KNOB_S),
+            "lr": 0.25,
+            "chosen": 20.0,
+        }
+    }
+    assert {(r, k) for r, k, _ in tune.stale(store)} == {(LPT_STAGE1, tune.KNOB_S), (STAGE2_ROW, "lr")}
+    # the arm's digest covers its definition and the rule, not the rest of the grid
+    assert tune.arm_sha256(tune.GRID[VPT_IB]) != tune.arm_sha256(tune.GRID[VPT_CB])
+    assert tune.arm_sha256(tune.GRID[VPT_IB]) == tune.arm_sha256(tune.Arm(**vars(tune.GRID[VPT_IB])))
 
 
 def test_the_committed_tuned_layer_and_table_are_generated_from_the_committed_grid():
@@ -182,7 +232,8 @@ def test_the_committed_tuned_layer_and_table_are_generated_from_the_committed_gr
         assert (ROOT / "docs" / "tuning.md").read_text() == tune.markdown(tune.empty_store("miniature"))
         return
     store = json.loads(path.read_text())
-    assert store["grid_sha256"] == tune.grid_sha256(), "the grid changed since it was run: re-run it"
+    assert store["rule_sha256"] == tune.rule_sha256(), "the grid's rule changed since it was run: re-run it"
+    assert tune.stale(store) == [], "results that no longer hold: re-run them (python -m lptlib.tune run)"
     assert (ROOT / "docs" / "tuning.md").read_text() == tune.markdown(store)
     if tuned.is_file():
         assert tuned.read_text() == tune.tuned_yaml(store)
@@ -237,6 +288,40 @@ def test_every_kind_of_row_trains_with_its_arm_lr(tiny_lt, monkeypatch):
         assert tea.member_run(model, data, cfg, "lora", "la", variant, None).optim.lr == lr
 
 
+def test_lptpp_phases_and_scorer_train_with_their_arm_lr(tiny_lt, monkeypatch, tmp_path):
+    import torch
+
+    from lptlib.recipes import lptpp
+
+    rates = {"visual/phase1": 0.21, "vision_language/phase2": 0.43, MOE_ROW: 0.0065}
+    random = {"weights": "random"}
+    cfg = parse(seed=0, backbones={"visual": random, "vision_language": random})
+    cfg = tune.with_sections(cfg, arm_lr=rates, arm_cosine_scale={})
+    data = tiny_lt()
+    seen = []
+
+    def fake_stage(model, data, cfg, checkpoint, schedule, resume=None, test=True):
+        seen.append((schedule.lr, test))
+        raise _Stop
+
+    monkeypatch.setattr(lptpp, "train_stage", fake_stage)
+    monkeypatch.setattr(lptpp, "load_expert", lambda *a, **k: None)
+    for role, phase, lr in (
+        ("visual", 1, rates["visual/phase1"]),
+        ("visual", 2, cfg.lptpp.phase2.lr),  # no arm_lr key: the schedule's own rate
+        ("vision_language", 2, rates["vision_language/phase2"]),
+    ):
+        with pytest.raises(_Stop):
+            lptpp.train_phase(phase, role, data, cfg, tmp_path, phase1_dir=tmp_path, test=False)
+        assert seen.pop() == (lr, False)
+    n, c = 12, data.num_classes
+    cache = lptpp.ExpertCache(
+        {"train": torch.randn(n, 4)}, {"train": torch.randn(n, c)}, {"train": torch.arange(n) % c}
+    )
+    assert lptpp.scorer_run([cache, cache], cfg).optim.lr == rates[MOE_ROW]
+    assert lptpp.scorer_run([cache], tune.with_sections(cfg, arm_lr={})).optim.lr == cfg.lptpp.scorer.lr
+
+
 # ------------------------------------------------------------------------------ the real grid, tiny
 TINY = [
     "data.max_test_per_class=10",
@@ -248,6 +333,42 @@ TINY = [
     "lpt.stage1.epochs=1",
     "lpt.stage2.epochs=1",
 ]
+
+
+@pytest.mark.notebook
+def test_a_tiny_lptpp_grid_chains_phase1_phase2_and_the_scorer(tmp_path, monkeypatch, capsys):
+    """LPT++'s arms on a tiny configuration (a 3-value grid without extensions, to keep it short): phase 2 starts
+    from phase 1's winner (retrained from the stored rate in a later invocation), the scorer from both experts'
+    phase-2 winners, cached on train and val only."""
+    monkeypatch.setattr(tune, "FACTORS", (0.5, 1.0, 2.0))
+    monkeypatch.setattr(tune, "MAX_EXTENSIONS", 0)
+    tiny = [
+        *TINY,
+        "backbones.vision_language.weights=random",
+        "lptpp.phase1.epochs=1",
+        "lptpp.phase2.epochs=1",
+        "lptpp.scorer.epochs=1",
+        "lpt.pool_size=4",
+    ]
+    common = ["--out", str(tmp_path), "--workers", "1", "--set", *tiny]
+    phase1 = [tune.phase_row(r, 1) for r in ("visual", "vision_language")]
+    tune.main(["run", "--arms", *phase1, *common])
+    with pytest.raises(SystemExit, match=r"tune that arm first \(--arms visual/phase2\)"):
+        tune.main(["run", "--arms", MOE_ROW, *common])
+    capsys.readouterr()
+    from lptlib.recipes import lptpp
+
+    cached, build = [], lptpp.build_cache
+    monkeypatch.setattr(lptpp, "build_cache", lambda *a, **k: cached.append(k["splits"]) or build(*a, **k))
+    tune.main(["run", "--arms", "visual/phase2", "vision_language/phase2", MOE_ROW, *common])
+    out = capsys.readouterr()
+    assert "retraining visual/phase1" in out.out and "retraining vision_language/phase1" in out.out
+    assert cached == [("train", "val")] * 2  # the test split is never seen
+    store = json.loads((tmp_path / "tuning" / "miniature.json").read_text())
+    assert set(store["arms"]) == {*phase1, "visual/phase2", "vision_language/phase2", MOE_ROW}
+    assert set(store["arms"][MOE_ROW]["starts_from"]) == {"visual/phase2", "vision_language/phase2"}
+    assert all(len(a["scores"]) == 3 and all(0 <= v <= 1 for v in a["scores"].values()) for a in store["arms"].values())
+    assert tune.stale(store) == []
 
 
 @pytest.mark.notebook

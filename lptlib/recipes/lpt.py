@@ -250,9 +250,10 @@ def train_stage(
     checkpoint: Path | None,
     schedule: Schedule | None = None,
     resume: str | None = None,
+    test: bool = True,
 ) -> FitResult:
-    """`fit(stage_run(...))`: train one LPT stage, test its final state once."""
-    return fit(stage_run(model, data, cfg, checkpoint, schedule, resume))
+    """`fit(stage_run(...))`: train one LPT stage, test its final state once (`test=False`: never)."""
+    return fit(stage_run(model, data, cfg, checkpoint, schedule, resume), test=test)
 
 
 def save_stage1(model: LPT, path: str | Path) -> Path:

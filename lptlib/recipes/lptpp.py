@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lptlib.data import LTData, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
-from lptlib.engine import FitResult, Optim, Run, fit, predict
+from lptlib.engine import FitResult, Optim, Run, fit, predict, schedule_of
 from lptlib.measure.metrics import shot_accuracy
 from lptlib.models.backbones import create_backbone
 from lptlib.models.heads import check_classnames, text_head_weights
@@ -42,6 +42,7 @@ from lptlib.recipes.lpt import build_lpt, train_stage
 from lptlib.schema import (
     without_resume,
 )
+from lptlib.sections import MOE_ROW, UNIFORM_ROW, expert_row, phase_row
 from lptlib.utils import code_digest, default_device, progress, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
@@ -115,24 +116,41 @@ def load_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> None:
 
 
 def train_phase(
-    phase: int, role: str, data: LTData, cfg: Config, out_dir: str | Path, phase1_dir: str | Path | None = None
+    phase: int,
+    role: str,
+    data: LTData,
+    cfg: Config,
+    out_dir: str | Path,
+    phase1_dir: str | Path | None = None,
+    test: bool = True,
 ) -> tuple[LPT, FitResult]:
-    """Train one expert's phase 1 or 2 (phase 2 starts from `phase1_dir/<role>.safetensors`); saves
-    `out_dir/<role>.safetensors` and per-epoch checkpoints under `out_dir/checkpoints/`."""
+    """Train one expert's phase 1 or 2 (phase 2 starts from `phase1_dir/<role>.safetensors`) with its schedule
+    (`lptpp.phase1` / `lptpp.phase2`, the rate from `arm_lr[phase_row(role, phase)]` where the grid set one);
+    saves `out_dir/<role>.safetensors` and per-epoch checkpoints under `out_dir/checkpoints/`; `test=False` (the
+    learning-rate grid) never evaluates the test split."""
     model = build_expert(role, data, cfg, phase)
     if phase == 2:
         load_expert(model, Path(phase1_dir) / f"{role}.safetensors", data, phase=1)
-    schedule = cfg.lptpp.phase1 if phase == 1 else cfg.lptpp.phase2
+    schedule = schedule_of(cfg, phase_row(role, phase), cfg.lptpp.phase1 if phase == 1 else cfg.lptpp.phase2)
     out_dir = Path(out_dir)
-    result = train_stage(model, data, cfg, out_dir / "checkpoints" / f"{role}.pt", schedule, resume=cfg.lptpp.resume)
+    checkpoint = out_dir / "checkpoints" / f"{role}.pt"
+    result = train_stage(model, data, cfg, checkpoint, schedule, resume=cfg.lptpp.resume, test=test)
     save_expert(model, out_dir / f"{role}.safetensors", data, phase)
     return model, result
 
 
-def phase_task(cfg: Config, data: LTData, phase: int, role: str, out_dir: str, phase1_dir: str | None = None) -> dict:
+def phase_task(
+    cfg: Config,
+    data: LTData,
+    phase: int,
+    role: str,
+    out_dir: str,
+    phase1_dir: str | None = None,
+    test: bool = True,
+) -> dict:
     """One expert's phase 1 or 2 for `cfg.seed`, a task of `lptlib.pool.run_tasks`: `train_phase` run. Returns
     {"row": `FitResult.row` + backbone and module_params (all tensors of the module), "history"}."""
-    model, result = train_phase(phase, role, data, cfg, out_dir, phase1_dir=phase1_dir)
+    model, result = train_phase(phase, role, data, cfg, out_dir, phase1_dir=phase1_dir, test=test)
     trainable = sum(p.numel() for p in model.tuner.parameters() if p.requires_grad)
     row = result.row(trainable)
     row.update(backbone=model.backbone.name, module_params=sum(p.numel() for p in model.tuner.parameters()))
@@ -150,19 +168,28 @@ class ExpertCache:
 
 
 def build_cache(
-    model: LPT, role: str, data: LTData, cfg: Config, path: str | Path, expert_file: str | Path, batch_size: int = 512
+    model: LPT,
+    role: str,
+    data: LTData,
+    cfg: Config,
+    path: str | Path,
+    expert_file: str | Path,
+    batch_size: int = 512,
+    splits: tuple[str, ...] = SPLITS,
 ) -> ExpertCache:
-    """The expert's outputs on every split, computed once (test transforms, no augmentation) and kept in `path`.
+    """The expert's outputs on `splits` (default every split), computed once (test transforms, no augmentation)
+    and kept in `path`; the learning-rate grid caches train and val only.
 
-    The cache is keyed like a checkpoint: the code digest, the resolved config, the data signature and the
-    expert file's digest. An existing cache is reused only when its key matches; otherwise it is rebuilt (the
-    reason is printed)."""
+    The cache is keyed like a checkpoint: the code digest, the resolved config, the data signature, the expert
+    file's digest and the splits. An existing cache is reused only when its key matches; otherwise it is rebuilt
+    (the reason is printed)."""
     path, expert_file = Path(path), Path(expert_file)
     key = {
         "code": code_digest(),
         "config": without_resume(cfg),
         "data": data.signature(),
         "expert": _file_digest(expert_file),
+        "splits": list(splits),
     }
     if path.is_file():
         tensors, meta = read_safetensors(path, ExpertError, "expert cache")
@@ -177,7 +204,7 @@ def build_cache(
     seen = data.transformed(model.backbone.normalization, augment=False)  # un-augmented outputs of every split
     scale = model.tuner["head"].scale
     tensors = {}
-    for split in SPLITS:
+    for split in splits:
         ds = getattr(seen, split)
         if ds is None:
             continue
@@ -210,9 +237,11 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> ExpertCache:
 
 def scorer_run(caches: list[ExpertCache], cfg: Config) -> Run:
     """The run of the MoE scorer on the cached outputs only: class-balanced batches of the train cache, AdamW at a
-    constant learning rate, NLL of the mixture, for `lptpp.scorer.epochs` epochs; the val cache (mean per-class
-    accuracy) is watched when there is one, and the final state is kept."""
+    constant learning rate (`lptpp.scorer.lr`, or `arm_lr[MOE_ROW]` where the grid set one), NLL of the mixture,
+    for `lptpp.scorer.epochs` epochs; the val cache (mean per-class accuracy) is watched when there is one, and the
+    final state is kept."""
     sc = cfg.lptpp.scorer
+    lr = cfg.arm_lr.get(MOE_ROW, sc.lr)
     torch.manual_seed(cfg.seed)
     labels = caches[0].labels["train"]
     for c in caches[1:]:
@@ -242,18 +271,18 @@ def scorer_run(caches: list[ExpertCache], cfg: Config) -> Run:
         IndexBatches(sampler, sc.batch_size, take),
         objective,
         sc.epochs,
-        Optim("adamw", sc.lr, sc.weight_decay, decay="constant"),
+        Optim("adamw", lr, sc.weight_decay, decay="constant"),
         evaluate=evaluation,
         has_val="val" in caches[0].labels,
     )
 
 
-def train_scorer(caches: list[ExpertCache], cfg: Config) -> tuple[MoEScorer, dict]:
+def train_scorer(caches: list[ExpertCache], cfg: Config, test: bool = True) -> tuple[MoEScorer, dict]:
     """`fit(scorer_run(...))`; returns the scorer (its final state) and {'seconds', 'history', 'val_best_epoch'}
-    (the epoch val would have picked: information only)."""
+    (the epoch val would have picked: information only); `test=False` never evaluates the test cache."""
     run = scorer_run(caches, cfg)
     start = time.perf_counter()
-    result = fit(run)
+    result = fit(run, test=test)
     info = {"seconds": time.perf_counter() - start, "history": result.history, "val_best_epoch": result.val_best_epoch}
     return run.model, info
 
@@ -283,16 +312,6 @@ def method_key(name: str) -> str:
     return {"uniform average": UNIFORM_ROW, "MoE scorer": MOE_ROW}.get(name) or expert_row(
         name.removeprefix("expert: ")
     )
-
-
-#: the row keys phase 3 writes, declared once (the claims table and the results table import them)
-MOE_ROW = "lptpp/moe"
-UNIFORM_ROW = "lptpp/uniform"
-
-
-def expert_row(role: str) -> str:
-    """The row key of one expert alone, e.g. 'lptpp/visual'."""
-    return f"lptpp/{role}"
 
 
 def phase3_rows(
@@ -331,14 +350,22 @@ def gate_weights_by_group(gates: np.ndarray, labels: np.ndarray, groups: list[st
 
 
 def cache_all(
-    roles: list[str], data: LTData, cfg: Config, phase2_dir: str | Path, cache_dir: str | Path
+    roles: list[str],
+    data: LTData,
+    cfg: Config,
+    phase2_dir: str | Path | dict[str, str | Path],
+    cache_dir: str | Path,
+    splits: tuple[str, ...] = SPLITS,
 ) -> tuple[dict[str, ExpertCache], dict[str, LPT]]:
-    """Load every phase-2 expert (checking class lists) and cache its outputs; returns caches and models."""
+    """Load every phase-2 expert (checking class lists) from `phase2_dir` (one folder, or a folder per role) and
+    cache its outputs on `splits`; returns caches and models."""
     caches, models = {}, {}
     for role in progress(roles, desc="experts"):
         model = build_expert(role, data, cfg, phase=2)
-        expert_file = Path(phase2_dir) / f"{role}.safetensors"
+        folder = phase2_dir[role] if isinstance(phase2_dir, dict) else phase2_dir
+        expert_file = Path(folder) / f"{role}.safetensors"
         load_expert(model, expert_file, data, phase=2)
-        caches[role] = build_cache(model, role, data, cfg, Path(cache_dir) / f"{role}.safetensors", expert_file)
+        cache = Path(cache_dir) / f"{role}.safetensors"
+        caches[role] = build_cache(model, role, data, cfg, cache, expert_file, splits=splits)
         models[role] = model
     return caches, models
