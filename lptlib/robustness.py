@@ -57,8 +57,9 @@ def prepare(seed: int, root: Path, dest: Path) -> Path:
     params = yaml.safe_load(params_path.read_text()) or {}
     params["pretrain"] = {**(params.get("pretrain") or {}), "seed": seed}
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    for stale in (dest / "metrics" / "robustness",):
-        shutil.rmtree(stale, ignore_errors=True)  # a copy never reports other pretrainings of its own
+    others = dest / "metrics" / "robustness"  # a copy never reports other pretrainings of its own; the folder
+    for stale in (p for p in others.glob("*") if p.is_dir()):  # stays (the report stage depends on it)
+        shutil.rmtree(stale)
     git = ("git", "-c", "user.name=lptlib", "-c", "user.email=lptlib@localhost")
     _sh("git", "init", "-q", cwd=dest)
     _sh(*git, "add", "-A", cwd=dest)

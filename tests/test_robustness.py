@@ -37,6 +37,7 @@ def test_prepare_copies_the_tracked_files_with_the_pretraining_seed(tmp_path):
     (root / "lptlib" / "x.py").write_text("x = 1\n")
     (root / "metrics" / "robustness" / "pretrain_seed_9").mkdir(parents=True)
     (root / "metrics" / "robustness" / "pretrain_seed_9" / "claims.json").write_text("{}")
+    (root / "metrics" / "robustness" / "README.md").write_text("kept\n")
     _git("init", "-q", cwd=root)
     _git("add", "-A", cwd=root)
     _git("commit", "-qm", "x", cwd=root)
@@ -48,11 +49,24 @@ def test_prepare_copies_the_tracked_files_with_the_pretraining_seed(tmp_path):
     assert params == {"seed": 0, "pretrain": {"seed": 2}, "lpt": {"stage1": {"epochs": 3}}}
     assert (dest / "lptlib" / "x.py").read_text() == "x = 1\n"
     assert not (dest / "untracked.txt").exists() and not (dest / "outputs").exists()
-    assert not (dest / "metrics" / "robustness").exists()  # a copy never reports other pretrainings itself
+    # a copy never reports other pretrainings itself, but keeps the folder: the report stage depends on it
+    assert [p.name for p in (dest / "metrics" / "robustness").iterdir()] == ["README.md"]
     log = subprocess.run(["git", "log", "--oneline"], cwd=dest, capture_output=True, text=True, check=True).stdout
     assert "pretrain.seed 2" in log
     assert parse(**params).pretrain.seed == 2
     assert label(2) == "pretrain_seed_2"
+
+
+def test_a_copy_of_this_repository_has_every_tracked_dependency_of_its_stages(tmp_path):
+    """`dvc repro` in the copy fails on a missing dependency (the report's metrics/robustness once did, after
+    an hour of training): every dependency the pipeline declares that is tracked here exists in the copy."""
+    dest = prepare(1, ROOT, tmp_path / "copy")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    tracked_dirs = {str(Path(f).parent) for f in tracked.split()} | set(tracked.split())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {d for st in stages.values() for d in (st.get("do", st).get("deps") or []) if "${" not in d}
+    missing = [d for d in deps if d in tracked_dirs and not (dest / d).exists()]
+    assert "metrics/robustness" in deps and missing == []
 
 
 def _row(cid, metric, verdict):
