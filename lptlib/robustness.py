@@ -7,26 +7,63 @@ The claims' intervals are over seeds of the fine-tuning (split, initialisation, 
 `vit-mini` / `clip-mini`; CPU pretraining even differs between machines for the same seed. This module repeats the
 pipeline on other pretrainings: it copies the repository's tracked files to `outputs/robustness/pretrain_seed_<s>/`,
 sets `pretrain.seed: <s>` in the copy's params.yaml (everything else as committed), runs `dvc repro` there and
-keeps the copy's `metrics/claims.json` and `metrics/pretrain.json` in `metrics/robustness/pretrain_seed_<s>/`. The
-report reads every `metrics/robustness/*/claims.json` and marks each claim whose verdict differs on another
-pretraining *fragile* (`lptlib.report.claims.across_pretraining`); one that agrees on all of them *holds*.
+keeps the copy's `metrics/claims.json` and `metrics/pretrain.json` in `metrics/robustness/pretrain_seed_<s>/`, with
+`config.json`, the configuration they were made under. The report reads every `metrics/robustness/*/claims.json`
+whose configuration is this repository's (the pretraining seed, run seeds, parallelism and resuming apart; another
+one is left out with a warning naming the keys that differ, e.g. after a tuned rate was adopted) and marks each
+claim whose verdict differs on another pretraining *fragile* (`lptlib.report.claims.across_pretraining`); one that
+agrees on all of them *holds*.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from lptlib.config import Config, load
 from lptlib.paths import repo_root
 
 KEPT = ("claims.json", "pretrain.json")
+#: what may differ between this repository and a robustness copy without changing what a claim compares: the
+#: pretraining seed (the point of the copy), the run seed (each stage sets its own), parallelism and resuming
+EXECUTION_KEYS = ("pretrain.seed", "seed", "workers", "data.num_workers")
+
+
+def comparable_config(cfg: Config) -> dict:
+    """The resolved configuration a robustness run's verdicts are comparable under: `cfg` as JSON without
+    `EXECUTION_KEYS` and every `resume` key."""
+
+    def strip(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {
+            k: strip(v, f"{prefix}{k}.")
+            for k, v in node.items()
+            if f"{prefix}{k}" not in EXECUTION_KEYS and k != "resume"
+        }
+
+    return strip(cfg.model_dump(mode="json"), "")
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two `comparable_config`s (a key in one only included)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += config_differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def label(seed: int) -> str:
@@ -73,10 +110,18 @@ def run(seed: int, root: Path | None = None) -> Path:
     work = prepare(seed, root, root / "outputs" / "robustness" / label(seed))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     _sh("dvc", "repro", cwd=work, env=env)
-    kept = root / "metrics" / "robustness" / label(seed)
+    return keep(work, root / "metrics" / "robustness" / label(seed))
+
+
+def keep(work: Path, kept: Path) -> Path:
+    """Keep a finished copy's claims and pretraining metrics in `kept`, with the configuration they were made
+    under (`config.json`: `comparable_config` of the copy's params.yaml and presets), which the report compares
+    with this repository's before it reads the verdicts."""
     kept.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
         shutil.copy2(work / "metrics" / name, kept / name)
+    config = comparable_config(load(work / "params.yaml"))
+    (kept / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
     return kept
 
 
@@ -84,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m lptlib.robustness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("command", choices=("run", "prepare"))
+    ap.add_argument(
+        "command",
+        choices=("run", "prepare", "keep"),
+        help="run: prepare, dvc repro and keep; prepare: the copy only; keep: keep a copy's results after its "
+        "`dvc repro` was finished by hand (e.g. after a failed stage was fixed and re-run in the copy)",
+    )
     ap.add_argument("--pretrain-seed", type=int, required=True)
     args = ap.parse_args(argv)
     if args.pretrain_seed < 0:
@@ -92,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = repo_root()
     if args.command == "prepare":
         print(prepare(args.pretrain_seed, root, root / "outputs" / "robustness" / label(args.pretrain_seed)))
+        return 0
+    if args.command == "keep":
+        work = root / "outputs" / "robustness" / label(args.pretrain_seed)
+        missing = [n for n in KEPT if not (work / "metrics" / n).is_file()]
+        if missing:
+            raise SystemExit(f"{work} has no metrics/{', metrics/'.join(missing)}: finish its `dvc repro` first")
+        print(f"kept {keep(work, root / 'metrics' / 'robustness' / label(args.pretrain_seed))}")
         return 0
     print(f"kept {run(args.pretrain_seed, root)}")
     return 0

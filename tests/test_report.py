@@ -363,12 +363,16 @@ def test_frequency_ordered_confusion():
 
 # ------------------------------------------------------------------------------ the repository's own metrics/
 def test_readme_results_block_agrees_with_metrics():
-    ok, expected = readme_is_current(ROOT / "README.md", ROOT / "metrics")
+    from lptlib.config import load
+
+    ok, expected = readme_is_current(ROOT / "README.md", ROOT / "metrics", load(ROOT / "params.yaml"))
     assert ok, f"README results block is stale: run `python -m lptlib.report --readme`; expected:\n{expected}"
 
 
 def test_report_and_claims_files_agree_with_metrics():
-    rep = collect(ROOT / "metrics")
+    from lptlib.config import load
+
+    rep = collect(ROOT / "metrics", config=load(ROOT / "params.yaml"))
     written = json.loads((ROOT / "metrics" / "report.json").read_text())
     assert written["best"] == (rep.best().name if rep.best() else None)
     assert set(written["rows"]) == {r.name for r in rep.rows}

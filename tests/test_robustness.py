@@ -112,3 +112,34 @@ def test_the_claims_table_marks_fragile_and_holding_verdicts(tmp_path):
     (metrics / "robustness" / "pretrain_seed_1" / "claims.json").write_text("not json")
     with pytest.raises(Exception, match="not a claims file"):
         collect(metrics)
+
+
+def test_a_pretraining_run_under_another_configuration_is_left_out(tmp_path):
+    """After a tuned rate is adopted (or any setting changes), an earlier robustness run compares other arms: the
+    report leaves it out, naming the keys that differ, until it is re-run; the pretraining seed, run seed and
+    parallelism may differ."""
+    from lptlib.config import load
+    from lptlib.report.table import collect
+    from lptlib.robustness import comparable_config, config_differences, keep
+
+    cfg = load(ROOT / "params.yaml")
+    metrics = tmp_path / "metrics"
+    shutil.copytree(ROOT / "metrics", metrics, ignore=shutil.ignore_patterns("robustness"))
+    work = tmp_path / "copy"
+    shutil.copytree(ROOT / "presets", work / "presets")
+    shutil.copytree(metrics, work / "metrics")
+    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text() + "\npretrain: {seed: 7}\nworkers: 1\n")
+    kept = keep(work, metrics / "robustness" / "pretrain_seed_7")
+    assert sorted(p.name for p in kept.iterdir()) == ["claims.json", "config.json", "pretrain.json"]
+    assert config_differences(comparable_config(cfg), json.loads((kept / "config.json").read_text())) == []
+    rows = collect(metrics, config=cfg).claims()
+    assert {r["robust"] for r in rows if r["verdict"] != "not run"} == {"holds"}
+    other = cfg.model_copy(update={"arm_lr": {**cfg.arm_lr, "lptpp/moe": 0.5}})
+    assert config_differences(comparable_config(other), comparable_config(cfg)) == ["arm_lr.lptpp/moe"]
+    with pytest.warns(UserWarning, match=r"another configuration \(arm_lr.lptpp/moe\).*left out"):
+        rows = collect(metrics, config=other).claims()
+    assert all("robust" not in r for r in rows)
+    (kept / "config.json").unlink()
+    with pytest.warns(UserWarning, match="records no configuration"):
+        collect(metrics, config=cfg)
+    assert collect(metrics).claims()[0]["robust"] == "holds"  # without a configuration to compare: not checked

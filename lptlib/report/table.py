@@ -25,10 +25,11 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from lptlib.paths import repo_root
 from lptlib.recipes.tea import ZERO_SHOT_KEY
 from lptlib.recipes.vpt_study import LP_IB, feature_key
 from lptlib.report.claims import across_pretraining, claims_markdown, evaluate_claims
+
+if TYPE_CHECKING:
+    from lptlib.config import Config
 
 GROUPS = ("overall", "many", "medium", "few")
 VAL = "val_overall"
@@ -360,12 +364,13 @@ def _params(per_seed: Mapping[int, dict]) -> int | None:
     return None if p is None else int(p)
 
 
-def collect(metrics_dir: str | Path = "metrics", seeds: Any = None) -> Report:
+def collect(metrics_dir: str | Path = "metrics", seeds: Any = None, config: Config | None = None) -> Report:
     """Every method's per-seed rows and the table rows, from the metrics files under `metrics_dir` only.
 
     `seeds`: None reads every seed file found; a mapping (or the config's `seeds` section) per params.yaml seeds key
     (`vpt_study`, `lpt`, `tea`, `lptpp`; an absent key: every file found), or one list for all stages. A missing
-    file raises `ReportError` naming the stage to run (e.g. `dvc repro vpt_study@3`)."""
+    file raises `ReportError` naming the stage to run (e.g. `dvc repro vpt_study@3`). `config`: this repository's
+    resolved configuration, which other pretrainings' claims must have been made under (`_robustness`)."""
     metrics_dir = Path(metrics_dir)
     data_path = metrics_dir / "data.json"
     if not data_path.is_file():
@@ -436,18 +441,38 @@ def collect(metrics_dir: str | Path = "metrics", seeds: Any = None) -> Report:
         data.get("dataset", ""),
         selection,
         _groups(data),
-        _robustness(metrics_dir),
+        _robustness(metrics_dir, config),
     )
 
 
-def _robustness(metrics_dir: Path) -> dict[str, list[dict]]:
-    """The claims of the other pretrainings the robustness stage ran: {label: claim rows}, by folder name."""
+def _robustness(metrics_dir: Path, config: Config | None = None) -> dict[str, list[dict]]:
+    """The claims of the other pretrainings the robustness stage ran: {label: claim rows}, by folder name. With
+    `config` (this repository's resolved configuration), a pretraining run under another configuration (its
+    `config.json`, `lptlib.robustness.keep`), or without a recorded one, is left out with a warning naming what
+    differs: its verdicts compare other arms."""
+    from lptlib.robustness import comparable_config, config_differences
+
     out = {}
     for path in sorted((metrics_dir / "robustness").glob("*/claims.json")):
         try:
-            out[path.parent.name] = json.loads(path.read_text())["claims"]
+            claims = json.loads(path.read_text())["claims"]
         except (json.JSONDecodeError, KeyError):
             raise ReportError(f"{path} is not a claims file; re-run its robustness stage") from None
+        if config is not None:
+            kept = path.parent / "config.json"
+            if not kept.is_file():
+                why = "records no configuration (config.json)"
+            else:
+                differs = config_differences(comparable_config(config), json.loads(kept.read_text()))
+                why = f"was run under another configuration ({', '.join(differs[:8])})" if differs else ""
+            if why:
+                warnings.warn(
+                    f"{path.parent} {why}: left out of the robustness marks; re-run it "
+                    f"(python -m lptlib.robustness run --pretrain-seed <s>)",
+                    stacklevel=2,
+                )
+                continue
+        out[path.parent.name] = claims
     return out
 
 
@@ -534,22 +559,24 @@ def _split(text: str, readme: Path) -> tuple[str, str, str]:
     return head, README_BEGIN + block + README_END, tail
 
 
-def update_readme(readme: str | Path, metrics_dir: str | Path = "metrics") -> bool:
+def update_readme(readme: str | Path, metrics_dir: str | Path = "metrics", config: Config | None = None) -> bool:
     """Rewrite the README's generated results block from `metrics_dir`; True when it changed."""
     readme = Path(readme)
     text = readme.read_text()
     head, old, tail = _split(text, readme)
-    new = readme_block(collect(metrics_dir))
+    new = readme_block(collect(metrics_dir, config=config))
     if new != old:
         readme.write_text(head + new + tail)
     return new != old
 
 
-def readme_is_current(readme: str | Path, metrics_dir: str | Path = "metrics") -> tuple[bool, str]:
+def readme_is_current(
+    readme: str | Path, metrics_dir: str | Path = "metrics", config: Config | None = None
+) -> tuple[bool, str]:
     """(whether the README's results block equals the one generated from `metrics_dir`, the expected block)."""
     readme = Path(readme)
     _, old, _ = _split(readme.read_text(), readme)
-    new = readme_block(collect(metrics_dir))
+    new = readme_block(collect(metrics_dir, config=config))
     return old == new, new
 
 
@@ -563,17 +590,26 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--print", action="store_true", help="print the results and claims tables")
     ap.add_argument("--metrics-dir", type=Path, default=None, help="default: metrics/ of the repository")
     ap.add_argument("--file", type=Path, default=None, help="default: README.md of the repository")
+    ap.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="the params file other pretrainings' claims must match (default: the repository's params.yaml)",
+    )
     args = ap.parse_args(argv)
     metrics_dir = args.metrics_dir or repo_root() / "metrics"
     readme = args.file or repo_root() / "README.md"
+    from lptlib.config import ConfigError, load
+
     try:
+        config = load(args.params or repo_root() / "params.yaml")
         if args.print:
-            print(results_markdown(collect(metrics_dir)))
+            print(results_markdown(collect(metrics_dir, config=config)))
         elif args.readme:
-            changed = update_readme(readme, metrics_dir)
+            changed = update_readme(readme, metrics_dir, config)
             print(f"{readme}: results block {'rewritten' if changed else 'already current'}")
         else:
-            ok, expected = readme_is_current(readme, metrics_dir)
+            ok, expected = readme_is_current(readme, metrics_dir, config)
             if not ok:
                 print(
                     f"{readme}: the results block disagrees with {metrics_dir}; run `python -m lptlib.report "
@@ -582,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
             print(f"{readme}: results block matches {metrics_dir}")
-    except ReportError as e:
+    except (ReportError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
