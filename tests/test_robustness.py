@@ -119,7 +119,7 @@ def test_a_pretraining_run_under_another_configuration_is_left_out(tmp_path):
     report leaves it out, naming the keys that differ, until it is re-run; the pretraining seed, run seed and
     parallelism may differ."""
     from lptlib.config import load
-    from lptlib.report.table import collect
+    from lptlib.report.table import collect, results_markdown
     from lptlib.robustness import comparable_config, config_differences, keep
 
     cfg = load(ROOT / "params.yaml")
@@ -137,8 +137,13 @@ def test_a_pretraining_run_under_another_configuration_is_left_out(tmp_path):
     other = cfg.model_copy(update={"arm_lr": {**cfg.arm_lr, "lptpp/moe": 0.5}})
     assert config_differences(comparable_config(other), comparable_config(cfg)) == ["arm_lr.lptpp/moe"]
     with pytest.warns(UserWarning, match=r"another configuration \(arm_lr.lptpp/moe\).*left out"):
-        rows = collect(metrics, config=other).claims()
-    assert all("robust" not in r for r in rows)
+        report = collect(metrics, config=other)
+    assert all("robust" not in r for r in report.claims())
+    assert (  # and the README says so under the claims table
+        "Left out of the holds / fragile marks: `pretrain_seed_7` was run under another configuration "
+        "(arm_lr.lptpp/moe)." in results_markdown(report)
+    )
+    assert "Left out" not in results_markdown(collect(metrics, config=cfg))
     (kept / "config.json").unlink()
     with pytest.warns(UserWarning, match="records no configuration"):
         collect(metrics, config=cfg)

@@ -223,6 +223,8 @@ class Report:
     groups: list[str] = field(default_factory=list)
     #: the claims rows of other pretrained backbones (metrics/robustness/<label>/claims.json, the robustness stage)
     robustness: dict[str, list[dict]] = field(default_factory=dict)
+    #: the other pretrainings found but left out, with why (another or no recorded configuration; `_robustness`)
+    robustness_left_out: dict[str, str] = field(default_factory=dict)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -441,18 +443,19 @@ def collect(metrics_dir: str | Path = "metrics", seeds: Any = None, config: Conf
         data.get("dataset", ""),
         selection,
         _groups(data),
-        _robustness(metrics_dir, config),
+        *_robustness(metrics_dir, config),
     )
 
 
-def _robustness(metrics_dir: Path, config: Config | None = None) -> dict[str, list[dict]]:
-    """The claims of the other pretrainings the robustness stage ran: {label: claim rows}, by folder name. With
-    `config` (this repository's resolved configuration), a pretraining run under another configuration (its
-    `config.json`, `lptlib.robustness.keep`), or without a recorded one, is left out with a warning naming what
-    differs: its verdicts compare other arms."""
+def _robustness(metrics_dir: Path, config: Config | None = None) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """The claims of the other pretrainings the robustness stage ran, ({label: claim rows}, {label: why left out}),
+    by folder name. With `config` (this repository's resolved configuration), a pretraining run under another
+    configuration (its `config.json`, `lptlib.robustness.keep`), or without a recorded one, is left out with a
+    warning naming what differs: its verdicts compare other arms."""
     from lptlib.robustness import comparable_config, config_differences
 
-    out = {}
+    out: dict[str, list[dict]] = {}
+    left_out: dict[str, str] = {}
     for path in sorted((metrics_dir / "robustness").glob("*/claims.json")):
         try:
             claims = json.loads(path.read_text())["claims"]
@@ -471,9 +474,10 @@ def _robustness(metrics_dir: Path, config: Config | None = None) -> dict[str, li
                     f"(python -m lptlib.robustness run --pretrain-seed <s>)",
                     stacklevel=2,
                 )
+                left_out[path.parent.name] = why
                 continue
         out[path.parent.name] = claims
-    return out
+    return out, left_out
 
 
 def _groups(data: dict) -> list[str]:
@@ -541,8 +545,21 @@ def results_markdown(report: Report) -> str:
             "(*unmeasurable*: inconclusive, and the paper's effect is below the detectable one).",
             "",
             claims_markdown(report.claims()).rstrip("\n"),
+            *_left_out_note(report.robustness_left_out),
         ]
     )
+
+
+def _left_out_note(left_out: Mapping[str, str]) -> list[str]:
+    """The lines under the claims table naming the other pretrainings left out of its holds / fragile marks."""
+    if not left_out:
+        return []
+    runs = "; ".join(f"`{label}` {why}" for label, why in left_out.items())
+    return [
+        "",
+        f"Left out of the holds / fragile marks: {runs}. Re-run each (`python -m lptlib.robustness run "
+        "--pretrain-seed <s>`) to mark the verdicts again.",
+    ]
 
 
 def readme_block(report: Report) -> str:
