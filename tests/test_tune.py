@@ -240,6 +240,13 @@ def test_the_committed_tuned_layer_and_table_are_generated_from_the_committed_gr
         assert yaml.safe_load(tuned.read_text())["arm_lr"] == {r: a["chosen"] for r, a in store["arms"].items()}
 
 
+def test_the_grid_stage_depends_on_every_section_it_tunes():
+    """`dvc repro tuning/dvc.yaml` re-runs when a schedule any arm is centred on changes (its params section)."""
+    stage = yaml.safe_load((ROOT / "tuning" / "dvc.yaml").read_text())["stages"]["tune"]
+    sections = {arm.schedule.split(".")[0] for arm in tune.GRID.values()}
+    assert sections <= set(stage["params"]), f"tuning/dvc.yaml params lack {sorted(sections - set(stage['params']))}"
+
+
 # ------------------------------------------------------------------- every trained row reads its own rate
 class _Stop(Exception):
     pass
