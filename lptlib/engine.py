@@ -24,7 +24,7 @@ from lptlib import dist
 from lptlib.data.datasets import LTData
 from lptlib.data.samplers import SingleSampling
 from lptlib.measure.metrics import prior_corrected, shot_accuracy
-from lptlib.schema import Field, Section, without_resume
+from lptlib.schema import Field, Section, differences, without_resume
 from lptlib.utils import atomic_write_bytes, code_digest, default_device, progress
 
 
@@ -203,17 +203,6 @@ def fingerprint(trainable: nn.Module, model: nn.Module, settings: dict) -> dict:
     }
 
 
-def _differences(found, expected, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings."""
-    if isinstance(found, dict) and isinstance(expected, dict):
-        return [
-            d
-            for k in sorted(set(found) | set(expected), key=str)
-            for d in _differences(found.get(k), expected.get(k), f"{prefix}{k}.")
-        ]
-    return [] if found == expected else [prefix.rstrip(".")]
-
-
 def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -227,7 +216,7 @@ def load_checkpoint(path: str | os.PathLike, expected: dict) -> dict:
         ) from None
     found = ckpt.get("fingerprint", {}) if isinstance(ckpt, dict) else {}
     if found != expected:
-        diffs = _differences(found, expected)
+        diffs = differences(found, expected)
         shown = ", ".join(d.removeprefix("settings.") for d in diffs[:6]) + (" ..." if len(diffs) > 6 else "")
         raise CheckpointError(
             f"checkpoint {path} was made by other code, settings or data (differs in: {shown}); "

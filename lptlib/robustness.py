@@ -25,44 +25,31 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from lptlib.config import Config, load
 from lptlib.paths import repo_root
+from lptlib.schema import to_dict, without_resume
 
 KEPT = ("claims.json", "pretrain.json")
-#: what may differ between this repository and a robustness copy without changing what a claim compares: the
-#: pretraining seed (the point of the copy), the run seed (each stage sets its own), parallelism and resuming
-EXECUTION_KEYS = ("pretrain.seed", "seed", "workers", "data.num_workers")
+#: what may differ between this repository and a robustness copy without changing what a claim compares, besides
+#: `without_resume`'s keys: the pretraining seed (the point of the copy), the run seed (each stage sets its own) and
+#: the loader workers
+EXECUTION_KEYS = ("pretrain.seed", "seed", "data.num_workers")
 
 
 def comparable_config(cfg: Config) -> dict:
-    """The resolved configuration a robustness run's verdicts are comparable under: `cfg` as JSON without
-    `EXECUTION_KEYS` and every `resume` key."""
-
-    def strip(node: Any, prefix: str) -> Any:
-        if not isinstance(node, dict):
-            return node
-        return {
-            k: strip(v, f"{prefix}{k}.")
-            for k, v in node.items()
-            if f"{prefix}{k}" not in EXECUTION_KEYS and k != "resume"
-        }
-
-    return strip(cfg.model_dump(mode="json"), "")
-
-
-def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two `comparable_config`s (a key in one only included)."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += config_differences(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(f"{prefix}{k}")
+    """The resolved configuration a robustness run's verdicts are comparable under: `without_resume(cfg)` (which
+    drops `workers` and the seed lists) with the seed lists back, since a verdict depends on its number of seeds,
+    and without `EXECUTION_KEYS`."""
+    out = {**without_resume(cfg), "seeds": to_dict(cfg.seeds)}
+    for key in EXECUTION_KEYS:
+        *parents, leaf = key.split(".")
+        node = out
+        for k in parents:
+            node = node[k]
+        node.pop(leaf, None)
     return out
 
 

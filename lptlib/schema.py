@@ -23,6 +23,7 @@ __all__ = [
     "model_validator",
     "resume_ok",
     "templates_ok",
+    "differences",
     "to_dict",
     "without_resume",
 ]
@@ -110,3 +111,14 @@ def without_resume(cfg: BaseModel) -> dict:
         return {k: strip(v) for k, v in d.items() if k != "resume"} if isinstance(d, dict) else d
 
     return {k: v for k, v in strip(to_dict(cfg)).items() if k not in RUN_INDEPENDENT}
+
+
+def differences(found: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (a key in one only included)."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        return [
+            d
+            for k in sorted(set(found) | set(expected), key=str)
+            for d in differences(found.get(k), expected.get(k), f"{prefix}{k}.")
+        ]
+    return [] if found == expected else [prefix.rstrip(".")]

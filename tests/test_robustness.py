@@ -120,7 +120,8 @@ def test_a_pretraining_run_under_another_configuration_is_left_out(tmp_path):
     parallelism may differ."""
     from lptlib.config import load
     from lptlib.report.table import collect, results_markdown
-    from lptlib.robustness import comparable_config, config_differences, keep
+    from lptlib.robustness import comparable_config, keep
+    from lptlib.schema import differences
 
     cfg = load(ROOT / "params.yaml")
     metrics = tmp_path / "metrics"
@@ -131,11 +132,11 @@ def test_a_pretraining_run_under_another_configuration_is_left_out(tmp_path):
     (work / "params.yaml").write_text((ROOT / "params.yaml").read_text() + "\npretrain: {seed: 7}\nworkers: 1\n")
     kept = keep(work, metrics / "robustness" / "pretrain_seed_7")
     assert sorted(p.name for p in kept.iterdir()) == ["claims.json", "config.json", "pretrain.json"]
-    assert config_differences(comparable_config(cfg), json.loads((kept / "config.json").read_text())) == []
+    assert differences(comparable_config(cfg), json.loads((kept / "config.json").read_text())) == []
     rows = collect(metrics, config=cfg).claims()
     assert {r["robust"] for r in rows if r["verdict"] != "not run"} == {"holds"}
     other = cfg.model_copy(update={"arm_lr": {**cfg.arm_lr, "lptpp/moe": 0.5}})
-    assert config_differences(comparable_config(other), comparable_config(cfg)) == ["arm_lr.lptpp/moe"]
+    assert differences(comparable_config(other), comparable_config(cfg)) == ["arm_lr.lptpp/moe"]
     with pytest.warns(UserWarning, match=r"another configuration \(arm_lr.lptpp/moe\).*left out"):
         report = collect(metrics, config=other)
     assert all("robust" not in r for r in report.claims())

@@ -452,7 +452,8 @@ def _robustness(metrics_dir: Path, config: Config | None = None) -> tuple[dict[s
     by folder name. With `config` (this repository's resolved configuration), a pretraining run under another
     configuration (its `config.json`, `lptlib.robustness.keep`), or without a recorded one, is left out with a
     warning naming what differs: its verdicts compare other arms."""
-    from lptlib.robustness import comparable_config, config_differences
+    from lptlib.robustness import comparable_config
+    from lptlib.schema import differences
 
     out: dict[str, list[dict]] = {}
     left_out: dict[str, str] = {}
@@ -466,7 +467,7 @@ def _robustness(metrics_dir: Path, config: Config | None = None) -> tuple[dict[s
             if not kept.is_file():
                 why = "records no configuration (config.json)"
             else:
-                differs = config_differences(comparable_config(config), json.loads(kept.read_text()))
+                differs = differences(comparable_config(config), json.loads(kept.read_text()))
                 why = f"was run under another configuration ({', '.join(differs[:8])})" if differs else ""
             if why:
                 warnings.warn(
