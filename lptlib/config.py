@@ -31,9 +31,10 @@ import argparse
 import copy
 import difflib
 import sys
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -41,10 +42,12 @@ from pydantic import BaseModel, ValidationError
 from lptlib.data.datasets import DataConfig
 from lptlib.models.backbones import BackbonesConfig
 from lptlib.schema import (
+    PROCESSES_MAX,
     ConfigError,
     Field,
     RuleError,
     Section,
+    Seed,
     distinct,
     field_validator,
     model_validator,
@@ -74,9 +77,6 @@ __all__ = [
     "to_dict",
     "without_resume",
 ]
-
-
-Seed = Annotated[int, Field(ge=0)]
 
 
 class Seeds(Section):
@@ -117,10 +117,13 @@ class Seeds(Section):
 class Config(Section):
     """All sections of params.yaml, resolved (defaults <- preset <- params.yaml <- overrides)."""
 
-    seed: int = Field(0, ge=0, description="seed of one run (split, initialisation, sampling); stages get it per seed")
+    seed: Seed = Field(0, description="seed of one run (split, initialisation, sampling); stages get it per seed")
     seeds: Seeds = Field(Seeds(), description="the seeds each stage runs")
     workers: int = Field(
-        2, ge=1, description="training runs in parallel within a stage (single-thread processes); 1: in-process"
+        2,
+        ge=1,
+        le=PROCESSES_MAX,
+        description="training runs in parallel within a stage (single-thread processes); 1: in-process",
     )
     preset: str = Field("miniature", description="the overlay in presets/<name>.yaml merged over the defaults")
     data: DataConfig = Field(DataConfig(), description="the dataset")
@@ -183,7 +186,7 @@ def _message(err: dict) -> str:
         text = str(ctx.get("error", err["msg"]))
         if "\x00" in text:
             sub, text = text.split("\x00", 1)
-            key = f"{key}.{sub}" if key else sub
+            key = f"{key}{'' if sub.startswith(('[', '.')) else '.'}{sub}" if key else sub.lstrip(".")
         return f"{key}: {text}"
     expected = {
         "float_type": "a number",
@@ -206,6 +209,10 @@ def _message(err: dict) -> str:
         return f"{key}: must be >= {ctx['ge']}, got {given}"
     if kind == "less_than_equal":
         return f"{key}: must be <= {ctx['le']}, got {given}"
+    if kind == "greater_than":
+        return f"{key}: must be > {ctx['gt']}, got {given}"
+    if kind == "less_than":
+        return f"{key}: must be < {ctx['lt']}, got {given}"
     if kind == "literal_error":
         allowed = ctx["expected"].replace("'", "").replace(" or ", ", ")
         return f"{key}: {given!r} is not one of: {allowed}"
@@ -414,8 +421,39 @@ def save_resolved(cfg: Config, path: str | Path, **extra: Any) -> Path:
     return atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
 
 
-def describe(model: type[BaseModel] = Config, prefix: str = "", base: Any = None) -> list[tuple[str, str, str]]:
-    """(key, default, help) rows of every parameter: the reference table of docs/parameters.md."""
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _bounds(metadata: Sequence[Any]) -> list[str]:
+    flat = [x for m in metadata for x in (getattr(m, "metadata", None) or [m])]  # a FieldInfo inside Annotated
+    values = [(sign, getattr(m, attr)) for m in flat for attr, sign in _BOUNDS if hasattr(m, attr)]
+    return [f"{sign} {v:,}" if isinstance(v, int) else f"{sign} {v:g}" for sign, v in values]
+
+
+def allowed(annotation: Any, metadata: Sequence[Any] = ()) -> str:
+    """What a field accepts, in words: its type and bounds (docs/parameters.md's 'allowed' column)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return allowed(args[0], [*metadata, *args[1:]])
+    if origin is Literal:
+        return " &#124; ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        kinds = [allowed(a, metadata) for a in args if a is not type(None)]
+        return " or ".join(kinds) + (", or null" if type(None) in args else "")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of ({allowed(args[0])})"
+        kinds = [allowed(a) for a in args]
+        return f"{len(args)} values, each ({kinds[0]})" if len(set(kinds)) == 1 else f"[{'; '.join(kinds)}]"
+    if origin is dict:
+        return f"mapping to ({allowed(args[1])})"
+    extra = [str(m) for m in metadata if type(m).__name__ in ("MinLen",)]
+    name = {int: "integer", float: "number", bool: "true/false", str: "string"}.get(annotation, str(annotation))
+    return ", ".join([name, *_bounds(metadata), *extra])
+
+
+def describe(model: type[BaseModel] = Config, prefix: str = "", base: Any = None) -> list[tuple[str, str, str, str]]:
+    """(key, default, allowed, help) rows of every parameter: the reference table of docs/parameters.md."""
     base = base if base is not None else model()
     rows = []
     for name, f in model.model_fields.items():
@@ -430,6 +468,7 @@ def describe(model: type[BaseModel] = Config, prefix: str = "", base: Any = None
                     .strip()
                     .removesuffix("...")
                     .strip(),
+                    allowed(f.annotation, f.metadata),
                     f.description or "",
                 )
             )
@@ -441,8 +480,8 @@ DOCS_END = "<!-- parameters:end -->"
 
 
 def parameters_table() -> str:
-    rows = ["| key | default (the miniature) | meaning |", "|---|---|---|"]
-    rows += [f"| `{k}` | `{v}` | {h.replace('|', '&#124;')} |" for k, v, h in describe()]
+    rows = ["| key | default (the miniature) | allowed | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{k}` | `{v}` | {a} | {h.replace('|', '&#124;')} |" for k, v, a, h in describe()]
     return "\n".join(rows)
 
 

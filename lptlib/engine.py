@@ -24,7 +24,16 @@ from lptlib import dist
 from lptlib.data.datasets import LTData
 from lptlib.data.samplers import SingleSampling
 from lptlib.measure.metrics import prior_corrected, shot_accuracy
-from lptlib.schema import Field, Section, differences, without_resume
+from lptlib.schema import (
+    BATCH_MAX,
+    EPOCHS_MAX,
+    Field,
+    RuleError,
+    Section,
+    differences,
+    model_validator,
+    without_resume,
+)
 from lptlib.utils import atomic_write_bytes, code_digest, default_device, progress
 
 
@@ -255,16 +264,31 @@ class Schedule(Section):
     """A training schedule: a params.yaml subsection such as `lpt.stage1` or `tea.lora` (SGD with momentum, linear
     warm-up then cosine decay per step)."""
 
-    epochs: int = Field(20, ge=1, description="training epochs (an epoch = as many images as the train set holds)")
-    batch_size: int = Field(64, ge=1, description="images per step")
-    lr: float = Field(0.05, ge=0.0, description="SGD peak learning rate (warm-up, then cosine decay per step)")
-    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
-    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
-    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length in epochs")
-    eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch")
-    val_every: int = Field(
-        5, ge=1, description="evaluate val every this many epochs and after the last (test: once, after training)"
+    epochs: int = Field(
+        20, ge=1, le=EPOCHS_MAX, description="training epochs (an epoch = as many images as the train set holds)"
     )
+    batch_size: int = Field(64, ge=1, le=BATCH_MAX, description="images per step")
+    lr: float = Field(
+        0.05, gt=0.0, le=100.0, description="SGD peak learning rate (warm-up, then cosine decay per step)"
+    )
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="SGD weight decay")
+    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length in epochs (at most `epochs`)")
+    eval_batch_size: int = Field(512, ge=1, le=BATCH_MAX, description="images per evaluation batch")
+    val_every: int = Field(
+        5,
+        ge=1,
+        le=EPOCHS_MAX,
+        description="evaluate val every this many epochs and after the last (test: once, after training)",
+    )
+
+    @model_validator(mode="after")
+    def _warmup_within(self) -> Schedule:
+        if self.warmup_epochs > self.epochs:
+            raise RuleError(
+                "warmup_epochs", f"{self.warmup_epochs} warm-up epochs exceed the {self.epochs} training epochs"
+            )
+        return self
 
 
 def schedule_of(cfg, row: str, schedule: Schedule) -> Schedule:

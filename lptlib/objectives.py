@@ -28,6 +28,7 @@ Each component and the abstract sentence it implements:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +36,23 @@ from torch import nn
 
 from lptlib.schema import Field, Section
 
+#: a focusing exponent lambda of the asymmetric focusing (0: none)
+Focusing = Annotated[float, Field(ge=0.0, le=100.0)]
+
 
 class AGCLConfig(Section):
-    alpha: float = Field(0.5, ge=0.0, description="Gaussian cloud size (noise_mul)")
-    margin: float = Field(0.1, description="additive margin on the target cosine")
-    scale: float = Field(20.0, ge=0.0, description="logit scale s")
+    alpha: float = Field(0.5, ge=0.0, le=10.0, description="Gaussian cloud size (noise_mul)")
+    margin: float = Field(
+        0.1, ge=0.0, le=1.0, description="additive margin on the target cosine (cosines lie in [-1, 1])"
+    )
+    scale: float = Field(20.0, gt=0.0, le=1000.0, description="logit scale s")
     smoothing: float = Field(0.1, ge=0.0, le=1.0, description="label smoothing")
-    class_balanced: tuple[float, float] = Field(
+    class_balanced: tuple[Focusing, Focusing] = Field(
         (0.0, 4.0), description="(lambda+, lambda-) of the class-balanced branch"
     )
-    instance_balanced: tuple[float, float] = Field((0.5, 8.0), description="(lambda+, lambda-) of the instance branch")
+    instance_balanced: tuple[Focusing, Focusing] = Field(
+        (0.5, 8.0), description="(lambda+, lambda-) of the instance branch"
+    )
 
 
 TEA_VARIANTS = ("none", "pea", "pea_pg", "pea_pg_tec")

@@ -18,10 +18,14 @@ from lptlib.models.backbones import BACKBONE_ROLES, Role
 from lptlib.models.blocks import PromptForm
 from lptlib.objectives import TEA_VARIANTS, AGCLConfig
 from lptlib.schema import (
+    BATCH_MAX,
+    EPOCHS_MAX,
+    WIDTH_MAX,
     Field,
     Resume,
     RuleError,
     Section,
+    Seed,
     Templates,
     distinct,
     field_validator,
@@ -36,19 +40,24 @@ class VPTStudyConfig(Section):
     """The `vpt_study` section."""
 
     backbone: Role = Field("visual", description="which `backbones` entry is studied")
-    prompt_length: int = Field(10, ge=0, description="VPT-deep prompt tokens per block (l_p)")
+    prompt_length: int = Field(10, ge=1, le=512, description="VPT-deep prompt tokens per block (l_p)")
     prompt_form: PromptForm = Field(
         "kv", description="kv: prompts in keys/values only (LPT eq. 1); concat: concatenate and strip (same outputs)"
     )
     head: Literal["linear", "cosine"] = Field("linear", description="classifier on the final CLS feature")
-    cosine_scale: float = Field(20.0, ge=0.0, description="scale s of a cosine head")
+    cosine_scale: float = Field(20.0, gt=0.0, le=1000.0, description="scale s of a cosine head")
     samplings: tuple[Sampling, ...] = Field(
         SAMPLING_MODES, description="Table 1 columns: instance_balanced, class_balanced"
     )
     feature_views: int = Field(
-        4, ge=1, description="augmented views per training image whose cached features the linear probes train on"
+        4,
+        ge=1,
+        le=64,
+        description="augmented views per training image whose cached features the linear probes train on",
     )
-    la_tau: float = Field(1.0, ge=0.0, description="tau of the logit-adjusted linear probe (Menon et al. 2021)")
+    la_tau: float = Field(
+        1.0, ge=0.0, le=10.0, description="tau of the logit-adjusted linear probe (Menon et al. 2021)"
+    )
     # SGD, warm-up then cosine decay per step. Each rate is the centre of its rows' learning-rate grids; a row's
     # own val-chosen rate is its `arm_lr` entry (docs/tuning.md).
     linear_probe: Schedule = Field(
@@ -58,12 +67,15 @@ class VPTStudyConfig(Section):
     replica_seed_offset: int | None = Field(
         1000,
         ge=1,
+        le=2**30,
         description="the A/A control: VPT-deep with class-balanced sampling trained a second time on the same split, "
         "its initialisation, augmentation and sampler seeded with seed + this offset (row "
         "vpt_deep_replica/class_balanced); null: no replica",
     )
-    knn_k: int = Field(10, ge=1, description="k of the cosine k-NN accuracy (Table 2)")
-    feature_images_per_class: int = Field(100, ge=2, description="images per class whose features LDA and Table 2 use")
+    knn_k: int = Field(10, ge=1, le=1000, description="k of the cosine k-NN accuracy (Table 2)")
+    feature_images_per_class: int = Field(
+        100, ge=2, le=100_000, description="images per class whose features LDA and Table 2 use"
+    )
     resume: Resume = "auto"
 
     _resume = field_validator("resume")(resume_ok)
@@ -127,19 +139,28 @@ class LPTConfig(Section):
     """The `lpt` section."""
 
     backbone: Role = Field("visual", description="which `backbones` entry LPT tunes")
-    prompt_length: int = Field(10, ge=0, description="l_p: shared prompts per block, and group prompts per block")
+    prompt_length: int = Field(
+        10, ge=1, le=512, description="l_p: shared prompts per block, and group prompts per block"
+    )
     prompt_form: PromptForm = Field("kv", description="kv (LPT eq. 1) | concat")
-    cosine_scale: float = Field(20.0, ge=0.0, description="s of the cosine head at prediction (A-GCL has its own)")
-    head_dropout: float = Field(0.1, ge=0.0, le=1.0, description="dropout before the cosine head")
-    num_samples_cls: int = Field(4, ge=1, description="class-aware sampler: images per visited class")
-    eta: float = Field(0.5, ge=0.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch")
+    cosine_scale: float = Field(
+        20.0, gt=0.0, le=1000.0, description="s of the cosine head at prediction (A-GCL has its own)"
+    )
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the cosine head")
+    num_samples_cls: int = Field(4, ge=1, le=BATCH_MAX, description="class-aware sampler: images per visited class")
+    eta: float = Field(
+        0.5, ge=0.0, le=10.0, description="dual sampling: beta_e = eta (E - e) / E weights the instance branch"
+    )
     agcl: AGCLConfig = Field(AGCLConfig(), description="A-GCL loss")
-    pool_size: int = Field(20, ge=1, description="m: entries of the group prompt pool")
+    pool_size: int = Field(20, ge=1, le=WIDTH_MAX, description="m: entries of the group prompt pool")
     top_k: int = Field(2, ge=1, description="k: keys picked per image")
     share_blocks: int = Field(
-        3, ge=0, description="K: blocks 1..K use the shared prompts only (the first half: 3 of vit-mini's 6, 6 of 12)"
+        3,
+        ge=0,
+        le=1000,
+        description="K: blocks 1..K use the shared prompts only (the first half: 3 of vit-mini's 6, 6 of 12)",
     )
-    match_weight: float = Field(0.5, ge=0.0, description="weight of the key-query matching term")
+    match_weight: float = Field(0.5, ge=0.0, le=100.0, description="weight of the key-query matching term")
     # SGD, warm-up then cosine decay per step; weight decay 0.01 (LPT). Each rate is the centre of its rows'
     # learning-rate grids; a row's own val-chosen rate is its `arm_lr` entry (docs/tuning.md). batch_size: per branch.
     stage1: Schedule = Field(Schedule(epochs=10, lr=0.0625, weight_decay=0.01), description="stage 1")
@@ -231,37 +252,38 @@ class TEAConfig(Section):
     templates: Templates = Field(
         ("a photo of a {name}.",), description="prompts of the text-initialised head and of the zero-shot classifier"
     )
-    cosine_scale: float = Field(25.0, ge=0.0, description="s of the cosine head (LIFT / TEA: 25)")
+    cosine_scale: float = Field(25.0, gt=0.0, le=1000.0, description="s of the cosine head (LIFT / TEA: 25)")
     head_init: Literal["text", "class_mean", "random"] = Field(
         "text", description="cosine head init: text (LIFT, CLIP only), class_mean (LIFT for visual-only ViTs) or random"
     )
     sampling: Sampling = Field("instance_balanced", description="training sampler (LIFT: instance)")
-    prompt_length: int = Field(10, ge=1, description="vpt_deep: prompt tokens per block")
+    prompt_length: int = Field(10, ge=1, le=512, description="vpt_deep: prompt tokens per block")
     prompt_form: PromptForm = Field("kv", description="vpt_deep: kv | concat")
     bottleneck: int | None = Field(
         None,
         ge=1,
+        le=WIDTH_MAX,
         description="adaptformer: bottleneck width; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
     )
-    lora_rank: int = Field(4, ge=1, description="lora: rank r of the q and v updates")
-    la_tau: float = Field(1.0, ge=0.0, description="la: tau of the logit adjustment")
+    lora_rank: int = Field(4, ge=1, le=WIDTH_MAX, description="lora: rank r of the q and v updates")
+    la_tau: float = Field(1.0, ge=0.0, le=10.0, description="la: tau of the logit adjustment")
     agcl: AGCLConfig = Field(
         AGCLConfig(scale=25.0), description="agcl: A-GCL; the (lambda+, lambda-) pair of the branch matching `sampling`"
     )
     temperature: float = Field(
-        0.1, ge=1e-6, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
+        0.1, ge=1e-6, le=100.0, description="PEA: tau of the patch attention softmax_n(cos(h_n, w_y) / tau)"
     )
     mix: float = Field(0.5, ge=0.0, le=1.0, description="PEA: lambda of e^ = norm((1 - lambda) e_cls + lambda u)")
     gate_max: float = Field(
         0.5, ge=0.0, le=1.0, description="PG: g_max, the augmentation probability of the rarest class"
     )
-    tec_weight: float = Field(1.0, ge=0.0, description="TEC: weight lambda_tec of the consistency loss")
+    tec_weight: float = Field(1.0, ge=0.0, le=100.0, description="TEC: weight lambda_tec of the consistency loss")
     # One schedule per PEFT method, 5 epochs. Each rate is the centre of its members' learning-rate grids; a
     # member's own val-chosen rate is its `arm_lr` entry (docs/tuning.md).
     vpt_deep: Schedule = Field(Schedule(epochs=5, lr=0.025), description="vpt_deep schedule")
     adaptformer: Schedule = Field(Schedule(epochs=5, lr=0.0025), description="adaptformer schedule")
     lora: Schedule = Field(Schedule(epochs=5, lr=0.0125), description="lora schedule")
-    latency_batches: int = Field(20, ge=1, description="batches of the inference-latency measurement")
+    latency_batches: int = Field(20, ge=1, le=10_000, description="batches of the inference-latency measurement")
     matrix: TEAMatrixConfig = Field(TEAMatrixConfig(), description="the members the stage `tea` trains per seed")
     resume: Resume = "auto"
 
@@ -273,11 +295,11 @@ class TEAConfig(Section):
 class ScorerConfig(Section):
     """`lptlib.scorer`: phase 3's MoE scorer (AdamW at a constant learning rate, class-balanced batches)."""
 
-    hidden: int = Field(64, ge=1, description="hidden width of the MoE scorer's MLP")
-    epochs: int = Field(30, ge=1, description="passes over the cached train features")
-    batch_size: int = Field(128, ge=1, description="cached samples per step (class-balanced sampling)")
-    lr: float = Field(1e-3, ge=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    hidden: int = Field(64, ge=1, le=WIDTH_MAX, description="hidden width of the MoE scorer's MLP")
+    epochs: int = Field(30, ge=1, le=EPOCHS_MAX, description="passes over the cached train features")
+    batch_size: int = Field(128, ge=1, le=BATCH_MAX, description="cached samples per step (class-balanced sampling)")
+    lr: float = Field(1e-3, gt=0.0, le=100.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW weight decay")
 
 
 class LPTPPConfig(Section):
@@ -287,7 +309,10 @@ class LPTPPConfig(Section):
         BACKBONE_ROLES, description="`backbones` entries used as experts: visual, vision_language"
     )
     bottleneck: int | None = Field(
-        None, ge=1, description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width"
+        None,
+        ge=1,
+        le=WIDTH_MAX,
+        description="adapter bottleneck; null: max(1, 2^floor(log2(D / 24))), D the backbone width",
     )
     templates: Templates = Field(
         ("a photo of a {name}.",), description="text-initialised head of the vision-language expert"
@@ -315,11 +340,11 @@ class LPTPPConfig(Section):
 class PretrainRunConfig(Section):
     """One model's pretraining schedule (AdamW, warm-up steps then cosine decay per step)."""
 
-    epochs: int = Field(2, ge=0, description="passes over the source pool")
-    batch_size: int = Field(256, ge=1, description="images per step")
-    lr: float = Field(1e-3, ge=0.0, description="AdamW peak learning rate")
-    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay")
-    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps, then cosine decay to 0")
+    epochs: int = Field(2, ge=1, le=EPOCHS_MAX, description="passes over the source pool")
+    batch_size: int = Field(256, ge=1, le=BATCH_MAX, description="images per step")
+    lr: float = Field(1e-3, gt=0.0, le=100.0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.05, ge=0.0, le=1.0, description="AdamW weight decay")
+    warmup_steps: int = Field(50, ge=0, le=10_000_000, description="linear warm-up steps, then cosine decay to 0")
     max_images: int | None = Field(None, ge=1, description="smoke tests only: cap the source pool")
 
 
@@ -335,8 +360,8 @@ DEFAULT_TEMPLATES = (
 class PretrainConfig(Section):
     """The `pretrain` section."""
 
-    seed: int | None = Field(
-        None, ge=0, description="seed of the pretraining (null: `seed`); the robustness stage varies it (robustness/)"
+    seed: Seed | None = Field(
+        None, description="seed of the pretraining (null: `seed`); the robustness stage varies it (robustness/)"
     )
     vit_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="vit-mini, 4 coarse labels")
     clip_mini: PretrainRunConfig = Field(PretrainRunConfig(), description="clip-mini, contrastive")
@@ -431,8 +456,8 @@ def arm_cosine_scale_ok(v: dict[str, float]) -> dict[str, float]:
                 f"{key!r} has no scale of its own (a linear head under cross-entropy absorbs it); "
                 f"arms with one: {', '.join(SCALED_ARMS)}"
             )
-        if not s > 0:
-            raise ValueError(f"{key}: the cosine scale must be > 0, got {s!r}")
+        if isinstance(s, bool) or not 0 < s <= 1000:
+            raise ValueError(f"{key}: the cosine scale must be > 0 and <= 1000, got {s!r}")
     return v
 
 
@@ -449,6 +474,6 @@ def arm_lr_ok(v: dict[str, float]) -> dict[str, float]:
                 else (f" (did you mean {close[0]!r}?)" if close else "")
             )
             raise ValueError(f"unknown row {key!r}{hint}; rows with a schedule: {', '.join(ARM_LR_ROWS)}")
-        if not lr > 0:
-            raise ValueError(f"{key}: the learning rate must be > 0, got {lr!r}")
+        if isinstance(lr, bool) or not 0 < lr <= 100:
+            raise ValueError(f"{key}: the learning rate must be > 0 and <= 100, got {lr!r}")
     return v

@@ -114,11 +114,11 @@ def test_save_resolved_round_trips(tmp_path):
 
 
 def test_describe_lists_every_leaf():
-    keys = [k for k, _, _ in config.describe()]
+    keys = [k for k, *_ in config.describe()]
     assert "data.imbalance" in keys and "pretrain.vit_mini.epochs" in keys and "backbones.visual.tag" in keys
     assert len(keys) == len(set(keys))
-    assert all(h for _, _, h in config.describe()), "every parameter has a help text"
-    defaults = dict((k, v) for k, v, _ in config.describe())
+    assert all(h for *_, h in config.describe()), "every parameter has a help text"
+    defaults = dict((k, v) for k, v, *_ in config.describe())
     assert defaults["vpt_study.linear_probe.lr"] == "0.5"  # the section's own default, not Schedule's
 
 
