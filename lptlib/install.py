@@ -3,8 +3,9 @@
     python -m lptlib.install            # find the Fashion-MNIST files, install them when they are missing
     python -m lptlib.install --check    # only say whether they are there (exit 2 when not)
 
-The miniature reads Fashion-MNIST's four idx files from the places `find_fashion_mnist` searches (`data.root`,
-`$LPTLIB_DATA`, the Debian package's folder, lptlib's cache). When none holds them, the Debian/Ubuntu package
+The miniature reads Fashion-MNIST's four idx files from `data.root` when it is set (a root without them is an error
+naming what is missing, never a fall back to another copy), else from the places `find_fashion_mnist` searches
+(`$LPTLIB_DATA`, the Debian package's folder, lptlib's cache). When none holds them, the Debian/Ubuntu package
 `dataset-fashion-mnist` is installed with apt-get, as root or through password-less sudo. Where that is not
 possible (no apt-get, no root and no password-less sudo, or apt-get fails) the command stops at once, before
 any long computation, and prints the one command that installs the files (exit 2).
@@ -61,6 +62,8 @@ def ensure_fashion_mnist(
     try:
         return find_fashion_mnist(root)
     except DataError as missing:
+        if root:
+            raise  # a data.root without the files: the package would not put them there
         how = prefix() if install else None
         if how is None:
             if not install:
@@ -90,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lptlib.install", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--check", action="store_true", help="do not install; exit 2 when the files are missing")
-    ap.add_argument("--root", default=None, help="folder to look in first (default: data.root of params.yaml)")
+    ap.add_argument(
+        "--root",
+        default=None,
+        help="the folder that must hold the files (default: data.root of params.yaml; '': the default places)",
+    )
     args = ap.parse_args(argv)
     try:
-        root = args.root if args.root is not None else _params_root()
+        root = (args.root or None) if args.root is not None else _params_root()
         files = ensure_fashion_mnist(root, install=not args.check)
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

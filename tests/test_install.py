@@ -48,8 +48,8 @@ def test_found_files_need_no_install(no_files, tmp_path):
 
 
 def test_missing_files_are_installed_with_apt_get(no_files, tmp_path, monkeypatch):
-    """An empty data.root and no system copy: apt-get (update, then install the package) runs and the files the
-    package puts in its folder are found."""
+    """No data.root and no system copy: apt-get (update, then install the package) runs and the files the
+    package puts in its folder are found (a data.root without the files is an error instead: test_reliability)."""
     runs = []
 
     def fake_run(cmd, env=None, check=False):
@@ -59,9 +59,7 @@ def test_missing_files_are_installed_with_apt_get(no_files, tmp_path, monkeypatc
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    files = ensure_fashion_mnist(str(empty), prefix=lambda: ["sudo", "-n"])
+    files = ensure_fashion_mnist(None, prefix=lambda: ["sudo", "-n"])
     assert files["test_labels"].parent == no_files
     assert runs == [
         ["sudo", "-n", "apt-get", "update", "-qq"],
@@ -107,7 +105,8 @@ def test_apt_prefix(euid, tools, sudo_ok, expected):
 
 def test_command_exit_code_and_message_without_files(tmp_path):
     """`python -m lptlib.install --check` on a machine without the files: exit 2 at once, the command to run
-    on stderr; with the files in --root: exit 0 and where they are."""
+    on stderr; an empty --root: exit 2 naming it (never another copy); with the files in --root: exit 0 and where
+    they are."""
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     env.pop("LPTLIB_DATA", None)
     code = (
@@ -118,10 +117,15 @@ def test_command_exit_code_and_message_without_files(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     p = subprocess.run(
+        [sys.executable, "-c", code, "--check", "--root", ""], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert p.returncode == 2, p.stderr
+    assert INSTALL_HINT in p.stderr
+    p = subprocess.run(
         [sys.executable, "-c", code, "--check", "--root", str(empty)], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert p.returncode == 2, p.stderr
-    assert INSTALL_HINT in p.stderr and str(empty) in p.stderr
+    assert f"data.root {str(empty)!r}" in p.stderr and INSTALL_HINT not in p.stderr
     _write_idx(empty)
     p = subprocess.run(
         [sys.executable, "-c", code, "--check", "--root", str(empty)], env=env, capture_output=True, text=True, cwd=ROOT

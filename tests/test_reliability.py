@@ -55,6 +55,7 @@ from lptlib.data import (
 )
 from lptlib.data import datasets as ds
 from lptlib.engine import CheckpointError, NonFiniteLossError, check_finite
+from lptlib.install import ensure_fashion_mnist
 from lptlib.measure.metrics import per_class_accuracy, shot_groups
 from lptlib.models import Backbone, WeightsError, create_backbone, load_weight_file, save_weights
 from lptlib.models.backbones import BackboneConfig
@@ -262,7 +263,17 @@ def _missing_fashion_mnist(w: Work):
     w.mp.setattr(ds, "DEBIAN_FASHION_MNIST", w.tmp / "debian")
     w.mp.setenv("LPTLIB_DATA", str(w.tmp / "env"))
     w.mp.setenv("HOME", str(w.tmp / "home"))
-    find_fashion_mnist(str(w.tmp / "configured"))
+    find_fashion_mnist(None)
+
+
+def _fashion_mnist_root(w: Work, files: int) -> None:
+    """A data.root holding `files` of the four idx files (-1: no folder at all), with the system copy present."""
+    root = w.tmp / "root"
+    if files >= 0:
+        root.mkdir()
+    for stem in list(ds.FASHION_MNIST_FILES.values())[: max(files, 0)]:
+        _write(root / stem, b"")
+    find_fashion_mnist(str(root))
 
 
 def _evil_pickle(w: Work) -> Path:
@@ -911,8 +922,34 @@ CASES = [
         "data-fashion-mnist-missing",
         _missing_fashion_mnist,
         DataError,
-        r"(?s)Fashion-MNIST not found\..*/configured\n.*/env/fashion-mnist\n.*/debian\n.*Fix: `sudo "
+        r"(?s)Fashion-MNIST not found\..*/env/fashion-mnist\n.*/debian\n.*Fix: `sudo "
         r"apt-get install dataset-fashion-mnist`.*data\.download: true",
+    ),
+    case(
+        "data-root-missing",
+        lambda w: _fashion_mnist_root(w, -1),
+        DataError,
+        r"(?s)data\.root '.*/root': the Fashion-MNIST idx files are not there \(it does not exist\).*"
+        r"set data\.root: null to use the installed copy.*another copy is never used in its place",
+    ),
+    case(
+        "data-root-empty",
+        lambda w: _fashion_mnist_root(w, 0),
+        DataError,
+        r"data\.root '.*/root': the Fashion-MNIST idx files are not there \(it holds none of them\)",
+    ),
+    case(
+        "data-root-three-of-four",
+        lambda w: _fashion_mnist_root(w, 3),
+        DataError,
+        r"data\.root .*: the Fashion-MNIST idx files are not there \(.*/root holds 3 of the 4 files \(missing: "
+        r"t10k-labels-idx1-ubyte\)\)",
+    ),
+    case(
+        "data-root-not-installed-over",
+        lambda w: ensure_fashion_mnist(str(w.tmp / "nowhere"), prefix=lambda: pytest.fail("would install")),
+        DataError,
+        r"data\.root '.*/nowhere': the Fashion-MNIST idx files are not there",
     ),
     case(
         "data-idx-bad-magic",

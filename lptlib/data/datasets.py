@@ -238,11 +238,13 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def fashion_mnist_search_paths(root: str | None) -> list[Path]:
-    """Folders searched, in order, for the four idx files."""
-    paths = []
+    """Folders searched, in order, for the four idx files: those under `data.root` alone when it is set (a root
+    without the files is an error, never a fall back to another copy), else `$LPTLIB_DATA`, the Debian package's
+    folder and lptlib's cache."""
     if root:
         r = resolve(root)
-        paths += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+        return [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+    paths = []
     if os.environ.get("LPTLIB_DATA"):
         d = Path(os.environ["LPTLIB_DATA"]).expanduser()
         paths += [d / "fashion-mnist", d / "FashionMNIST" / "raw"]
@@ -276,6 +278,23 @@ def find_fashion_mnist(root: str | None = None, download: bool = False) -> dict[
         FashionMNIST(str(cache), train=False, download=True)
         return find_fashion_mnist(str(cache / "FashionMNIST" / "raw"))
     looked = "\n".join(f"  - {p}" for p in searched)
+    if root:
+        partial = [
+            (folder, [stem for stem in FASHION_MNIST_FILES.values() if _find_idx(folder, stem)]) for folder in searched
+        ]
+        folder, present = max(partial, key=lambda fp: len(fp[1]))
+        missing = [stem for stem in FASHION_MNIST_FILES.values() if stem not in present]
+        holds = (
+            f"{folder} holds {len(present)} of the 4 files (missing: {', '.join(missing)})"
+            if present
+            else ("it holds none of them" if resolve(root).is_dir() else "it does not exist")
+        )
+        raise DataError(
+            f"data.root {root!r}: the Fashion-MNIST idx files are not there ({holds}). Looked for "
+            f"{', '.join(s + '[.gz]' for s in FASHION_MNIST_FILES.values())} in:\n{looked}\n"
+            "Fix: put the four files there, or set data.root: null to use the installed copy "
+            "(`make data` finds or installs it); another copy is never used in its place."
+        )
     raise DataError(
         "Fashion-MNIST not found. Looked for the four idx files "
         f"({', '.join(s + '[.gz]' for s in FASHION_MNIST_FILES.values())}) in:\n{looked}\n"
