@@ -22,7 +22,7 @@ import torch
 
 from lptlib.data import LTData, build_data
 from lptlib.schema import Section
-from lptlib.utils import seed_everything
+from lptlib.utils import exit_with_parent, seed_everything
 
 
 def setup(cfg: Section) -> LTData:
@@ -32,8 +32,11 @@ def setup(cfg: Section) -> LTData:
     return build_data(cfg.data, cfg.seed)
 
 
-def _single_thread() -> None:
+def _worker_init() -> None:
+    """A worker: one torch thread, and it stops when the process that owns the pool dies (a SIGKILLed kernel leaves
+    no worker training and overwriting checkpoints)."""
     torch.set_num_threads(1)
+    exit_with_parent()
 
 
 def _door(fn: Callable[..., Any], task: dict) -> Any:
@@ -53,6 +56,6 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict], workers: int = 1) -
     n = min(workers, len(tasks))
     if n <= 1 or torch.cuda.is_available():
         return [_door(fn, t) for t in tasks]
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_single_thread) as ex:
+    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
         futures = [ex.submit(_door, fn, t) for t in tasks]
         return [f.result() for f in futures]

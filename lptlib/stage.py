@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from lptlib.config import Config, compose, load, save_resolved
 from lptlib.paths import repo_root, resolve
 from lptlib.report.plots import set_style
-from lptlib.utils import seed_everything
+from lptlib.utils import exit_with_parent, seed_everything
 
 
 def start(stage: str, out_dir: str, params: str = "params.yaml", overrides: Mapping | None = None) -> Config:
@@ -24,6 +24,7 @@ def start(stage: str, out_dir: str, params: str = "params.yaml", overrides: Mapp
     Raises `ConfigError` naming the bad key before anything else happens."""
     os.chdir(repo_root())
     cfg = load(resolve(params), overrides) if params else compose(None, overrides)
+    exit_with_parent()  # the kernel stops with papermill (or JupyterLab's server), its workers with it
     seed_everything(cfg.seed)
     set_style()
     out = resolve(out_dir)

@@ -176,3 +176,29 @@ def code_digest() -> str:
         code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
         h.update(f"{nb.name}\0{code}\0".encode())
     return h.hexdigest()
+
+
+_WATCHED_PARENT: tuple[int, int] | None = None
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """Stop this process when its parent dies: a daemon thread polls the parent pid and exits at once (status 143,
+    as SIGTERM) once the process has been handed to another parent. Called in every worker of `lptlib.pool` and in a
+    stage's kernel (`lptlib.stage.start`), so a killed kernel, papermill or `dvc` leaves nothing training and
+    writing checkpoints."""
+    import threading
+    import time
+
+    global _WATCHED_PARENT
+    parent = os.getppid()
+    if parent == 1 or _WATCHED_PARENT == (os.getpid(), parent):  # a child of init, or watched already
+        return
+    _WATCHED_PARENT = (os.getpid(), parent)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(143)
+
+    threading.Thread(target=watch, name="lptlib-exit-with-parent", daemon=True).start()
