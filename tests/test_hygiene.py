@@ -101,10 +101,14 @@ def test_every_notebook_is_a_stage_run_by_papermill():
         for n in stages:
             assert f"papermill {rel} outputs/nb/" in cmds[n] and "-k python3" in cmds[n] and "{overrides: {" in cmds[n]
             assert " -f " not in cmds[n], "papermill must not inject params.yaml's sections (they would run as code)"
+            assert f"python -m lptlib.keep -- papermill {rel} " in cmds[n], "a failed run must not lose the results"
             assert "mkdir -p outputs/nb" in cmds[n]
 
 
 def test_stage_outputs_are_where_git_expects_them():
+    """Executed notebooks and weights are DVC outs under outputs/; metrics and figures git-tracked and persistent
+    (lptlib.keep, not DVC, clears and restores them)."""
+
     def ignored(path: str) -> bool:
         return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
 
@@ -112,7 +116,10 @@ def test_stage_outputs_are_where_git_expects_them():
     for name, stage in _stages().items():
         for m in stage.get("metrics", []):
             ((path, opts),) = m.items()
-            assert path.startswith("metrics/") and opts == {"cache": False}, name
+            assert path.startswith("metrics/") and opts == {"cache": False, "persist": True}, name
+        for p in stage.get("plots", []):
+            ((path, opts),) = p.items()
+            assert path.startswith("figures/") and opts == {"cache": False, "persist": True}, name
         for out in stage.get("outs", []):
             path = out if isinstance(out, str) else next(iter(out))
             assert path.startswith("outputs/"), name
