@@ -49,6 +49,10 @@ def test_notebook_metadata_and_parameters(path):
     assert all(not c.get("outputs") and not c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
     cells = parameters_cells(nb)
     assert len(cells) == 1, "exactly one cell tagged `parameters`"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "guard_parameters()" in "".join(code[0]["source"]) and code[1] is cells[0], (
+        "the first code cell calls lptlib.stage.guard_parameters(), the parameters cell comes right after it"
+    )
     tree = ast.parse("".join(cells[0]["source"]))
     declared = {
         t.id

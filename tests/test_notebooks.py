@@ -342,6 +342,38 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
     """A notebook's first code validates its parameters before it writes anything: the ConfigError surfaces
     through papermill and no config.yaml is left behind. (Every other bad input, without papermill: the table of
     tests/test_reliability.py.)"""
-    with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 0, got -3"):
+    with pytest.raises(pm.PapermillExecutionError, match=r"pretrain\.vit_mini\.epochs: must be >= 1, got -3"):
         run("00_pretrain", tmp_path, pretrain={"vit_mini": {"epochs": -3}})
     assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+@pytest.mark.notebook
+def test_papermill_parameters_are_values_for_declared_names_only(tmp_path):
+    """papermill writes each parameter into the notebook as `name = value`: a typo in `-p` was a warning and a run with
+    the defaults, and a params.yaml key holding a statement (`-f params.yaml`) ran as code. The guard cell refuses
+    the injected cell before it runs."""
+    notebook = str(ROOT / "notebooks" / "00_data.ipynb")
+    marker = tmp_path / "ran"
+    out = {"out_dir": str(tmp_path / "o"), "metrics_path": str(tmp_path / "m.json"), "fig_dir": str(tmp_path / "f")}
+    cases = {
+        "typo": (
+            {"sed": 1},
+            r"papermill parameter 'sed' is not a parameter of this notebook \(did you mean the "
+            r"params\.yaml key 'seed'\?",
+        ),
+        "code": (
+            {f"import pathlib; pathlib.Path({str(marker)!r}).touch(); x": 1},
+            r"papermill's injected parameters hold code, not a value",
+        ),
+    }
+    for name, (extra, message) in cases.items():
+        with pytest.raises(pm.PapermillExecutionError, match=message):
+            pm.execute_notebook(
+                notebook,
+                str(tmp_path / f"{name}.ipynb"),
+                parameters={**out, **extra},
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=str(ROOT),
+            )
+        assert not marker.exists() and not (tmp_path / "o" / "config.yaml").exists(), name

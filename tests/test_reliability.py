@@ -276,6 +276,15 @@ def _fashion_mnist_root(w: Work, files: int) -> None:
     find_fashion_mnist(str(root))
 
 
+def _injected(text: str) -> None:
+    """papermill's injected cell `text` after notebook 02's parameters cell, as the guard cell checks it."""
+    nb = json.loads((ROOT / "notebooks" / "02_lpt_stage1.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    problem = stage.injected_problem(stage.INJECTED_HEADER + text, "".join(cell["source"]))
+    if problem:
+        raise ConfigError(problem)
+
+
 def _evil_pickle(w: Work) -> Path:
     class Evil:
         def __reduce__(self):
@@ -837,6 +846,46 @@ CASES = [
         lambda w: _stage_start(w, pretrain={"vit_mini": {"epochs": -3}}),
         ConfigError,
         r"pretrain\.vit_mini\.epochs: must be >= 1, got -3",
+    ),
+    # papermill's injected cell: values for the declared names only (the papermill runs: test_notebooks.py)
+    case(
+        "papermill-parameter-typo",
+        lambda w: _injected("metrics_pth = 'm.json'\n"),
+        ConfigError,
+        r"papermill parameter 'metrics_pth' is not a parameter of this notebook \(did you mean 'metrics_path'\?\); "
+        r"its parameters: fig_dir, metrics_path, out_dir, overrides, params, stage1_path",
+    ),
+    case(
+        "papermill-parameter-params-key",
+        lambda w: _injected("sed = 1\n"),
+        ConfigError,
+        r"'sed' .* \(did you mean the params\.yaml key 'seed'\? set it through `overrides`, e\.g\. -y "
+        r"'\{overrides: \{seed: \.\.\.\}\}'\)",
+    ),
+    case(
+        "papermill-parameter-params-section",
+        lambda w: _injected("data = {'root': '/x'}\n"),
+        ConfigError,
+        r"'data' is not a parameter of this notebook \('data' is a params\.yaml key: set it through `overrides`.*"
+        r"never `-f params\.yaml`",
+    ),
+    case(
+        "papermill-parameter-code-value",
+        lambda w: _injected("out_dir = __import__('os').getcwd()\n"),
+        ConfigError,
+        r"papermill parameter 'out_dir' is code, not a value",
+    ),
+    case(
+        "papermill-parameter-code-statement",
+        lambda w: _injected("import os; os.system('touch x'); y = 1\n"),
+        ConfigError,
+        r"papermill's injected parameters hold code, not a value: 'import os'",
+    ),
+    case(
+        "papermill-parameter-not-a-name",
+        lambda w: _injected("a-b = 1\n"),
+        ConfigError,
+        r"papermill's injected parameters are not plain assignments",
     ),
     # ----------------------------------------------------------------------------------------- presets
     case(
