@@ -402,7 +402,8 @@ def parse(**sections: Any) -> Config:
 
 
 def load(path: str | Path, overrides: Mapping | Sequence[str] | None = None) -> Config:
-    """Read and validate a params file (with its preset and `overrides`)."""
+    """Read and validate a params file (with its preset and `overrides`). Presets are read from the `presets/`
+    beside the file when there is one (a copy of the repository), else from this repository's."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist; give the path of a params.yaml")
@@ -412,7 +413,8 @@ def load(path: str | Path, overrides: Mapping | Sequence[str] | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return compose(values, overrides, root=path.resolve().parent)
+    beside = path.resolve().parent  # a copy of the repository (its own presets/), else this repository's presets
+    return compose(values, overrides, root=beside if (beside / "presets").is_dir() else None)
 
 
 def save_resolved(cfg: Config, path: str | Path, **extra: Any) -> Path:

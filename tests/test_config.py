@@ -307,3 +307,13 @@ def test_probe_only_seeds_may_be_empty_and_stay_apart_from_the_vpt_study_seeds()
         parse(seeds={"vpt_study_probes": [3, 20]})
     with pytest.raises(ConfigError, match="repeats a seed"):
         parse(seeds={"vpt_study_probes": [20, 20]})
+
+
+def test_a_params_file_elsewhere_reads_this_repositorys_presets(tmp_path):
+    """`config check --params /elsewhere/p.yaml` looked for presets beside that file ('unknown preset')."""
+    path = tmp_path / "p.yaml"
+    path.write_text("preset: cifar100_lt\ndata: {root: /data}\n")
+    assert config.load(path).data.name == "cifar100_lt"
+    (tmp_path / "presets").mkdir()  # a copy of the repository with its own presets: those
+    (tmp_path / "presets" / "cifar100_lt.yaml").write_text("data: {name: cifar100_lt, imbalance: 10}\n")
+    assert config.load(path).data.imbalance == 10

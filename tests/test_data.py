@@ -194,18 +194,19 @@ def test_oltr_dataset_from_split_files(tmp_path):
 def test_inat_has_no_val_split_and_json_keeps_category_ids(tmp_path):
     root, splits = tmp_path / "images", tmp_path / "splits"
     splits.mkdir()
-    (root / "train_val2018" / "Plantae" / "7").mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(root / "train_val2018" / "Plantae" / "7" / "a.jpg")
+    for c in (1, 0):
+        (root / "train_val2018" / "Plantae" / str(c)).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / "train_val2018" / "Plantae" / str(c) / "a.jpg")
     for fname in ds.INAT_JSON_FILES.values():
         doc = {
-            "images": [{"id": 1, "file_name": "train_val2018/Plantae/7/a.jpg"}],
-            "annotations": [{"image_id": 1, "category_id": 7}],
-            "categories": [{"id": 7, "name": "Quercus robur"}],
+            "images": [{"id": i, "file_name": f"train_val2018/Plantae/{c}/a.jpg"} for i, c in ((5, 1), (6, 0))],
+            "annotations": [{"image_id": 5, "category_id": 1}, {"image_id": 6, "category_id": 0}],
+            "categories": [{"id": 1, "name": "Quercus robur"}, {"id": 0, "name": "Bellis perennis"}],
         }
         (splits / fname).write_text(json.dumps(doc))
     lt = build_data(parse(data={"name": "inat2018", "root": str(root), "split_dir": str(splits)}).data)
-    assert lt.val is None and lt.num_classes == 8 and lt.classnames[7] == "Quercus robur"
-    assert lt.train.targets.tolist() == [7]
+    assert lt.val is None and lt.num_classes == 2 and lt.classnames == ["Bellis perennis", "Quercus robur"]
+    assert lt.train.targets.tolist() == [1, 0]
 
 
 def test_classnames_file(tmp_path):

@@ -54,6 +54,7 @@ from lptlib.data import (
     read_split_file,
 )
 from lptlib.data import datasets as ds
+from lptlib.data.signature import signature
 from lptlib.engine import CheckpointError, NonFiniteLossError, check_finite
 from lptlib.install import ensure_fashion_mnist
 from lptlib.measure.metrics import per_class_accuracy, shot_groups
@@ -132,12 +133,16 @@ class Work:
             _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels[:-1] if labels_short else labels)
         return folder
 
-    def oltr(self, name="places_lt", train_lines=("train/a/0.jpg 0", "train/b/0.jpg 1", "train/c/0.jpg 2")):
-        """OLTR split files of `name` with the given train lines (and one image for the first of them)."""
+    def oltr(
+        self, name="places_lt", train_lines=("train/a/0.jpg 0", "train/b/0.jpg 1", "train/c/0.jpg 2"), test_lines=None
+    ):
+        """OLTR split files of `name` with the given train lines (and one image for the first of them); the other
+        splits list `test_lines` (default: the train lines)."""
         root, splits = self.tmp / "images", self.tmp / "splits"
         splits.mkdir(exist_ok=True)
-        for _split, fname in ds.OLTR_SPLIT_FILES[name].items():
-            (splits / fname).write_text("\n".join(train_lines) + "\n")
+        for split, fname in ds.OLTR_SPLIT_FILES[name].items():
+            lines = train_lines if split == "train" or test_lines is None else test_lines
+            (splits / fname).write_text("\n".join(lines) + "\n")
         first = root / train_lines[0].split()[0]
         first.parent.mkdir(parents=True, exist_ok=True)
         first.write_bytes(b"")
@@ -1075,6 +1080,47 @@ CASES = [
         DataError,
         r"train/a/0\.jpg does not exist: data\.root \(.*elsewhere\) must be the folder the split-file "
         r"paths are relative to",
+    ),
+    case(
+        "data-split-label-only-in-test",
+        lambda w: build_data(parse(data=w.oltr(test_lines=("train/a/0.jpg 0", "test/d/0.jpg 3"))).data),
+        DataError,
+        r"split files in .*splits: labels 3 have no training image \(the labels must be 0\.\.C-1, each with training "
+        r"images; only in val/test: 3; train has 3 distinct labels\)",
+    ),
+    case(
+        "data-split-label-huge",
+        lambda w: build_data(parse(data=w.oltr(test_lines=("train/a/0.jpg 0", "test/d/0.jpg 99999999"))).data),
+        DataError,
+        r"split files in .*: the largest label is 99999999 \(the labels must be 0\.\.C-1.*only in val/test: 99999999",
+    ),
+    case(
+        "data-split-label-gap",
+        lambda w: build_data(
+            parse(data=w.oltr(train_lines=("train/a/0.jpg 0", "train/c/0.jpg 2", "train/e/0.jpg 4"))).data
+        ),
+        DataError,
+        r"labels 1, 3 have no training image",
+    ),
+    case(
+        "data-split-path-leaves-root",
+        lambda w: build_data(parse(data=w.oltr(test_lines=("train/a/0.jpg 0", "../../etc/passwd 1"))).data),
+        DataError,
+        r"val split in .*splits: path '\.\./\.\./etc/passwd' leaves data\.root \(paths are relative to it, without '\.\.'\)",
+    ),
+    case(
+        "data-signature-image-missing",
+        lambda w: FileListDataset(w.tmp, ["train/a/gone.jpg"], [0]).content_digest(),
+        DataError,
+        r".*train/a/gone\.jpg: no such file .*: an image listed in the split file is missing; is data\.root the folder",
+    ),
+    case(
+        "data-signature-weights-missing",
+        lambda w: signature(
+            parse(backbones={"visual": {"name": "vit-mini", "weights": str(w.tmp / "gone.safetensors")}})
+        ),
+        DataError,
+        r"gone\.safetensors: no such file \(a data or weight file the run reads\)",
     ),
     case(
         "data-listed-image-missing",

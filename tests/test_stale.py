@@ -33,6 +33,12 @@ BIN = Path(sys.executable).parent
 
 def test_every_stage_depends_on_its_notebook_the_package_and_the_presets():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    signature = stages.pop("data_signature")  # no notebook: the digests of the data and weight files, always run
+    assert signature["always_changed"] and signature["outs"] == ["outputs/data_signature.json"]
+    for name, stage in stages.items():
+        deps = stage.get("do", stage)["deps"]
+        reads_data = name not in ("tea_report", "report")  # these read metrics/ and expert files only
+        assert ("outputs/data_signature.json" in deps) == reads_data, f"{name}: the data signature dependency"
     for name, stage in stages.items():
         per_seed = "foreach" in stage
         if per_seed:  # one stage per seed: the seed list comes from params.yaml, the seed from ${item}

@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +111,17 @@ class FileListDataset(ImageDataset):
             ) from None
 
     def content_digest(self) -> str:
-        return hashlib.sha256(f"{self.root.resolve()}\n{chr(10).join(self.paths)}".encode()).hexdigest()[:16]
+        """The images' paths and contents (size and sha256 of each file, cached: `lptlib.data.digest`), so an image
+        replaced in place changes it."""
+        from lptlib.data.digest import files_digest
+
+        try:
+            return files_digest([self.root / p for p in self.paths], self.paths)
+        except FileNotFoundError as e:
+            raise DataError(
+                f"{e}: an image listed in the split file is missing; is data.root the folder the split-file paths "
+                "are relative to?"
+            ) from None
 
     def subset(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
@@ -461,6 +471,48 @@ def read_split_file(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     return paths, labels
 
 
+def _ranges(values: Sequence[int], limit: int = 5) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (at most `limit` runs, then '...')."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit]]
+    return ", ".join(text) + (", ..." if len(runs) > limit else "")
+
+
+def check_splits(splits: Mapping[str, tuple[Sequence[str], Sequence[int]]], where: Path) -> int:
+    """Validate the splits of a split-file dataset before anything is loaded; the number of classes.
+
+    Every class 0..C-1 (C = the largest label + 1) has a training image, so a label present only in val or test, or
+    one far beyond the others (99,999,999: a hundred million classes to allocate), is an error naming the labels; a
+    path is relative and stays inside data.root."""
+    train_labels = set(splits["train"][1])
+    num_classes = max(max(labels) for _, labels in splits.values()) + 1
+    missing = sorted(set(range(num_classes)) - train_labels) if num_classes <= 10 * len(train_labels) + 10 else None
+    if missing is None or missing:
+        only = sorted({y for s, (_, ys) in splits.items() if s != "train" for y in ys} - train_labels)
+        detail = (
+            f"labels {_ranges(missing)} have no training image"
+            if missing
+            else f"the largest label is {num_classes - 1}"
+        )
+        raise DataError(
+            f"split files in {where}: {detail} (the labels must be 0..C-1, each with training images"
+            + (f"; only in val/test: {_ranges(only)}" if only else "")
+            + f"; train has {len(train_labels)} distinct labels)"
+        )
+    for split, (paths, _) in splits.items():
+        for p in paths:
+            if Path(p).is_absolute() or os.path.normpath(p).split(os.sep)[0] == "..":
+                raise DataError(
+                    f"{split} split in {where}: path {p!r} leaves data.root (paths are relative to it, without '..')"
+                )
+    return num_classes
+
+
 def read_inat_json(path: str | os.PathLike) -> tuple[list[str], list[int], dict[int, str]]:
     """Parse an official iNaturalist 2018 json: (file names, original category ids, id -> name)."""
     path = Path(path)
@@ -514,7 +566,7 @@ def build_oltr(cfg: DataConfig) -> LTData:
             splits[split] = (files, labels)
     else:
         splits = {split: read_split_file(split_dir / fname) for split, fname in OLTR_SPLIT_FILES[cfg.name].items()}
-    num_classes = max(max(labels) for _, labels in splits.values()) + 1
+    num_classes = check_splits(splits, split_dir)
     train_paths, train_labels = splits["train"]
     first = root / train_paths[0]
     if not first.is_file():
@@ -538,6 +590,31 @@ def build_oltr(cfg: DataConfig) -> LTData:
         test=test.subset(cap_per_class(test.targets, cfg.max_test_per_class)),
         config=cfg,
     )
+
+
+# ----------------------------------------------------------------------------------- the files a run reads
+def data_files(cfg: DataConfig) -> dict[str, Path]:
+    """Every file the dataset `cfg` names, read by `build_data` (and its images, read by the loaders), by a name
+    that does not depend on where the data lie (the file's name, an image's path relative to data.root, a split
+    file as `split_dir/<name>`): what the pipeline's `data_signature` stage digests, so a file changed in place makes
+    the stages that read it stale, and the same data elsewhere give the same signature."""
+    extra = {"classnames_file": resolve(cfg.classnames_file)} if cfg.classnames_file else {}
+    if cfg.name == "fashion_mnist_lt":
+        return {p.name: p for p in find_fashion_mnist(cfg.root).values()} | extra
+    if cfg.name == "cifar100_lt":
+        root = resolve(cfg.root) if cfg.root else Path("~/.cache/lptlib").expanduser()
+        return {f"cifar-100-python/{n}": root / "cifar-100-python" / n for n in ("train", "test", "meta")} | extra
+    split_dir, root = resolve(cfg.split_dir), resolve(cfg.root)
+    names = list(OLTR_SPLIT_FILES[cfg.name].values())
+    inat_json = (
+        cfg.name == "inat2018"
+        and not (split_dir / names[0]).is_file()
+        and (split_dir / INAT_JSON_FILES["train"]).is_file()
+    )
+    lists = list(INAT_JSON_FILES.values()) if inat_json else names
+    read = (lambda p: read_inat_json(p)[0]) if inat_json else (lambda p: read_split_file(p)[0])
+    images = {f: root / f for name in lists for f in read(split_dir / name)}
+    return {f"split_dir/{n}": split_dir / n for n in lists} | extra | images
 
 
 # ----------------------------------------------------------------------------------- dispatch
