@@ -1545,6 +1545,16 @@ CASES = [
         r"backbones: vit-mini needs a weight file path to be saved to, got weights: random",
     ),
     case(
+        "pretrain-would-overwrite-users-weights",
+        lambda w: run_pretraining(
+            _with_source(w.tiny()),
+            parse(backbones={"visual": {"name": "vit-mini", "weights": str(_write(w.tmp / "mine.safetensors", b"x"))}}),
+        ),
+        ValueError,
+        r"backbones\.visual\.weights: .*mine\.safetensors exists outside outputs/, so it is yours, and pretraining "
+        r"would overwrite it\. Fix: name a path under outputs/",
+    ),
+    case(
         "paths-no-repository-root",
         lambda w: (w.mp.delenv("LPTLIB_ROOT", raising=False), repo_root(w.tmp)),
         FileNotFoundError,

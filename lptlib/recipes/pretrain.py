@@ -29,6 +29,7 @@ from lptlib.engine import Optim, Run, autocast, fit, predict
 from lptlib.models.backbones import build_open_clip, build_timm, normalization_of, save_weights
 from lptlib.models.heads import zero_shot_weights
 from lptlib.models.miniature import CLIP_MINI, VIT_MINI
+from lptlib.paths import repo_root, resolve
 from lptlib.sections import PretrainRunConfig
 from lptlib.utils import default_device, seed_everything
 
@@ -222,10 +223,19 @@ def run_pretraining(data: LTData, cfg: Config, device: torch.device | None = Non
                 f"{data.name} does not have; use paper-scale backbones with it"
             )
     todo = {b.name: b for b in (cfg.backbones.visual, cfg.backbones.vision_language) if b.name in PRETRAINERS}
-    for backbone in todo.values():  # check everything before any training
+    for role, backbone in (("visual", cfg.backbones.visual), ("vision_language", cfg.backbones.vision_language)):
+        if backbone.name not in todo:  # check everything before any training
+            continue
         if backbone.weights in ("hub", "random"):
             raise ValueError(
                 f"backbones: {backbone.name} needs a weight file path to be saved to, got weights: {backbone.weights}"
+            )
+        target = resolve(backbone.weights)
+        if target.exists() and not target.resolve().is_relative_to(repo_root().resolve() / "outputs"):
+            raise ValueError(
+                f"backbones.{role}.weights: {target} exists outside outputs/, so it is yours, and pretraining "
+                f"would overwrite it. Fix: name a path under outputs/ (the pipeline's, e.g. outputs/pretrain/"
+                f"{backbone.name}.safetensors) to pretrain, or move the file away first"
             )
     results: dict[str, PretrainResult] = {}
     for backbone in todo.values():
