@@ -123,12 +123,15 @@ class Work:
         return path
 
     # -- data --------------------------------------------------------------------------------------------
-    def fashion_mnist(self, per_class=6, labels_short=False) -> Path:
-        """Four idx files of a fake Fashion-MNIST (per_class train / 1 test image per class)."""
+    def fashion_mnist(self, per_class=6, labels_short=False, bad_label: str | None = None) -> Path:
+        """Four idx files of a fake Fashion-MNIST (per_class train / 1 test image per class); `bad_label`: the
+        split ('train' or 't10k') whose last label is 10, out of range."""
         folder = self.tmp / "fm"
         folder.mkdir(exist_ok=True)
         for split, n in (("train", per_class), ("t10k", 1)):
             labels = np.tile(np.arange(10), n)
+            if split == bad_label:
+                labels[-1] = 10
             _write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.zeros((len(labels), 28, 28)))
             _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels[:-1] if labels_short else labels)
         return folder
@@ -1028,6 +1031,24 @@ CASES = [
         lambda w: build_data(parse(data={"root": str(w.fashion_mnist(labels_short=True))}).data),
         DataError,
         r"Fashion-MNIST image and label counts differ",
+    ),
+    case(
+        "data-fashion-mnist-train-label-out-of-range",
+        lambda w: build_data(parse(data={"root": str(w.fashion_mnist(bad_label="train"))}).data),
+        DataError,
+        r"train-labels-idx1-ubyte\.gz: 1 labels outside 0\.\.9 \(the first at index 59: 10\); the file is damaged",
+    ),
+    case(
+        "data-fashion-mnist-test-label-out-of-range",
+        lambda w: build_data(parse(data={"root": str(w.fashion_mnist(bad_label="t10k"))}).data),
+        DataError,
+        r"t10k-labels-idx1-ubyte\.gz: 1 labels outside 0\.\.9 \(the first at index 9: 10\)",
+    ),
+    case(
+        "data-image-size-not-the-backbones",
+        lambda w: build_transforms(parse(data={"image_size": 32}).data, w.vit().normalization),
+        ConfigError,
+        r"data\.image_size: 32, but the backbone takes 28-pixel images; set data\.image_size: 28",
     ),
     case(
         "data-miniature-pool-too-small",

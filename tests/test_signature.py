@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lptlib.config import parse
-from lptlib.data import FileListDataset, find_fashion_mnist
+from lptlib.data import DataError, FileListDataset, find_fashion_mnist
 from lptlib.data import digest as dg
 from lptlib.data.signature import main, signature
 
@@ -103,9 +103,12 @@ def test_the_oltr_signature_covers_split_files_and_every_listed_image(tmp_path):
         (tmp_path / "splits" / f"Places_LT_{split}.txt").write_text(f"{split}/a/0.jpg 0\n{split}/b/0.jpg 1\n")
         for c in "ab":
             (tmp_path / "img" / split / c).mkdir(parents=True)
-            (tmp_path / "img" / split / c / "0.jpg").write_bytes(split.encode())
+            (tmp_path / "img" / split / c / "0.jpg").write_bytes(b"\xff\xd8\xff" + split.encode())  # a JPEG's start
     cfg = parse(data={"name": "places_lt", "root": str(tmp_path / "img"), "split_dir": str(tmp_path / "splits")})
     names = set(signature(cfg)["data"])
     assert names == {f"split_dir/Places_LT_{s}.txt" for s in ("train", "val", "test")} | {
         f"{s}/{c}/0.jpg" for s in ("train", "val", "test") for c in "ab"
     }
+    (tmp_path / "img" / "val" / "b" / "0.jpg").write_text("<html>not found</html>")  # a broken download
+    with pytest.raises(DataError, match=r"1 file\(s\) listed in the split files are not images .*'val/b/0\.jpg'"):
+        signature(cfg)

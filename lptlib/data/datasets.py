@@ -361,6 +361,13 @@ def build_fashion_mnist_lt(cfg: DataConfig, split_seed: int = 0) -> LTData:
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise DataError(f"Fashion-MNIST image and label counts differ in {files}")
     num_classes = len(FASHION_MNIST_CLASSES)
+    for split, y in (("train_labels", y_train), ("test_labels", y_test)):
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
+        if len(bad):
+            raise DataError(
+                f"{files[split]}: {len(bad)} labels outside 0..{num_classes - 1} (the first at index {bad[0]}: "
+                f"{y[bad[0]]}); the file is damaged or not Fashion-MNIST's, reinstall it"
+            )
     # the source / target partition is fixed (the foundation models are pretrained once, on the source pool);
     # the long-tailed train set and the val draw come from the target pool with the run's split seed
     source_idx, target_idx = stratified_halves(y_train, np.random.default_rng(POOL_SEED))
@@ -593,6 +600,28 @@ def build_oltr(cfg: DataConfig) -> LTData:
 
 
 # ----------------------------------------------------------------------------------- the files a run reads
+#: the first bytes of the image formats PIL reads for the paper-scale datasets
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether the file starts like a JPEG, PNG, GIF, BMP, TIFF or WebP image (a header read, not a decode)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def check_images(files: Mapping[str, Path]) -> None:
+    """Raise DataError naming the listed files that are not images, before a loader meets one mid-epoch."""
+    bad = [name for name, path in files.items() if not is_image_file(path)]
+    if bad:
+        shown = ", ".join(map(repr, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(
+            f"{len(bad)} file(s) listed in the split files are not images (JPEG, PNG, GIF, BMP, TIFF, WebP): {shown}; "
+            "remove them from the split files or replace them"
+        )
+
+
 def data_files(cfg: DataConfig) -> dict[str, Path]:
     """Every file the dataset `cfg` names, read by `build_data` (and its images, read by the loaders), by a name
     that does not depend on where the data lie (the file's name, an image's path relative to data.root, a split

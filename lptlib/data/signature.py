@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from lptlib.data.datasets import DataError, data_files
+from lptlib.data.datasets import OLTR_SPLIT_FILES, DataError, check_images, data_files
 from lptlib.data.digest import file_digests
 from lptlib.paths import repo_root, resolve
 from lptlib.utils import atomic_write_bytes
@@ -43,7 +43,10 @@ def signature(cfg) -> dict:
         return dict(zip(files, file_digests(list(files.values())), strict=True))
 
     try:
-        return {"dataset": cfg.data.name, "data": digests(data_files(cfg.data)), "weights": digests(weight_files(cfg))}
+        files = data_files(cfg.data)
+        if cfg.data.name in OLTR_SPLIT_FILES:  # every listed image is one (a header read each: docs/benchmarks.md)
+            check_images({k: v for k, v in files.items() if not k.startswith("split_dir/") and k != "classnames_file"})
+        return {"dataset": cfg.data.name, "data": digests(files), "weights": digests(weight_files(cfg))}
     except FileNotFoundError as e:
         raise DataError(str(e)) from None
 

@@ -24,6 +24,7 @@ class Normalization:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    image_size: int | None = None  # the input side it was built for (None: any)
 
     def __post_init__(self):
         if self.interpolation not in _INTERPOLATION:
@@ -31,7 +32,16 @@ class Normalization:
 
 
 def build_transforms(cfg: DataConfig, norm: Normalization) -> tuple[Callable, Callable]:
-    """(train, test) transforms: RandomResizedCrop + flip for training; resize + centre crop for testing."""
+    """(train, test) transforms: RandomResizedCrop + flip for training; resize + centre crop for testing.
+
+    Raises ConfigError when `data.image_size` is not the side the backbone takes (it failed at the first forward)."""
+    if norm.image_size is not None and cfg.image_size != norm.image_size:
+        from lptlib.schema import ConfigError
+
+        raise ConfigError(
+            f"data.image_size: {cfg.image_size}, but the backbone takes {norm.image_size}-pixel images; "
+            f"set data.image_size: {norm.image_size}"
+        )
     interp = _INTERPOLATION[norm.interpolation]
     tail = [T.ToTensor(), T.Normalize(norm.mean, norm.std)]
     train = T.Compose(

@@ -352,11 +352,15 @@ class Backbone(nn.Module):
 
 
 def normalization_of(model: nn.Module, family: str) -> Normalization:
+    """What `model` expects of its input: mean, std, interpolation and its input side."""
     if family == "timm":
         cfg = timm.data.resolve_model_data_config(model)
-        return Normalization(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
+        size = int(model.patch_embed.img_size[0])
+        return Normalization(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"), size)
     pre = model.visual.preprocess_cfg
-    return Normalization(tuple(pre["mean"]), tuple(pre["std"]), pre.get("interpolation", "bicubic"))
+    size = model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return Normalization(tuple(pre["mean"]), tuple(pre["std"]), pre.get("interpolation", "bicubic"), size)
 
 
 def create_backbone(cfg: BackboneConfig) -> Backbone:
