@@ -103,10 +103,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
+#: what a stage's configuration is read from: a change while it runs makes its results unrecordable
+CONFIG_FILES = ("params.yaml", "presets")
+
+
+def config_digest(root: Path) -> str:
+    """A digest of params.yaml and every file under presets/ (names and bytes)."""
+    h = hashlib.sha256()
+    for name in CONFIG_FILES:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+    return h.hexdigest()
+
+
 def run(command: Sequence[str], root: Path | None = None) -> int:
-    """Run `command` with its previous results set aside, restored unless it succeeds; its exit status."""
+    """Run `command` with its previous results set aside, restored unless it succeeds; its exit status. A run during
+    which params.yaml or presets/ changed counts as failed: DVC would record the new values for its results."""
     root = root or Path.cwd()  # the command reads its relative paths from here
     paths = kept_paths(command)
+    before = config_digest(root)
     set_aside(paths, root)
     status: int | None = None
     stop = {"signal": None}
@@ -136,6 +153,14 @@ def run(command: Sequence[str], root: Path | None = None) -> int:
     except BaseException:
         restore(paths, root)
         raise
+    if status == 0 and stop["signal"] is None and config_digest(root) != before:
+        print(
+            "lptlib.keep: params.yaml or presets/ changed while the command ran (an edit, or a `dvc exp run -S` in "
+            "this workspace): its results were made with the old values and DVC would record the new ones, so they "
+            "are not kept. Run the stage again (for experiments: dvc exp run --temp or --queue)",
+            file=sys.stderr,
+        )
+        status = 75  # EX_TEMPFAIL
     if status != 0 or stop["signal"] is not None:
         restore(paths, root)
         if paths:

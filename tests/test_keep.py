@@ -139,3 +139,17 @@ def test_a_killed_wrappers_set_aside_results_come_back_at_the_next_run(tmp_path,
     assert keep.run(_writer(exit_code=2), root=tmp_path) == 2
     assert _tree(tmp_path) == before
     assert "restored the results a killed earlier run had set aside" in capsys.readouterr().err
+
+
+def test_a_run_whose_params_change_meanwhile_keeps_nothing(tmp_path, capsys):
+    """A `dvc exp run -S` in the workspace (or an edit) while a stage runs: DVC would record the new value in dvc.lock
+    for results made with the old one."""
+    before = _previous(tmp_path)
+    (tmp_path / "params.yaml").write_text("preset: miniature\n")
+    editor = [
+        *_writer()[:2],
+        _writer()[2].replace("import sys, time", "import sys, time\nopen('params.yaml', 'a').write('seed: 3\\n')"),
+    ]
+    assert keep.run([*editor, "metrics/m.json", "figures/s"], root=tmp_path) == 75
+    assert {k: v for k, v in _tree(tmp_path).items() if k != "params.yaml"} == before
+    assert "params.yaml or presets/ changed while the command ran" in capsys.readouterr().err
