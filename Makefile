@@ -24,10 +24,10 @@ data: $(STAMP)
 # Paper scale: write `preset: <name>` and your data paths into params.yaml (docs/paper-scale.md), then `make repro`.
 repro: data
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	PATH="$$(cd '$(BIN)' && pwd):$$PATH" $(BIN)/dvc repro
 
 test: lint data
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$$(cd '$(BIN)' && pwd):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): lint and formatting of the package, tests and notebooks
 lint: $(STAMP)
@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 lab: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/jupyter lab notebooks
+	PATH="$$(cd '$(BIN)' && pwd):$$PATH" $(BIN)/jupyter lab notebooks
 
 strip: $(STAMP)
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb

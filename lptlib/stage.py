@@ -14,6 +14,7 @@ import ast
 import difflib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from lptlib.config import Config, compose, load, save_resolved
 from lptlib.paths import repo_root, resolve
@@ -26,6 +27,7 @@ def start(stage: str, out_dir: str, params: str = "params.yaml", overrides: Mapp
     `overrides` (dotted or nested keys) on top; then seed and write the resolved config to `out_dir/config.yaml`.
 
     Raises `ConfigError` naming the bad key before anything else happens."""
+    check_origin()
     os.chdir(repo_root())
     cfg = load(resolve(params), overrides) if params else compose(None, overrides)
     exit_with_parent()  # the kernel stops with papermill (or JupyterLab's server), its workers with it
@@ -35,6 +37,25 @@ def start(stage: str, out_dir: str, params: str = "params.yaml", overrides: Mapp
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out / "config.yaml", stage=stage)
     return cfg
+
+
+def check_origin() -> None:
+    """Refuse a run whose `lptlib` comes from another clone than the repository it writes into (a kernel of another
+    clone's environment, or `LPTLIB_ROOT` naming another clone): its results would mix two clones' code and outputs.
+    An installed (non-editable) lptlib is not checked."""
+    package_repo = Path(__file__).resolve().parents[1]
+    if not all((package_repo / m).is_file() for m in ("dvc.yaml", "params.yaml")):
+        return
+    root = repo_root().resolve()
+    if package_repo != root:
+        from lptlib.schema import ConfigError
+
+        why = f"LPTLIB_ROOT={os.environ['LPTLIB_ROOT']}" if os.environ.get("LPTLIB_ROOT") else "the working directory"
+        raise ConfigError(
+            f"this run imports lptlib from {package_repo} but writes into the repository {root} ({why}): its "
+            "results would mix two clones' code and outputs. Fix: run from the clone whose lptlib you use (JupyterLab "
+            "of that clone: make lab; a stage: PYTHONPATH=$PWD), or unset LPTLIB_ROOT"
+        )
 
 
 # ------------------------------------------------------------------------- papermill's injected parameters

@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lptlib.config import Config, load, tuned_file
+from lptlib.config import Config, ConfigError, load, tuned_file
 from lptlib.models.backbones import BACKBONE_ROLES
 from lptlib.paths import repo_root
 from lptlib.sections import (
@@ -535,7 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown arm(s) {', '.join(unknown)}; the grid's arms: {', '.join(GRID)}")
     root = repo_root()
     params = args.params or root / "params.yaml"
-    base = load(params, [f"seed={TUNING_SEED}", *args.sets])
+    try:
+        base = load(params, [f"seed={TUNING_SEED}", *args.sets])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = args.out or root
     path, table = results_path(base.preset, out), out / "docs" / "tuning.md"
     if args.command == "list":

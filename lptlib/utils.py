@@ -106,7 +106,15 @@ def read_safetensors(
             f"{what} {path} is not a readable safetensors file ({e}); delete it and re-run the stage that writes it"
         ) from None
     if METADATA_KEY in meta:
-        meta = json.loads(meta[METADATA_KEY])
+        try:
+            meta = json.loads(meta[METADATA_KEY])
+        except ValueError as e:
+            meta = e
+        if not isinstance(meta, dict):
+            raise error(
+                f"{what} {path} has damaged metadata (not a JSON mapping: {meta}); delete it and re-run the stage "
+                "that writes it"
+            ) from None
     return tensors, meta
 
 

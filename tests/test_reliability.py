@@ -80,6 +80,7 @@ from lptlib.recipes.lptpp import (
 from lptlib.recipes.pretrain import run_pretraining
 from lptlib.recipes.tea import build_model, check_member
 from lptlib.report.tea import load_members
+from lptlib.utils import METADATA_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 RANDOM = {
@@ -291,6 +292,20 @@ def _injected(text: str) -> None:
     problem = stage.injected_problem(stage.INJECTED_HEADER + text, "".join(cell["source"]))
     if problem:
         raise ConfigError(problem)
+
+
+def _clone_marker(w: Work) -> None:
+    """Another clone: a folder with dvc.yaml and params.yaml."""
+    (w.tmp / "other").mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        _write(w.tmp / "other" / name, "stages: {}\n" if name == "dvc.yaml" else "preset: miniature\n")
+
+
+def _damaged_metadata(w: Work, name: str, text: str) -> Path:
+    """A safetensors file whose lptlib metadata is `text`."""
+    path = w.tmp / name
+    save_file({"x": torch.zeros(1)}, str(path), metadata={METADATA_KEY: text})
+    return path
 
 
 def _evil_pickle(w: Work) -> Path:
@@ -1576,6 +1591,13 @@ CASES = [
         r"would overwrite it\. Fix: name a path under outputs/",
     ),
     case(
+        "stage-lptlib-of-another-clone",
+        lambda w: (_clone_marker(w), w.mp.setenv("LPTLIB_ROOT", str(w.tmp / "other")), stage.check_origin()),
+        ConfigError,
+        r"this run imports lptlib from .* but writes into the repository .*/other \(LPTLIB_ROOT=.*/other\): its "
+        r"results would mix two clones' code and outputs\. Fix: run from the clone whose lptlib you use",
+    ),
+    case(
         "paths-no-repository-root",
         lambda w: (w.mp.delenv("LPTLIB_ROOT", raising=False), repo_root(w.tmp)),
         FileNotFoundError,
@@ -1597,6 +1619,29 @@ FIXED_GAPS = [  # inputs that raised unclear errors when this table was written;
         ),
         CheckpointError,
         r"checkpoint .*damaged\.pt is damaged .*set resume: never to start over",
+    ),
+    case(
+        "stage1-metadata-damaged",
+        lambda w: load_stage1(LPT(w.vit(), 10, stage=2), _damaged_metadata(w, "s1.safetensors", "{not json")),
+        ValueError,
+        r"stage-1 checkpoint .*s1\.safetensors has damaged metadata \(not a JSON mapping: .*\); delete it and re-run",
+    ),
+    case(
+        "expert-metadata-not-a-mapping",
+        lambda w: load_expert(_lptpp_phase2(w), _damaged_metadata(w, "e.safetensors", "[1, 2]"), w.tiny(), phase=1),
+        ExpertError,
+        r"expert checkpoint .*e\.safetensors has damaged metadata \(not a JSON mapping: \[1, 2\]\)",
+    ),
+    case(
+        "expert-classnames-damaged",
+        lambda w: load_expert(
+            _lptpp_phase2(w),
+            _damaged_metadata(w, "e2.safetensors", json.dumps({"backbone": "clip-mini", "classnames": "[oops"})),
+            w.tiny(),
+            phase=1,
+        ),
+        ExpertError,
+        r"expert checkpoint .*e2\.safetensors has damaged metadata \(its class list is not JSON\)",
     ),
     case(
         "expert-damaged",

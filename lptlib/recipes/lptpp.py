@@ -97,7 +97,13 @@ def load_expert(model: LPT, path: str | Path, data: LTData, phase: int) -> None:
             f"expert checkpoint {path} was trained on backbone {meta.get('backbone')!r}, this expert "
             f"uses {model.backbone.name!r}"
         )
-    names = json.loads(meta.get("classnames", "null"))
+    try:
+        names = json.loads(meta.get("classnames", "null"))
+    except (TypeError, ValueError):
+        raise ExpertError(
+            f"expert checkpoint {path} has damaged metadata (its class list is not JSON); delete it and re-run "
+            "the phase that writes it"
+        ) from None
     if names != list(data.classnames):
         raise ExpertError(
             f"expert checkpoint {path} was trained on another class list or label order "
