@@ -117,15 +117,15 @@ def test_dvc_repro_from_a_fresh_clone(clone):
     assert "report" in dag and "metrics/claims.json" in sh("dvc", "metrics", "show", cwd=clone)
     assert _stale(clone) == []
     again = sh("dvc", "repro", cwd=clone)  # only the data signature runs; unchanged data re-run nothing
-    assert "Running stage 'data_signature'" in again and again.count("Running stage") == 1, again
+    assert "Running stage 'preflight'" in again and again.count("Running stage") == 1, again
 
 
 def _stale(clone) -> list[str]:
-    """Stages `dvc status` lists, apart from `data_signature` being 'always changed' (it always runs)."""
+    """Stages `dvc status` lists, apart from `preflight` being 'always changed' (it always runs)."""
     text = sh("dvc", "status", "dvc.yaml", cwd=clone)
     if "up to date" in text:
         return []
     blocks = [b for b in text.replace("\t", "").split("\n") if b.strip()]
-    return [b for b in blocks if b.endswith(":") and b != "data_signature:"] + [
+    return [b for b in blocks if b.endswith(":") and b != "preflight:"] + [
         b for b in blocks if not b.endswith(":") and b.strip() != "always changed"
     ]

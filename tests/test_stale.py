@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 
 def test_every_stage_depends_on_its_notebook_the_package_and_the_presets():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    signature = stages.pop("data_signature")  # no notebook: the digests of the data and weight files, always run
+    signature = stages.pop("preflight")  # no notebook: the models checked, the data and weight files digested
     assert signature["always_changed"] and signature["outs"] == ["outputs/data_signature.json"]
     for name, stage in stages.items():
         deps = stage.get("do", stage)["deps"]

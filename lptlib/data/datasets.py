@@ -625,7 +625,7 @@ def check_images(files: Mapping[str, Path]) -> None:
 def data_files(cfg: DataConfig) -> dict[str, Path]:
     """Every file the dataset `cfg` names, read by `build_data` (and its images, read by the loaders), by a name
     that does not depend on where the data lie (the file's name, an image's path relative to data.root, a split
-    file as `split_dir/<name>`): what the pipeline's `data_signature` stage digests, so a file changed in place makes
+    file as `split_dir/<name>`): what the pipeline's `preflight` stage digests, so a file changed in place makes
     the stages that read it stale, and the same data elsewhere give the same signature."""
     extra = {"classnames_file": resolve(cfg.classnames_file)} if cfg.classnames_file else {}
     if cfg.name == "fashion_mnist_lt":

@@ -1,5 +1,5 @@
 """Content digests of data and weight files, cached: what a data signature, a checkpoint's fingerprint and the
-pipeline's `data_signature` stage are made of.
+pipeline's `preflight` stage are made of.
 
 A file's digest is `<size>:<sha256 of its bytes>` (the first 32 hex digits). Hashing every image of a paper-scale
 split takes minutes, so digests are kept in a SQLite cache (`$LPTLIB_CACHE/file-digests.sqlite`, default

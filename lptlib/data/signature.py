@@ -1,14 +1,14 @@
-"""The pipeline's `data_signature` stage: one file naming every data and weight file a run reads, with its content
-digest (size and sha256, cached: `lptlib.data.digest`).
+"""The data signature the pipeline's `preflight` stage writes (`lptlib.preflight`): every data and weight file a
+run reads, with its content digest (size and sha256, cached: `lptlib.data.digest`).
 
-    python -m lptlib.data.signature outputs/data_signature.json [--params params.yaml]
+    python -m lptlib.data.signature outputs/data_signature.json [--params params.yaml]   # alone, no model checks
 
 DVC cannot name the data as a dependency (where it lies is `data.root`, a parameter, often outside the repository),
-so this stage is `always_changed`: it runs first in every `dvc repro` (seconds; a stat per file once digests are
-cached) and every stage that reads the data depends on its output. A label file, an image or a user's weight file
-changed in place changes the signature, and `dvc repro` re-runs what read it; unchanged data leave the file
-byte-identical and nothing re-runs. Weight files the pipeline writes itself (under `outputs/`) are dependencies of
-their own stage instead.
+so the stage writing it is `always_changed`: it runs first in every `dvc repro` (seconds; a stat per file once
+digests are cached) and every stage that reads the data depends on its output. A label file, an image or a user's
+weight file changed in place changes the signature, and `dvc repro` re-runs what read it; unchanged data leave the
+file byte-identical and nothing re-runs. Weight files the pipeline writes itself (under `outputs/`) are
+dependencies of their own stage instead.
 """
 
 from __future__ import annotations

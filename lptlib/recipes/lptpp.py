@@ -34,7 +34,7 @@ from lptlib.data import LTData, make_loader
 from lptlib.data.samplers import ClassAwareSampler, IndexBatches
 from lptlib.engine import FitResult, Optim, Run, fit, predict, schedule_of
 from lptlib.measure.metrics import shot_accuracy
-from lptlib.models.backbones import create_backbone
+from lptlib.models.backbones import Backbone, create_backbone
 from lptlib.models.heads import check_classnames, text_head_weights
 from lptlib.models.moe import MoEScorer
 from lptlib.models.peft import LPT
@@ -56,9 +56,10 @@ class ExpertError(RuntimeError):
     """An expert checkpoint or cache cannot be used; the message names the file and the fix."""
 
 
-def build_expert(role: str, data: LTData, cfg: Config, phase: int) -> LPT:
-    """The LPT++ expert on `backbones.<role>` for phase 1 or 2 (phase 3 uses the phase-2 model)."""
-    backbone = create_backbone(getattr(cfg.backbones, role))
+def build_expert(role: str, data: LTData, cfg: Config, phase: int, backbone: Backbone | None = None) -> LPT:
+    """The LPT++ expert on `backbones.<role>` (or on `backbone`, e.g. random weights in `lptlib.preflight`) for phase 1
+    or 2 (phase 3 uses the phase-2 model)."""
+    backbone = backbone or create_backbone(getattr(cfg.backbones, role))
     model = build_lpt(
         backbone, data.num_classes, cfg.lpt, stage=min(phase, 2), adapter=True, bottleneck=cfg.lptpp.bottleneck
     )
