@@ -5,7 +5,7 @@ DVC deletes a stage's outputs before it runs it, so a stage that failed at once,
 used to leave its committed and uncommitted `metrics/` and `figures/` deleted. The stages' metrics and plots are
 therefore `persist: true` (DVC leaves them alone), and this wrapper does what DVC did, safely:
 
-1. the results the command names (every argument under `metrics/` or `figures/`) are moved aside into
+1. the results the command writes (its papermill output parameters under `metrics/` or `figures/`) are moved aside into
    `outputs/.keep/<digest>/` (under the working directory: the repository root under DVC), so the run starts from a clean slate as under DVC;
 2. the command runs (its own process group; it is stopped when this wrapper is, or when `dvc`, its parent, dies);
 3. on success the set-aside copy is dropped; on a failure, SIGINT or SIGTERM, what the run wrote there is removed
@@ -34,11 +34,16 @@ GRACE_S = 30.0
 
 
 def kept_paths(command: Sequence[str]) -> list[str]:
-    """The results a stage command names: its arguments under metrics/ or figures/, in order, once each."""
+    """The results a stage command writes: the values of its papermill parameters `-p <name> <value>` that name an
+    output (`<name>` ending in `_path`, or `fig_dir`) under metrics/ or figures/, in order, once each. Inputs
+    (`members_dir`, `metrics_dir`) are left where they are. `tests/test_hygiene.py` checks that these are exactly the
+    metrics and plots each stage of dvc.yaml declares."""
     out: list[str] = []
-    for arg in command:
-        if arg.startswith(KEPT) and arg.rstrip("/") not in out:
-            out.append(arg.rstrip("/"))
+    args = list(command)
+    for flag, name, value in zip(args, args[1:], args[2:], strict=False):
+        is_output = flag in ("-p", "--parameters") and (name.endswith("_path") or name == "fig_dir")
+        if is_output and value.startswith(KEPT) and value.rstrip("/") not in out:
+            out.append(value.rstrip("/"))
     return out
 
 

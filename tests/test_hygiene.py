@@ -129,5 +129,19 @@ def test_stage_outputs_are_where_git_expects_them():
             assert path.startswith("outputs/"), name
 
 
+def test_keep_protects_exactly_the_metrics_and_plots_each_stage_declares():
+    """lptlib.keep sets aside (and restores on a failure) the outputs a command names; an input under metrics/ (the
+    TEA report's members, the report's metrics folder) must stay in place, and every declared result be covered."""
+    import shlex
+
+    from lptlib.keep import kept_paths
+
+    for name, stage in _stages().items():
+        cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
+        declared = {next(iter(m)) for m in [*stage.get("metrics", []), *stage.get("plots", [])]}
+        kept = {p for c in cmds if "lptlib.keep" in c for p in kept_paths(shlex.split(c))}
+        assert kept == declared, f"{name}: kept {sorted(kept)}, declared {sorted(declared)}"
+
+
 def test_dvc_analytics_off():
     assert "analytics = false" in (ROOT / ".dvc" / "config").read_text()

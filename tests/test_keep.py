@@ -47,12 +47,16 @@ def _writer(exit_code: int = 0, sleep: float = 0.0) -> list[str]:
         sys.exit({exit_code})
         """
     )
-    return [sys.executable, "-c", code, "metrics/m.json", "figures/s"]
+    return [sys.executable, "-c", code, "-p", "metrics_path", "metrics/m.json", "-p", "fig_dir", "figures/s"]
 
 
-def test_kept_paths_are_the_arguments_under_metrics_and_figures():
+def test_kept_paths_are_the_output_parameters_under_metrics_and_figures():
     cmd = ["papermill", "nb.ipynb", "outputs/nb/x.ipynb", "-p", "metrics_path", "metrics/a.json", "-p", "fig_dir"]
-    assert keep.kept_paths([*cmd, "figures/a/", "-p", "x", "metrics/a.json"]) == ["metrics/a.json", "figures/a"]
+    inputs = ["-p", "members_dir", "metrics/tea", "-p", "metrics_dir", "metrics"]  # read, not written
+    assert keep.kept_paths([*cmd, "figures/a/", *inputs, "-p", "stage1_path", "outputs/s.safetensors"]) == [
+        "metrics/a.json",
+        "figures/a",
+    ]
 
 
 def test_success_replaces_the_results_as_dvc_would(tmp_path):
@@ -150,6 +154,6 @@ def test_a_run_whose_params_change_meanwhile_keeps_nothing(tmp_path, capsys):
         *_writer()[:2],
         _writer()[2].replace("import sys, time", "import sys, time\nopen('params.yaml', 'a').write('seed: 3\\n')"),
     ]
-    assert keep.run([*editor, "metrics/m.json", "figures/s"], root=tmp_path) == 75
+    assert keep.run([*editor, *_writer()[3:]], root=tmp_path) == 75
     assert {k: v for k, v in _tree(tmp_path).items() if k != "params.yaml"} == before
     assert "params.yaml or presets/ changed while the command ran" in capsys.readouterr().err
