@@ -67,6 +67,7 @@ from lptlib.models.peft import LPT, AdaptFormer, LoRA, PEFTClassifier
 from lptlib.models.prompts import DeepPrompts
 from lptlib.objectives import build_loss, gate_probabilities, variant_parts
 from lptlib.paths import repo_root
+from lptlib.preflight import PreflightError, preflight
 from lptlib.recipes.lpt import load_stage1, save_stage1
 from lptlib.recipes.lptpp import (
     ExpertCache,
@@ -1121,22 +1122,38 @@ CASES = [
         "data-split-label-only-in-test",
         lambda w: build_data(parse(data=w.oltr(test_lines=("train/a/0.jpg 0", "test/d/0.jpg 3"))).data),
         DataError,
-        r"split files in .*splits: labels 3 have no training image \(the labels must be 0\.\.C-1, each with training "
-        r"images; only in val/test: 3; train has 3 distinct labels\)",
+        r"split files in .*splits: labels 3 are in val/test but have no training image \(labels are class ids "
+        r"0\.\.C-1; train has 3 distinct labels\)",
     ),
     case(
         "data-split-label-huge",
-        lambda w: build_data(parse(data=w.oltr(test_lines=("train/a/0.jpg 0", "test/d/0.jpg 99999999"))).data),
-        DataError,
-        r"split files in .*: the largest label is 99999999 \(the labels must be 0\.\.C-1.*only in val/test: 99999999",
-    ),
-    case(
-        "data-split-label-gap",
         lambda w: build_data(
-            parse(data=w.oltr(train_lines=("train/a/0.jpg 0", "train/c/0.jpg 2", "train/e/0.jpg 4"))).data
+            parse(
+                data=w.oltr(train_lines=("train/a/0.jpg 0", "train/z/0.jpg 99999999"), test_lines=("t/0.jpg 0",))
+            ).data
         ),
         DataError,
-        r"labels 1, 3 have no training image",
+        r"split files in .*: the largest label is 99999999, over 100,000 classes",
+    ),
+    case(
+        "data-split-labels-only-in-val",
+        lambda w: build_data(
+            parse(data=w.oltr(test_lines=("v/b/0.jpg 1", "v/d/0.jpg 3", "v/e/0.jpg 4", "v/g/0.jpg 6"))).data
+        ),
+        DataError,
+        r"labels 3-4, 6 are in val/test but have no training image",
+    ),
+    case(
+        "preflight-class-without-training-image",
+        lambda w: preflight(
+            parse(
+                data=w.oltr(train_lines=("train/a/0.jpg 0", "train/c/0.jpg 2"), test_lines=("t/0.jpg 0",)),
+                lpt={"arms": []},
+                tea={"head_init": "random"},
+            )
+        ),
+        PreflightError,
+        r"tea member vpt_deep-la-none: every class needs at least one training image for a frequency-aware loss",
     ),
     case(
         "data-split-path-leaves-root",
