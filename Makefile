@@ -24,6 +24,7 @@ data: $(STAMP)
 # Paper scale: write `preset: <name>` and your data paths into params.yaml (docs/paper-scale.md), then `make repro`.
 repro: data
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb
+	$(BIN)/python -m lptlib.hygiene notebooks/*.ipynb
 	PATH="$$(cd '$(BIN)' && pwd):$$PATH" $(BIN)/dvc repro
 
 test: lint data
@@ -39,6 +40,7 @@ lab: $(STAMP)
 
 strip: $(STAMP)
 	$(BIN)/nbstripout --extra-keys=metadata.language_info notebooks/*.ipynb
+	$(BIN)/python -m lptlib.hygiene notebooks/*.ipynb
 
 clean-venv:
 	rm -rf $(VENV)

@@ -145,3 +145,20 @@ def test_keep_protects_exactly_the_metrics_and_plots_each_stage_declares():
 
 def test_dvc_analytics_off():
     assert "analytics = false" in (ROOT / ".dvc" / "config").read_text()
+
+
+def test_a_notebook_saved_with_another_kernel_is_reset_to_the_projects(tmp_path):
+    """nbstripout keeps the kernelspec: a notebook saved with another kernel would re-run its stage (make strip and
+    make repro reset it, lptlib.hygiene); the committed notebooks are left byte-identical."""
+    from lptlib.hygiene import KERNELSPEC, normalise_kernel
+
+    committed = NOTEBOOKS[0]
+    copy = tmp_path / committed.name
+    copy.write_bytes(committed.read_bytes())
+    assert not normalise_kernel(copy) and copy.read_bytes() == committed.read_bytes()
+    nb = json.loads(copy.read_text())
+    nb["metadata"]["kernelspec"] = {"display_name": "Python (myenv)", "language": "python", "name": "myenv"}
+    copy.write_text(json.dumps(nb, indent=1))
+    assert normalise_kernel(copy) and json.loads(copy.read_text())["metadata"]["kernelspec"] == KERNELSPEC
+    assert copy.read_bytes() == committed.read_bytes()
+    assert "lptlib.hygiene notebooks/*.ipynb" in (ROOT / "Makefile").read_text()
