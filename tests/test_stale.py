@@ -134,6 +134,7 @@ def test_a_code_change_makes_the_stage_stale_and_is_never_resumed(tmp_path, root
     for name in ("vit-mini.safetensors", "clip-mini.safetensors"):
         shutil.copy2(root_with_pretrained / "outputs/pretrain" / name, repo / "outputs/pretrain" / name)
     for out in (
+        "outputs/data_signature.json",
         "outputs/nb/lpt_stage1/seed_0.ipynb",
         "outputs/lpt/stage1/seed_0/lpt_stage1.safetensors",
         "outputs/lpt/stage1/seed_0/checkpoints/stage1.pt",
