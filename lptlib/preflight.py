@@ -25,7 +25,7 @@ import torch
 from lptlib.config import Config, ConfigError, load, to_dict
 from lptlib.data import build_data, build_transforms
 from lptlib.data.datasets import DataError
-from lptlib.data.signature import signature
+from lptlib.data.signature import write as write_signature
 from lptlib.models.backbones import WeightsError, create_backbone
 from lptlib.paths import repo_root
 from lptlib.utils import atomic_write_bytes, code_digest
@@ -48,7 +48,7 @@ def preflight(cfg: Config) -> list[str]:
     from lptlib.recipes.lptpp import build_expert
     from lptlib.recipes.tea import build_model, build_objective, build_tea, check_member, matrix_members
     from lptlib.recipes.vpt_study import build_vpt_model
-    from lptlib.sections import ARMS, LPT_STAGE1
+    from lptlib.sections import LPT_STAGE1
 
     done: list[str] = []
 
@@ -74,7 +74,6 @@ def preflight(cfg: Config) -> list[str]:
         lambda: build_vpt_model(_random_backbone(cfg, cfg.vpt_study.backbone), data.num_classes, cfg.vpt_study),
     )
     for arm in [*cfg.lpt.arms, LPT_STAGE1]:
-        assert arm in ARMS
         check(
             f"lpt stage 1 ({arm})",
             lambda a=arm: build_arm(_random_backbone(cfg, cfg.lpt.backbone), data.num_classes, cfg, a),
@@ -119,12 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"preflight: {len(checks)} checks passed (data, backbones, every model the stages train)")
         else:
             print("preflight: this code and configuration passed before")
-        sig = signature(cfg)
+        write_signature(cfg, args.out)
     except (ConfigError, DataError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    atomic_write_bytes(args.out, (json.dumps(sig, indent=1, sort_keys=True) + "\n").encode())
-    print(f"{args.out}: {len(sig['data'])} data and {len(sig['weights'])} weight files")
     return 0
 
 

@@ -104,3 +104,22 @@ def notebook_parameters(notebook, **params) -> dict:
     unknown = sorted(set(own) - names)  # papermill only warns ("Passed unknown parameter") and runs the defaults
     assert not unknown, f"{Path(notebook).name} has no parameter {unknown}; its parameters: {sorted(names)}"
     return {"params": "", "overrides": {**default, **sections}, **own}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is neither a zombie nor dead (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    """Poll `predicate` every 0.1 s until it is true; fail after `timeout` seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.1)

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from conftest import process_alive, wait_for
 
 from lptlib import keep
 
@@ -89,27 +89,11 @@ def _wrapper(tmp_path: Path, sleep: float) -> subprocess.Popen:
     )
 
 
-def _wait_for(predicate, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
-
-
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_puts_the_previous_results_back(tmp_path, signum, status):
     before = _previous(tmp_path)
     proc = _wrapper(tmp_path, sleep=60)
-    _wait_for(lambda: (tmp_path / "figures" / "s" / "a.png").exists() and _tree(tmp_path) != before)
+    wait_for(lambda: (tmp_path / "figures" / "s" / "a.png").exists() and _tree(tmp_path) != before)
     proc.send_signal(signum)
     assert proc.wait(timeout=30) == status
     assert _tree(tmp_path) == before
@@ -132,7 +116,7 @@ def test_a_run_whose_parent_dies_stops_and_puts_the_results_back(tmp_path):
     with log.open("w") as out:  # a file, not a pipe: the wrapper keeps its end open
         subprocess.run([sys.executable, "-c", launcher], cwd=tmp_path, env=ENV, stdout=out, stderr=out, timeout=60)
     wrapper = int(log.read_text().split()[0])
-    _wait_for(lambda: not _alive(wrapper), timeout=30)
+    wait_for(lambda: not process_alive(wrapper), timeout=30)
     assert _tree(tmp_path) == before
 
 

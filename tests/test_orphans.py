@@ -7,26 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
+from conftest import process_alive, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
-
-
-def _wait_for(predicate, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.1)
 
 
 def test_pool_workers_stop_when_the_process_that_owns_the_pool_is_killed(tmp_path):
@@ -58,12 +43,12 @@ def test_pool_workers_stop_when_the_process_that_owns_the_pool_is_killed(tmp_pat
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     owner = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
     try:
-        _wait_for(lambda: all((tmp_path / f"w{i}").is_file() for i in range(2)), timeout=120)
+        wait_for(lambda: all((tmp_path / f"w{i}").is_file() for i in range(2)), timeout=120)
         workers = [int((tmp_path / f"w{i}").read_text()) for i in range(2)]
-        assert all(_alive(w) for w in workers)
+        assert all(process_alive(w) for w in workers)
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        _wait_for(lambda: not any(_alive(w) for w in workers), timeout=15)
+        wait_for(lambda: not any(process_alive(w) for w in workers), timeout=15)
     finally:
         owner.kill()
 
@@ -84,5 +69,5 @@ def test_exit_with_parent_stops_a_process_whose_parent_dies(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", launcher], env=env, timeout=60, stdout=subprocess.DEVNULL)
-    _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), timeout=10)
-    _wait_for(lambda: not _alive(int(pid_file.read_text())), timeout=10)
+    wait_for(lambda: pid_file.is_file() and pid_file.read_text(), timeout=10)
+    wait_for(lambda: not process_alive(int(pid_file.read_text())), timeout=10)

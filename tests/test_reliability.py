@@ -32,7 +32,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import fit_classifier, notebook_parameters
+from conftest import fit_classifier, notebook_parameters, process_alive
 from safetensors.torch import save_file
 
 from lptlib import config, stage
@@ -1778,14 +1778,6 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _kill_tree(proc: subprocess.Popen) -> list[int]:
     """SIGKILL the process group of `proc` and of every descendant (jupyter starts the kernel in a session of its
     own, so killing papermill's group alone would leave the kernel training); returns the killed pids."""
@@ -1804,9 +1796,9 @@ def _kill_tree(proc: subprocess.Popen) -> list[int]:
             pass
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(p) for p in pids), "processes survived SIGKILL"
+    assert not any(process_alive(p) for p in pids), "processes survived SIGKILL"
     return pids
 
 

@@ -51,6 +51,14 @@ def signature(cfg) -> dict:
         raise DataError(str(e)) from None
 
 
+def write(cfg, out: Path) -> dict:
+    """Compute `cfg`'s signature, write it to `out` (sorted JSON) and say so; the signature."""
+    sig = signature(cfg)
+    atomic_write_bytes(out, (json.dumps(sig, indent=1, sort_keys=True) + "\n").encode())
+    print(f"{out}: {len(sig['data'])} data and {len(sig['weights'])} weight files")
+    return sig
+
+
 def main(argv: list[str] | None = None) -> int:
     from lptlib.config import ConfigError, load
 
@@ -59,13 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
     args = ap.parse_args(argv)
     try:
-        cfg = load(args.params or repo_root() / "params.yaml")
-        sig = signature(cfg)
+        write(load(args.params or repo_root() / "params.yaml"), args.out)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    atomic_write_bytes(args.out, (json.dumps(sig, indent=1, sort_keys=True) + "\n").encode())
-    print(f"{args.out}: {len(sig['data'])} data and {len(sig['weights'])} weight files")
     return 0
 
 
